@@ -1,0 +1,294 @@
+"""Configuration: a TOML file plus `WATCHDOG_<SECTION>__<KEY>` environment variables,
+validated once at start-up into a frozen object. Unknown keys are errors.
+
+Every error is raised as one `ConfigError` line that names the key and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
+
+from watchdog.errors import ConfigError
+from watchdog.model import Action
+from watchdog.policy import DetectionRules, EscalationRules, LadderStep
+
+ENV_PREFIX = "WATCHDOG_"
+CONFIG_ENV = "WATCHDOG_CONFIG"
+
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+QualifiedName = Annotated[
+    str, Field(pattern=r"^([A-Za-z_][A-Za-z0-9_]*\.)?[A-Za-z_][A-Za-z0-9_]*$")
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseSettings(_Section):
+    url: str = "sqlite:///watchdog.db"
+    timeout: Seconds = 5.0
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", url):
+            raise ValueError("must start with sqlite:/// or postgresql+psycopg://")
+        return url
+
+
+class InstancesSettings(_Section):
+    """Where the application keeps its instances: table and column names."""
+
+    table: QualifiedName = "instances"
+    id: Identifier = "id"
+    enabled: Identifier = "enabled"
+    status: Identifier = "connection_status"
+    status_changed_at: Identifier = "status_changed_at"
+    heartbeat: Identifier = "last_heartbeat_at"
+    force_reconnect: Identifier = "force_reconnect"
+    process: Identifier | Literal[""] = "process"  # "": the table has no process column
+
+
+class DetectionSettings(_Section):
+    interval: Seconds = 5.0
+    stale_after: Seconds = 90.0
+    connecting_after: Seconds = 120.0
+    connecting_statuses: tuple[str, ...] = ("CONNECTING", "RECONNECTING", "INITIALIZING", "LOADING")
+    ignored_statuses: tuple[str, ...] = ("LOGOUT", "TOS_BLOCK", "BANNED")
+
+    def rules(self) -> DetectionRules:
+        return DetectionRules(
+            self.stale_after,
+            self.connecting_after,
+            frozenset(self.connecting_statuses),
+            frozenset(self.ignored_statuses),
+        )
+
+
+class StepSettings(_Section):
+    action: Action
+    attempts: Annotated[int, Field(ge=1)] | None = None
+    settle: Seconds | None = None
+
+
+_DEFAULT_LADDER = (
+    StepSettings(action=Action.API_RESTART, attempts=2),
+    StepSettings(action=Action.DB_FLAG, attempts=3),
+    StepSettings(action=Action.PROCESS_RESTART, settle=120.0),
+)
+
+
+class EscalationSettings(_Section):
+    settle: Seconds = 30.0
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 10
+    ladder: tuple[StepSettings, ...] = _DEFAULT_LADDER
+    backoff_factor: Annotated[float, Field(ge=1.0, le=10.0)] = 1.5
+    backoff_cap: Seconds = 300.0
+    jitter: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
+    reopen_window: Annotated[float, Field(ge=0.0)] = 600.0
+
+    @field_validator("ladder")
+    @classmethod
+    def _ladder_shape(cls, ladder: tuple[StepSettings, ...]) -> tuple[StepSettings, ...]:
+        if not ladder:
+            raise ValueError('must list at least one step, e.g. [{ action = "api_restart" }]')
+        for step in ladder[:-1]:
+            if step.attempts is None:
+                raise ValueError(f"step {step.action} needs attempts (only the last may omit it)")
+        return ladder
+
+    def rules(self) -> EscalationRules:
+        steps = tuple(
+            LadderStep(s.action, s.attempts, s.settle if s.settle is not None else self.settle)
+            for s in self.ladder
+        )
+        return EscalationRules(
+            steps,
+            self.max_attempts,
+            self.backoff_factor,
+            self.backoff_cap,
+            self.jitter,
+            self.reopen_window,
+        )
+
+    def actions(self) -> frozenset[Action]:
+        return frozenset(step.action for step in self.ladder)
+
+
+class ApiSettings(_Section):
+    restart_url: str = "http://127.0.0.1:3000/api/instances/{id}/restart"
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    token_env: str = "WATCHDOG_API_TOKEN"  # noqa: S105 (a variable name) "": no auth
+    timeout: Seconds = 10.0
+
+    @field_validator("restart_url")
+    @classmethod
+    def _has_id(cls, url: str) -> str:
+        if "{id}" not in url:
+            raise ValueError("must contain {id}, where the instance id goes")
+        if not re.match(r"^https?://", url):
+            raise ValueError("must be an http:// or https:// URL")
+        return url
+
+
+class ProcessSettings(_Section):
+    backend: Literal["supervisor", "systemd", "command"] = "supervisor"
+    supervisor_url: str = "unix:///run/supervisor.sock"
+    program: str = "app"
+    unit: str = "app.service"
+    command: tuple[str, ...] = ("pm2", "restart", "{process}")
+    user: bool = False  # systemd: systemctl --user
+    timeout: Seconds = 30.0
+
+    @field_validator("command")
+    @classmethod
+    def _non_empty(cls, argv: tuple[str, ...]) -> tuple[str, ...]:
+        if not argv or not argv[0]:
+            raise ValueError('must be a non-empty argv list, e.g. ["pm2", "restart", "{process}"]')
+        return argv
+
+
+class DaemonSettings(_Section):
+    max_concurrent_actions: Annotated[int, Field(ge=1, le=1000)] = 16
+    shutdown_timeout: Seconds = 30.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(_Section):
+    database: DatabaseSettings = DatabaseSettings()
+    instances: InstancesSettings = InstancesSettings()
+    detection: DetectionSettings = DetectionSettings()
+    escalation: EscalationSettings = EscalationSettings()
+    api: ApiSettings = ApiSettings()
+    process: ProcessSettings = ProcessSettings()
+    daemon: DaemonSettings = DaemonSettings()
+
+    @model_validator(mode="after")
+    def _interval_fits(self) -> Settings:
+        if self.detection.interval > self.detection.stale_after:
+            raise ValueError(
+                "detection.interval must not exceed detection.stale_after "
+                f"({self.detection.interval:g} > {self.detection.stale_after:g})"
+            )
+        return self
+
+    def api_token(self) -> str | None:
+        """The API bearer token, read from the configured variable; never logged."""
+        if not self.api.token_env:
+            return None
+        return os.environ.get(self.api.token_env) or None
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def load_settings(
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    require_secrets: bool = False,
+) -> Settings:
+    """Read the TOML file (if any), overlay the environment, validate. Raises ConfigError."""
+    env = os.environ if environ is None else environ
+    path = path if path is not None else env.get(CONFIG_ENV)
+    raw = _read_toml(Path(path)) if path else {}
+    _overlay_env(raw, env)
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc.errors()[0], path)) from None
+    if require_secrets:
+        _check_secrets(settings, env)
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {path} not found; pass --config PATH or create it"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}; fix the syntax") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+
+
+def _overlay_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    sections = set(Settings.model_fields)
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if section not in sections:
+            raise ConfigError(
+                f"environment variable {name}: there is no section [{section}]; "
+                f"known sections: {', '.join(sorted(sections))}"
+            )
+        target = raw.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"config key {section} must be a table like [{section}]")
+        target[key] = _parse_env_value(value)
+
+
+def _parse_env_value(value: str) -> Any:
+    """Numbers, booleans and lists as JSON; anything else as the plain string."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def _describe(error: ErrorDetails, path: str | Path | None) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    env_name = ENV_PREFIX + "__".join(str(p).upper() for p in error["loc"][:2])
+    where = f"{path} or {env_name}" if path else env_name
+    if error["type"] == "extra_forbidden":
+        return f"config error: {key}: unknown key; check its spelling (see README, Configuration)"
+    got = error.get("input")
+    if isinstance(got, str):
+        got = redact_url(got)  # a URL in the message must not carry its password
+    shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+    msg = error["msg"].removeprefix("Value error, ")
+    return f"config error: {key}: {msg}{shown}; fix it in {where}"
+
+
+def _check_secrets(settings: Settings, env: Mapping[str, str]) -> None:
+    needs_token = Action.API_RESTART in settings.escalation.actions() and settings.api.token_env
+    if needs_token and not env.get(settings.api.token_env):
+        raise ConfigError(
+            f"config error: api.token_env: environment variable {settings.api.token_env} "
+            'is not set; export the API token in it, or set api.token_env = "" for no auth'
+        )
+
+
+# ----------------------------------------------------------------------------- display
+
+
+def redacted(settings: Settings, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The effective configuration as plain data, with every secret masked."""
+    env = os.environ if env is None else env
+    data = settings.model_dump(mode="json")
+    data["database"]["url"] = redact_url(settings.database.url)
+    data["process"]["supervisor_url"] = redact_url(settings.process.supervisor_url)
+    token_env = settings.api.token_env
+    data["api"]["token"] = "(set)" if token_env and env.get(token_env) else "(unset)"
+    return data
+
+
+def redact_url(url: str) -> str:
+    """Mask the password of scheme://user:password@host URLs."""
+    return re.sub(r"^([a-z0-9+.-]+://[^:/@]*):[^@/]*@", r"\1:***@", url, flags=re.IGNORECASE)

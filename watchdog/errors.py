@@ -1,0 +1,59 @@
+"""One exception tree for the whole watchdog.
+
+Adapters translate driver and library errors into these at the edge, so the engine
+and the retry policies only ever see our own types::
+
+    WatchdogError                 base; `transient` says whether a retry may help
+    ├── ConfigError               bad configuration (exit 2); permanent
+    ├── StoreError                the database could not be read or written
+    │   ├── StoreUnavailable      connection lost, busy, timed out; transient
+    │   └── StoreSchemaError      table or column missing; permanent
+    ├── RecoveryError             a recovery action did not achieve its goal
+    │   ├── TransientRecoveryError   refused, reset, 502/503/504, timed out
+    │   └── PermanentRecoveryError   other 4xx, unknown program or unit, bad id
+    └── NotFound                  an operator named an instance the watchdog does not know
+"""
+
+from __future__ import annotations
+
+
+class WatchdogError(Exception):
+    """Base of every error the watchdog raises on purpose."""
+
+    transient: bool = False
+
+
+class ConfigError(WatchdogError):
+    """The configuration is invalid; the message names the key and the fix."""
+
+
+class StoreError(WatchdogError):
+    """The database could not be read or written."""
+
+
+class StoreUnavailable(StoreError):
+    """The database is unreachable, busy or slow: try again later."""
+
+    transient = True
+
+
+class StoreSchemaError(StoreError):
+    """The database lacks a table or column the configuration names."""
+
+
+class RecoveryError(WatchdogError):
+    """A recovery action failed."""
+
+
+class TransientRecoveryError(RecoveryError):
+    """A recovery action failed in a way a retry may fix."""
+
+    transient = True
+
+
+class PermanentRecoveryError(RecoveryError):
+    """A recovery action failed in a way no retry will fix."""
+
+
+class NotFound(WatchdogError):
+    """An operator named something the watchdog does not know."""

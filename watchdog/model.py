@@ -1,0 +1,167 @@
+"""Domain types: frozen dataclasses and enums shared by every layer.
+
+Nothing here does I/O or reads a clock; times are always passed in.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class Reason(enum.StrEnum):
+    """Why an instance is judged unhealthy."""
+
+    STALE_HEARTBEAT = "stale_heartbeat"
+    NEVER_BEAT = "never_beat"
+    STUCK_CONNECTING = "stuck_connecting"
+
+
+class Action(enum.StrEnum):
+    """A recovery rung of the escalation ladder."""
+
+    API_RESTART = "api_restart"
+    DB_FLAG = "db_flag"
+    PROCESS_RESTART = "process_restart"
+
+
+class AuditAction(enum.StrEnum):
+    """The `action` column of an audit row."""
+
+    DETECTED = "detected"
+    API_RESTART = "api_restart"
+    DB_FLAG = "db_flag"
+    PROCESS_RESTART = "process_restart"
+    RECOVERED = "recovered"
+    EXHAUSTED = "exhausted"
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    RESET = "reset"
+
+
+class Outcome(enum.StrEnum):
+    """The `outcome` column of an audit row."""
+
+    STARTED = "started"
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class IncidentState(enum.StrEnum):
+    """Lifecycle of an incident row.
+
+    OPEN → (EXHAUSTED) → RECOVERED | RESET. Only OPEN incidents are acted on;
+    EXHAUSTED ones wait for recovery or an operator's reset.
+    """
+
+    OPEN = "open"
+    EXHAUSTED = "exhausted"
+    RECOVERED = "recovered"
+    RESET = "reset"
+
+    @property
+    def is_closed(self) -> bool:
+        return self in (IncidentState.RECOVERED, IncidentState.RESET)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One unhealthy instance as seen by one scan, judged by the database clock."""
+
+    instance_id: str
+    reason: Reason
+    status: str
+    age: float  # seconds since the last heartbeat or status change
+    threshold: float  # the limit the age crossed (stale_after or connecting_after)
+    process: str | None = None
+
+    @property
+    def overdue(self) -> float:
+        """How long past its threshold the instance was when seen."""
+        return max(0.0, self.age - self.threshold)
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """The result of one detection query: the database's now and what is unhealthy."""
+
+    now: datetime
+    findings: Mapping[str, Finding]
+    enabled_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    """One episode of an instance being unhealthy, from detection to close."""
+
+    id: int
+    instance_id: str
+    reason: Reason
+    state: IncidentState
+    attempt: int  # actions taken so far, counting those carried over from a flapping predecessor
+    opened_at: datetime
+    next_action_at: datetime | None
+    closed_at: datetime | None = None
+    last_action: Action | None = None
+    process: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """An operator's hold on one instance: no recovery action until `until`."""
+
+    instance_id: str
+    until: datetime
+    reason: str
+    actor: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One append-only row of the audit trail."""
+
+    id: int
+    at: datetime
+    instance_id: str
+    action: AuditAction
+    outcome: Outcome
+    incident_id: int | None = None
+    reason: str | None = None
+    attempt: int | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    duration: float | None = None
+    actor: str = "watchdog"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": self.at.isoformat(),
+            "incident": self.incident_id,
+            "instance": self.instance_id,
+            "reason": self.reason,
+            "attempt": self.attempt,
+            "action": str(self.action),
+            "outcome": str(self.outcome),
+            "detail": dict(self.detail),
+            "duration": self.duration,
+            "actor": self.actor,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a recovery action works on: one instance and the process hosting it."""
+
+    instance_id: str
+    process: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """Evidence from a successful recovery action, recorded in the audit detail."""
+
+    detail: Mapping[str, Any] = field(default_factory=dict)

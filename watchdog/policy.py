@@ -1,0 +1,204 @@
+"""The pure policy: what is unhealthy, and what to do about it next.
+
+Every function here is a function of its arguments: no I/O, no clock, no randomness
+of its own (jitter is passed in). The SQL detection query in `store.instances` mirrors
+`classify`, and a test checks that the two agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from watchdog.model import Action, Finding, Incident, IncidentState, Pause, Reason
+
+# ---------------------------------------------------------------------------- rules
+
+
+@dataclass(frozen=True, slots=True)
+class DetectionRules:
+    stale_after: float = 90.0
+    connecting_after: float = 120.0
+    connecting_statuses: frozenset[str] = frozenset(
+        {"CONNECTING", "RECONNECTING", "INITIALIZING", "LOADING"}
+    )
+    ignored_statuses: frozenset[str] = frozenset({"LOGOUT", "TOS_BLOCK", "BANNED"})
+
+
+@dataclass(frozen=True, slots=True)
+class LadderStep:
+    action: Action
+    attempts: int | None  # None: this step takes every attempt up to max_attempts
+    settle: float  # seconds to wait after this action before judging it failed
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationRules:
+    ladder: tuple[LadderStep, ...] = (
+        LadderStep(Action.API_RESTART, 2, 30.0),
+        LadderStep(Action.DB_FLAG, 3, 30.0),
+        LadderStep(Action.PROCESS_RESTART, None, 120.0),
+    )
+    max_attempts: int = 10
+    backoff_factor: float = 1.5
+    backoff_cap: float = 300.0
+    jitter: float = 0.2  # up to this fraction of the delay is added at random
+    reopen_window: float = 600.0  # a new incident this soon after the last continues its count
+
+
+# ------------------------------------------------------------------------ detection
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRow:
+    """One row of the application's table, with ages measured on the database clock."""
+
+    instance_id: str
+    enabled: bool
+    status: str
+    status_age: float
+    heartbeat_age: float | None  # None: the instance never beat
+    process: str | None = None
+
+
+def classify(row: InstanceRow, rules: DetectionRules) -> Finding | None:
+    """Return why `row` is unhealthy, or None when it is healthy or not ours to judge."""
+    if not row.enabled or row.status in rules.ignored_statuses:
+        return None
+    if row.heartbeat_age is None and row.status_age > rules.stale_after:
+        return _finding(row, Reason.NEVER_BEAT, row.status_age, rules.stale_after)
+    if row.heartbeat_age is not None and row.heartbeat_age > rules.stale_after:
+        return _finding(row, Reason.STALE_HEARTBEAT, row.heartbeat_age, rules.stale_after)
+    if row.status in rules.connecting_statuses and row.status_age > rules.connecting_after:
+        return _finding(row, Reason.STUCK_CONNECTING, row.status_age, rules.connecting_after)
+    return None
+
+
+def _finding(row: InstanceRow, reason: Reason, age: float, threshold: float) -> Finding:
+    return Finding(row.instance_id, reason, row.status, age, threshold, row.process)
+
+
+# ----------------------------------------------------------------------- escalation
+
+
+def step_for_attempt(rules: EscalationRules, attempt: int) -> LadderStep | None:
+    """The ladder step that attempt number `attempt` (1-based) takes, if any."""
+    if attempt < 1 or attempt > rules.max_attempts:
+        return None
+    first = 1
+    for step in rules.ladder:
+        if step.attempts is None or attempt < first + step.attempts:
+            return step
+        first += step.attempts
+    return None
+
+
+def backoff(rules: EscalationRules, step: LadderStep, attempt: int, jitter: float) -> float:
+    """Seconds to wait after attempt `attempt`: settle × factor^(attempt−1), capped, plus jitter.
+
+    `jitter` is a number in [0, 1) drawn by the caller.
+    """
+    cap = max(rules.backoff_cap, step.settle)
+    base = min(step.settle * rules.backoff_factor ** (attempt - 1), cap)
+    return base * (1.0 + rules.jitter * jitter)
+
+
+@dataclass(frozen=True, slots=True)
+class Open:
+    """Open an incident for a newly unhealthy instance (audited `detected`)."""
+
+    finding: Finding
+    carried_attempts: int  # attempts inherited from an incident closed within the reopen window
+    continues: int | None  # id of that incident
+
+
+@dataclass(frozen=True, slots=True)
+class Act:
+    """Take recovery action number `attempt` on an instance."""
+
+    instance_id: str
+    attempt: int
+    action: Action
+    delay: float  # seconds before the next attempt may follow this one
+    finding: Finding
+
+
+@dataclass(frozen=True, slots=True)
+class Exhaust:
+    """The ladder ran out: stop acting until recovery or an operator's reset."""
+
+    instance_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resolve:
+    """The instance is healthy again: close its incident."""
+
+    incident: Incident
+
+
+Decision = Open | Act | Exhaust | Resolve
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    """Everything the policy needs to know, at one moment of the database clock."""
+
+    now: datetime
+    findings: Mapping[str, Finding]
+    incidents: Mapping[str, Incident]  # open and exhausted incidents by instance id
+    recent: Mapping[str, Incident]  # the last closed incident of newly unhealthy instances
+    pauses: Mapping[str, Pause]
+    busy: Collection[str] = frozenset()  # instances with an action still in flight
+
+
+def decide(rules: EscalationRules, world: World, jitter: Callable[[], float]) -> list[Decision]:
+    """The decisions for one cycle, in the order they must be applied."""
+    decisions: list[Decision] = []
+    for instance_id, incident in sorted(world.incidents.items()):
+        if instance_id not in world.findings and instance_id not in world.busy:
+            decisions.append(Resolve(incident))
+    for instance_id, finding in sorted(world.findings.items()):
+        if instance_id not in world.busy:
+            decisions.extend(_decide_one(rules, world, finding, jitter))
+    return decisions
+
+
+def _decide_one(
+    rules: EscalationRules, world: World, finding: Finding, jitter: Callable[[], float]
+) -> Iterator[Decision]:
+    incident = world.incidents.get(finding.instance_id)
+    if incident is None:
+        carried, continues = _carried_attempts(rules, world, finding.instance_id)
+        yield Open(finding, carried, continues)
+        attempt, due = carried, True
+    else:
+        if incident.state is not IncidentState.OPEN:
+            return
+        attempt = incident.attempt
+        due = incident.next_action_at is None or incident.next_action_at <= world.now
+    if not due or is_paused(world.pauses.get(finding.instance_id), world.now):
+        return
+    step = step_for_attempt(rules, attempt + 1)
+    if step is None:
+        yield Exhaust(finding.instance_id, attempt)
+        return
+    delay = backoff(rules, step, attempt + 1, jitter())
+    yield Act(finding.instance_id, attempt + 1, step.action, delay, finding)
+
+
+def _carried_attempts(
+    rules: EscalationRules, world: World, instance_id: str
+) -> tuple[int, int | None]:
+    last = world.recent.get(instance_id)
+    if last is None or last.state is not IncidentState.RECOVERED or last.closed_at is None:
+        return 0, None
+    if world.now - last.closed_at > timedelta(seconds=rules.reopen_window):
+        return 0, None
+    return last.attempt, last.id
+
+
+def is_paused(pause: Pause | None, now: datetime) -> bool:
+    return pause is not None and pause.until > now

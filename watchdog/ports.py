@@ -1,0 +1,149 @@
+"""The ports the engine talks through. Adapters in `store/` and `actions/` implement them;
+`testing.py` ships in-memory fakes of each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from watchdog.model import (
+    Action,
+    ActionResult,
+    AuditAction,
+    AuditRow,
+    Finding,
+    Incident,
+    IncidentState,
+    Outcome,
+    Pause,
+    Scan,
+    Target,
+)
+
+
+class Clock(Protocol):
+    """Monotonic seconds, for measuring durations. Wall time comes from the database."""
+
+    def monotonic(self) -> float: ...
+
+
+class InstanceStore(Protocol):
+    """The application's table: read in one query per cycle; only the flag is written."""
+
+    async def scan(self) -> Scan: ...
+
+    async def set_force_reconnect(self, instance_id: str) -> bool:
+        """Set the flag; False when no such instance exists."""
+        ...
+
+    async def exists(self, instance_id: str) -> bool: ...
+
+    async def now(self) -> datetime:
+        """The database clock."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class NewAudit:
+    """An audit row to append; the store assigns its id and time."""
+
+    instance_id: str
+    action: AuditAction
+    outcome: Outcome
+    incident_id: int | None = None
+    reason: str | None = None
+    attempt: int | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    duration: float | None = None
+    actor: str = "watchdog"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    instance_id: str | None = None
+    since: datetime | None = None
+    actions: Collection[AuditAction] = ()
+    limit: int = 100
+
+
+class Ledger(Protocol):
+    """Our own tables: incidents, pauses and the append-only audit trail.
+
+    Every method that changes an incident also appends its audit row in the same
+    transaction, so state and trail never disagree.
+    """
+
+    async def load_open(self) -> dict[str, Incident]:
+        """Incidents that are open or exhausted, by instance id."""
+        ...
+
+    async def last_closed(self, instance_ids: Collection[str]) -> dict[str, Incident]: ...
+
+    async def load_pauses(self, now: datetime) -> dict[str, Pause]: ...
+
+    async def open_incident(
+        self, finding: Finding, carried: int, continues: int | None, now: datetime
+    ) -> Incident: ...
+
+    async def begin_action(
+        self, incident: Incident, attempt: int, action: Action, now: datetime, retry_at: datetime
+    ) -> int | None:
+        """Claim attempt `attempt` and commit its intent row (`started`).
+
+        Returns the audit row id, or None when another writer claimed it first.
+        """
+        ...
+
+    async def finish_action(
+        self,
+        incident: Incident,
+        attempt: int,
+        action: Action,
+        outcome: Outcome,
+        detail: Mapping[str, Any],
+        duration: float,
+        next_action_at: datetime,
+    ) -> None: ...
+
+    async def exhaust(self, incident: Incident, now: datetime) -> None: ...
+
+    async def close(
+        self,
+        incident: Incident,
+        state: IncidentState,
+        now: datetime,
+        actor: str,
+        detail: Mapping[str, Any],
+    ) -> None: ...
+
+    async def pause(self, pause: Pause, now: datetime) -> None: ...
+
+    async def resume(self, instance_id: str, actor: str) -> bool: ...
+
+    async def append(self, row: NewAudit) -> AuditRow: ...
+
+    async def audit(self, query: AuditQuery) -> list[AuditRow]: ...
+
+    async def incident_history(self, instance_id: str, limit: int) -> Sequence[Incident]: ...
+
+
+class Recovery(Protocol):
+    """One rung of the ladder. Targets with the same `key` share one call per cycle
+    (several instances of one frozen process get one restart)."""
+
+    @property
+    def action(self) -> Action: ...
+
+    @property
+    def timeout(self) -> float:
+        """Seconds the whole action may take, retries included."""
+        ...
+
+    def key(self, target: Target) -> str:
+        """Which call serves this target; raises PermanentRecoveryError on a bad target."""
+        ...
+
+    async def recover(self, target: Target) -> ActionResult: ...

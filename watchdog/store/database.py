@@ -1,0 +1,128 @@
+"""The database connection: URL normalisation, pools, timeouts and error translation.
+
+Every statement the watchdog runs goes through `Database.guard`, which bounds it by the
+configured timeout and turns driver errors into the project's own (see `errors.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from watchdog.errors import StoreError, StoreSchemaError, StoreUnavailable
+
+_SCHEMA_HINTS = ("no such table", "no such column", "does not exist", "undefinedtable")
+
+
+def async_url(url: str) -> str:
+    """Map a user's URL onto the async driver the watchdog uses for it."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
+    if backend == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    raise StoreError(f"unsupported database {backend!r}; use sqlite:/// or postgresql+psycopg://")
+
+
+class Database:
+    """An async engine plus the statement timeout that bounds every call."""
+
+    def __init__(self, url: str, timeout: float, *, pool_size: int = 5) -> None:
+        self.timeout = timeout
+        self.url = async_url(url)
+        self.dialect = make_url(self.url).get_backend_name()
+        self.engine: AsyncEngine = create_async_engine(self.url, **self._engine_args(pool_size))
+        if self.dialect == "sqlite":
+            event.listen(self.engine.sync_engine, "connect", self._sqlite_pragmas)
+
+    def _engine_args(self, pool_size: int) -> dict[str, Any]:
+        if self.dialect == "sqlite":
+            return {"connect_args": {"timeout": self.timeout}}
+        millis = int(self.timeout * 1000)
+        return {
+            "pool_size": pool_size,
+            "max_overflow": 0,
+            "pool_timeout": self.timeout,
+            "pool_pre_ping": True,
+            "connect_args": {
+                "connect_timeout": max(1, int(self.timeout)),
+                # The server stops a runaway statement too, not only our client-side timeout.
+                "options": f"-c statement_timeout={millis} -c lock_timeout={millis}",
+            },
+        }
+
+    def _sqlite_pragmas(self, dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+        cursor.close()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    def now_expr(self) -> sa.ColumnElement[Any]:
+        """The database clock as a SQL expression."""
+        if self.is_sqlite:
+            return sa.func.strftime("%Y-%m-%d %H:%M:%f", "now")
+        return sa.func.now()
+
+    @asynccontextmanager
+    async def guard(self, what: str) -> AsyncIterator[None]:
+        """Bound a piece of database work by the timeout and translate its errors."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                yield
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"database did not answer within {self.timeout:g}s ({what}); "
+                "check that it is up and not overloaded"
+            ) from None
+        except exc.DBAPIError as error:
+            raise translate(error, what) from error
+        except (OSError, exc.TimeoutError) as error:
+            raise StoreUnavailable(f"database unreachable ({what}): {error}") from error
+
+    @asynccontextmanager
+    async def begin(self, what: str) -> AsyncIterator[AsyncConnection]:
+        """A transaction bounded by the timeout."""
+        async with self.guard(what), self.engine.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def connect(self, what: str) -> AsyncIterator[AsyncConnection]:
+        """A read-only connection bounded by the timeout."""
+        async with self.guard(what), self.engine.connect() as conn:
+            yield conn
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def translate(error: exc.DBAPIError, what: str) -> StoreError:
+    """Turn a driver error into a transient or permanent store error, one line long."""
+    message = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+    if any(hint in message.lower() for hint in _SCHEMA_HINTS):
+        return StoreSchemaError(
+            f"database schema problem ({what}): {message}; check [instances] table and column "
+            "names, and run `watchdogctl db upgrade` for the watchdog's own tables"
+        )
+    if isinstance(error, exc.IntegrityError | exc.ProgrammingError | exc.DataError):
+        return StoreError(f"database rejected a statement ({what}): {message}")
+    return StoreUnavailable(f"database unavailable ({what}): {message}")
+
+
+def as_utc(value: Any) -> datetime:
+    """A database timestamp (aware datetime or SQLite text) as an aware UTC datetime."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)

@@ -1,0 +1,83 @@
+"""The watchdog's own tables (the application's table is mapped in `instances.py`).
+
+Alembic migrations in `migrations/versions` create these; this module is the shape the
+queries use. Timestamps are stored as UTC (timestamptz on PostgreSQL).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on every dialect."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; pass an aware UTC datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+metadata = sa.MetaData()
+
+OPEN_STATES = ("open", "exhausted")
+
+incidents = sa.Table(
+    "watchdog_incidents",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("instance_id", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False, default=0),
+    sa.Column("process", sa.Text),
+    sa.Column("last_action", sa.Text),
+    sa.Column("continues_id", sa.Integer),
+    sa.Column("opened_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("next_action_at", UtcDateTime),
+    sa.Column("closed_at", UtcDateTime),
+)
+
+audit = sa.Table(
+    "watchdog_audit",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Column("incident_id", sa.Integer),
+    sa.Column("instance_id", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("attempt", sa.Integer),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("outcome", sa.Text, nullable=False),
+    sa.Column("detail", sa.Text, nullable=False, default="{}"),
+    sa.Column("duration", sa.Float),
+    sa.Column("actor", sa.Text, nullable=False),
+)
+
+pauses = sa.Table(
+    "watchdog_pauses",
+    metadata,
+    sa.Column("instance_id", sa.Text, primary_key=True),
+    sa.Column("until", UtcDateTime, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
