@@ -34,12 +34,12 @@ from watchdog.store.schema import OPEN_STATES, audit, incidents, pauses
 AuditSink = Callable[[AuditRow], None]
 
 
-def _ignore(_row: AuditRow) -> None:
+def ignore_audit(_row: AuditRow) -> None:
     return None
 
 
 class SqlLedger:
-    def __init__(self, db: Database, emit: AuditSink = _ignore) -> None:
+    def __init__(self, db: Database, emit: AuditSink = ignore_audit) -> None:
         self._db = db
         self._emit = emit
 

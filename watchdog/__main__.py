@@ -1,0 +1,5 @@
+"""`python -m watchdog` is `watchdogctl`."""
+
+from watchdog.cli import main
+
+main()

@@ -1,0 +1,347 @@
+"""`watchdogctl`: a thin click CLI. Parse, build, call one function, print, exit.
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error. Errors are one
+line naming the cause and the fix; never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sys
+from collections.abc import Callable, Coroutine
+from datetime import timedelta
+from typing import Any, ParamSpec, TypeVar
+
+import click
+
+from watchdog import render
+from watchdog.config import Settings, load_settings, redacted
+from watchdog.errors import ConfigError, NotFound, WatchdogError
+from watchdog.model import AuditAction, IncidentState, Pause
+from watchdog.observability import configure_logging, emit_audit
+from watchdog.ports import AuditQuery
+from watchdog.store import migrate
+from watchdog.wiring import Runtime, login_user, open_runtime
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+ENV_HELP = (
+    "Every configuration key can also be set as WATCHDOG_<SECTION>__<KEY>, "
+    "e.g. WATCHDOG_DETECTION__INTERVAL=2.5; the config file is --config or WATCHDOG_CONFIG."
+)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"watchdogctl: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(func: Callable[P, T]) -> Callable[P, T]:
+    """Turn the project's errors into one line and an exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            _fail(str(exc), 2)
+        except WatchdogError as exc:
+            _fail(str(exc), 1)
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+class Context:
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+
+    def settings(self, *, require_secrets: bool = False) -> Settings:
+        return load_settings(self.config_path, require_secrets=require_secrets)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(epilog=ENV_HELP)
+@click.option(
+    "--config",
+    "config_path",
+    envvar="WATCHDOG_CONFIG",
+    type=click.Path(),
+    help="TOML configuration file [env: WATCHDOG_CONFIG].",
+)
+@click.version_option(package_name="instance-watchdog")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """External watchdog for fleets of long-lived instances."""
+    ctx.obj = Context(config_path)
+
+
+# ------------------------------------------------------------------------------- run
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Run one cycle, wait for its actions, exit.")
+@click.option("--dry-run", is_flag=True, help="Detect and audit what would be done (skipped).")
+@pass_ctx
+@handle_errors
+def run(ctx: Context, once: bool, dry_run: bool) -> None:
+    """Run the watchdog (the daemon, or one cycle with --once)."""
+    from watchdog.runner import run_daemon
+
+    settings = ctx.settings(require_secrets=not dry_run)
+    configure_logging(settings.daemon.log_level)
+    sys.exit(run_async(run_daemon(settings, once=once, dry_run=dry_run)))
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+def with_runtime(ctx: Context, work: Callable[[Runtime], Coroutine[Any, Any, T]]) -> T:
+    """Open the stores for an operator command, run `work`, close them."""
+    settings = ctx.settings()
+    configure_logging(settings.daemon.log_level, stream=sys.stderr)
+
+    async def go() -> T:
+        async with open_runtime(settings, emit_audit) as runtime:
+            await migrate.require_current(runtime.db)
+            return await work(runtime)
+
+    return run_async(go())
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@pass_ctx
+@handle_errors
+def status(ctx: Context, as_json: bool) -> None:
+    """Tracked instances: open incidents and pauses."""
+
+    async def work(rt: Runtime) -> None:
+        now = await rt.instances.now()
+        incidents, pauses = await rt.ledger.load_open(), await rt.ledger.load_pauses(now)
+        rules = rt.settings.escalation.rules()
+        records = [render.status_record(t, rules, now) for t in render.tracked(incidents, pauses)]
+        click.echo(render.as_json(records) if as_json else render.status_table(records, now))
+
+    with_runtime(ctx, work)
+
+
+@cli.command()
+@click.argument("instance_id")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@pass_ctx
+@handle_errors
+def show(ctx: Context, instance_id: str, limit: int) -> None:
+    """One instance: its incidents and recent audit trail."""
+
+    async def work(rt: Runtime) -> None:
+        history = await rt.ledger.incident_history(instance_id, 5)
+        rows = await rt.ledger.audit(AuditQuery(instance_id=instance_id, limit=limit))
+        known = history or rows or await rt.instances.exists(instance_id)
+        if not known:
+            raise NotFound(f"unknown instance {instance_id!r}; `watchdogctl status` lists them")
+        now = await rt.instances.now()
+        pause = (await rt.ledger.load_pauses(now)).get(instance_id)
+        click.echo(f"instance {instance_id}")
+        click.echo(
+            f"  paused until {pause.until:%Y-%m-%d %H:%M:%S} ({pause.reason}, by {pause.actor})"
+            if pause
+            else "  not paused"
+        )
+        for incident in history:
+            click.echo(_incident_line(incident))
+        click.echo(render.audit_table(rows))
+
+    with_runtime(ctx, work)
+
+
+def _incident_line(incident: Any) -> str:
+    closed = f", closed {incident.closed_at:%Y-%m-%d %H:%M:%S}" if incident.closed_at else ""
+    return (
+        f"  incident {incident.id}: {incident.state} {incident.reason}, attempt "
+        f"{incident.attempt}, opened {incident.opened_at:%Y-%m-%d %H:%M:%S}{closed}"
+    )
+
+
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return render.parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@cli.command()
+@click.option("--instance", "instance_id", help="Only this instance.")
+@click.option("--since", callback=_duration, help="Only rows newer than this, e.g. 1h, 30m.")
+@click.option(
+    "--action",
+    "actions",
+    multiple=True,
+    type=click.Choice([a.value for a in AuditAction]),
+    help="Only these actions.",
+)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array, oldest first.")
+@pass_ctx
+@handle_errors
+def audit(
+    ctx: Context,
+    instance_id: str | None,
+    since: float | None,
+    actions: tuple[str, ...],
+    limit: int,
+    as_json: bool,
+) -> None:
+    """The audit trail, oldest first."""
+
+    async def work(rt: Runtime) -> None:
+        since_at = (await rt.instances.now()) - timedelta(seconds=since) if since else None
+        query = AuditQuery(instance_id, since_at, [AuditAction(a) for a in actions], limit)
+        rows = await rt.ledger.audit(query)
+        if as_json:
+            click.echo(render.as_json([r.as_json() for r in rows]))
+        else:
+            click.echo(render.audit_table(rows))
+
+    with_runtime(ctx, work)
+
+
+# ----------------------------------------------------------------------------- steer
+
+actor_option = click.option(
+    "--actor",
+    default=login_user,
+    show_default="login user",
+    help="Who is doing this, for the audit trail.",
+)
+
+
+@cli.command()
+@click.argument("instance_id")
+@click.option("--for", "duration", required=True, callback=_duration, help="e.g. 30m, 2h.")
+@click.option("--reason", required=True, help="Why, for the audit trail.")
+@actor_option
+@pass_ctx
+@handle_errors
+def pause(ctx: Context, instance_id: str, duration: float, reason: str, actor: str) -> None:
+    """Take no recovery action on an instance for a while."""
+
+    async def work(rt: Runtime) -> None:
+        await _require_known(rt, instance_id)
+        now = await rt.instances.now()
+        until = now + timedelta(seconds=duration)
+        await rt.ledger.pause(Pause(instance_id, until, reason, actor), now)
+        click.echo(f"paused {instance_id} until {until:%Y-%m-%d %H:%M:%S} UTC")
+
+    with_runtime(ctx, work)
+
+
+@cli.command()
+@click.argument("instance_id")
+@actor_option
+@pass_ctx
+@handle_errors
+def resume(ctx: Context, instance_id: str, actor: str) -> None:
+    """Lift a pause."""
+
+    async def work(rt: Runtime) -> None:
+        if not await rt.ledger.resume(instance_id, actor):
+            raise NotFound(f"instance {instance_id!r} is not paused; nothing to resume")
+        click.echo(f"resumed {instance_id}")
+
+    with_runtime(ctx, work)
+
+
+@cli.command()
+@click.argument("instance_id")
+@actor_option
+@pass_ctx
+@handle_errors
+def reset(ctx: Context, instance_id: str, actor: str) -> None:
+    """Close an instance's incident and forget its attempt count."""
+
+    async def work(rt: Runtime) -> None:
+        incident = (await rt.ledger.load_open()).get(instance_id)
+        if incident is None:
+            raise NotFound(f"instance {instance_id!r} has no open incident; nothing to reset")
+        now = await rt.instances.now()
+        detail = {"attempts": incident.attempt, "state_was": str(incident.state)}
+        await rt.ledger.close(incident, IncidentState.RESET, now, actor, detail)
+        click.echo(
+            f"reset {instance_id}: incident {incident.id} closed at attempt {incident.attempt}"
+        )
+
+    with_runtime(ctx, work)
+
+
+async def _require_known(rt: Runtime, instance_id: str) -> None:
+    if instance_id in await rt.ledger.load_open() or await rt.instances.exists(instance_id):
+        return
+    raise NotFound(f"unknown instance {instance_id!r}: not in table {rt.settings.instances.table}")
+
+
+# ------------------------------------------------------------------------ db, config
+
+
+@cli.group()
+def db() -> None:
+    """The watchdog's own tables."""
+
+
+@db.command("upgrade")
+@pass_ctx
+@handle_errors
+def db_upgrade(ctx: Context) -> None:
+    """Create or upgrade the watchdog's tables (idempotent)."""
+    from watchdog.store.database import Database
+
+    settings = ctx.settings()
+
+    async def go() -> None:
+        database = Database(settings.database.url, settings.database.timeout)
+        try:
+            await migrate.upgrade(database)
+            click.echo(f"watchdog tables at revision {await migrate.current_revision(database)}")
+        finally:
+            await database.dispose()
+
+    run_async(go())
+
+
+@cli.group()
+def config() -> None:
+    """The configuration."""
+
+
+@config.command("check")
+@pass_ctx
+@handle_errors
+def config_check(ctx: Context) -> None:
+    """Validate the configuration and print it, secrets redacted."""
+    settings = ctx.settings(require_secrets=True)
+    click.echo(render.as_json(redacted(settings)))
+    click.echo("configuration ok", err=True)
+
+
+@cli.command()
+@click.option("--seconds", default=75.0, show_default=True, help="How long the scenario runs.")
+@click.option("--dir", "workdir", default="demo-run", show_default=True, type=click.Path())
+def demo(seconds: float, workdir: str) -> None:
+    """A self-contained scenario on SQLite: a simulated app, frozen instances, the ladder."""
+    from watchdog.demo.driver import run_demo
+
+    sys.exit(run_demo(workdir, seconds))
+
+
+def main() -> None:
+    cli(prog_name="watchdogctl")

@@ -1,0 +1,138 @@
+"""The long-running process: APScheduler drives the cycle; signals stop it cleanly.
+
+Shutdown is an event: the first SIGTERM/SIGINT stops new cycles and new actions, lets
+in-flight actions finish within `shutdown_timeout` and records their outcomes; a
+second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from watchdog.engine import CycleReport, Engine
+from watchdog.errors import StoreError
+from watchdog.observability import get_logger
+
+log = get_logger(component="daemon")
+
+
+class CycleRunner:
+    """Runs one cycle at a time and turns its failures into log lines, never crashes."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._lock = asyncio.Lock()
+        self._outage: str | None = None
+        self.last_report: CycleReport | None = None
+        self.good_cycles = 0
+
+    async def __call__(self) -> bool:
+        if self._lock.locked():
+            return False  # the previous cycle is still running; skip, do not queue
+        async with self._lock:
+            return await self._run()
+
+    async def _run(self) -> bool:
+        try:
+            report = await self._engine.run_cycle()
+        except StoreError as exc:
+            self._enter_outage(str(exc))
+            return False
+        except Exception:
+            log.exception("cycle_failed")
+            return False
+        self._leave_outage()
+        self.last_report, self.good_cycles = report, self.good_cycles + 1
+        if report.unhealthy or report.acted or report.resolved:
+            log.info(
+                "cycle",
+                unhealthy=report.unhealthy,
+                opened=report.opened,
+                acted=report.acted,
+                resolved=report.resolved,
+                exhausted=report.exhausted,
+            )
+        return True
+
+    def _enter_outage(self, error: str) -> None:
+        if self._outage is None:  # log the outage once, not once a cycle
+            log.error("database_unavailable", error=error)
+        self._outage = error
+
+    def _leave_outage(self) -> None:
+        if self._outage is not None:
+            log.info("database_available_again")
+        self._outage = None
+
+    async def idle(self, timeout: float) -> None:
+        """Wait until no cycle is running (bounded)."""
+        try:
+            async with asyncio.timeout(timeout), self._lock:
+                return
+        except TimeoutError:
+            log.warning("cycle_still_running_at_shutdown")
+
+
+class Daemon:
+    def __init__(self, engine: Engine, interval: float, shutdown_timeout: float) -> None:
+        self._engine = engine
+        self._interval = interval
+        self._shutdown_timeout = shutdown_timeout
+        self._stop = asyncio.Event()
+        self.cycles = CycleRunner(engine)
+
+    def request_stop(self) -> None:
+        if self._stop.is_set():
+            log.warning("second_signal_exiting_now")
+            os._exit(1)
+        log.info("stopping", shutdown_timeout=self._shutdown_timeout)
+        self._stop.set()
+
+    async def run(self, on_started: Callable[[], Awaitable[None]] | None = None) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        scheduler.add_job(
+            self.cycles,
+            "interval",
+            seconds=self._interval,
+            next_run_time=datetime.now(UTC),
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            id="cycle",
+        )
+        scheduler.start()
+        log.info("started", interval=self._interval, pid=os.getpid())
+        try:
+            if on_started is not None:
+                await on_started()
+            await self._stop.wait()
+        finally:
+            scheduler.shutdown(wait=False)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        return await self._finish()
+
+    async def _finish(self) -> int:
+        await self.cycles.idle(self._shutdown_timeout)
+        finished = await self._engine.drain(self._shutdown_timeout)
+        if not finished:
+            log.warning("actions_still_in_flight_at_shutdown")
+        log.info("stopped", clean=finished)
+        return 0
+
+
+async def run_once(engine: Engine, drain_timeout: float) -> int:
+    """One cycle, wait for its actions, exit 0 when the cycle itself succeeded."""
+    runner = CycleRunner(engine)
+    ok = await runner()
+    await engine.drain(drain_timeout)
+    return 0 if ok else 1

@@ -1,0 +1,49 @@
+"""Structured logging: one JSON event per line, and every audit row as an event too."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+from watchdog.model import AuditRow
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
+    """JSON lines on `stream` (stdout by default), timestamps in UTC ISO-8601."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(sort_keys=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(**context: Any) -> structlog.typing.FilteringBoundLogger:
+    # Initial values stay lazy: a module-level logger picks up configure_logging() later.
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger("watchdog", **context)
+    return logger
+
+
+def emit_audit(row: AuditRow) -> None:
+    """The structlog twin of an audit row, for humans and log shippers."""
+    fields = row.as_json()
+    fields["audit_id"] = fields.pop("id")
+    fields.pop("at")
+    level = "warning" if row.outcome == "failed" else "info"
+    get_logger().log(logging.getLevelNamesMapping()[level.upper()], "audit", **fields)

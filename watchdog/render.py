@@ -1,0 +1,149 @@
+"""What the operator sees: durations in, tables and JSON out. No I/O beyond strings."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from watchdog.model import AuditRow, Incident, IncidentState, Pause
+from watchdog.policy import EscalationRules, is_paused, step_for_attempt
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '5m', '2h', '1h30m', '1d' → seconds. ValueError on anything else."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        seconds = float(text)
+    elif text and re.fullmatch(rf"(?:{_DURATION.pattern})+", text):
+        seconds = sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(text))
+    else:
+        raise ValueError(f"{text!r} is not a duration; use e.g. 90s, 15m, 2h or 1d")
+    if seconds <= 0:
+        raise ValueError(f"{text!r} must be longer than zero")
+    return seconds
+
+
+def human_delta(seconds: float) -> str:
+    """12s, 4m05s, 2h10m: short and sortable by eye."""
+    whole = round(abs(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+@dataclass(frozen=True, slots=True)
+class Tracked:
+    """One line of `watchdogctl status`: an instance with an incident or a pause."""
+
+    instance_id: str
+    incident: Incident | None
+    pause: Pause | None
+
+
+def tracked(incidents: Mapping[str, Incident], pauses: Mapping[str, Pause]) -> list[Tracked]:
+    ids = sorted(set(incidents) | set(pauses))
+    return [Tracked(i, incidents.get(i), pauses.get(i)) for i in ids]
+
+
+def status_record(item: Tracked, rules: EscalationRules, now: datetime) -> dict[str, Any]:
+    incident, paused = item.incident, is_paused(item.pause, now)
+    state = "paused" if paused else (str(incident.state) if incident else "paused")
+    next_action: str | None = None
+    next_at: datetime | None = None
+    if incident is not None and incident.state is IncidentState.OPEN:
+        step = step_for_attempt(rules, incident.attempt + 1)
+        next_action = str(step.action) if step else "exhaust"
+        next_at = incident.next_action_at
+    return {
+        "id": item.instance_id,
+        "state": state,
+        "reason": str(incident.reason) if incident else None,
+        "attempt": incident.attempt if incident else 0,
+        "last_action": str(incident.last_action) if incident and incident.last_action else None,
+        "next_action": next_action,
+        "next_action_at": next_at.isoformat() if next_at else None,
+        "paused_until": item.pause.until.isoformat() if item.pause and paused else None,
+        "pause_reason": item.pause.reason if item.pause and paused else None,
+        "incident": incident.id if incident else None,
+        "opened_at": incident.opened_at.isoformat() if incident else None,
+    }
+
+
+def _when(iso: str | None, now: datetime) -> str:
+    if iso is None:
+        return "-"
+    delta = (datetime.fromisoformat(iso) - now).total_seconds()
+    return f"in {human_delta(delta)}" if delta > 0 else "due"
+
+
+def status_table(records: Sequence[Mapping[str, Any]], now: datetime) -> str:
+    if not records:
+        return "no tracked instances: every enabled instance is healthy"
+    header = ("INSTANCE", "STATE", "REASON", "ATTEMPT", "NEXT", "WHEN", "PAUSED UNTIL")
+    rows = [
+        (
+            r["id"],
+            r["state"],
+            r["reason"] or "-",
+            str(r["attempt"]),
+            r["next_action"] or "-",
+            _when(r["next_action_at"], now),
+            _short_time(r["paused_until"]),
+        )
+        for r in records
+    ]
+    return table(header, rows)
+
+
+def audit_table(rows: Sequence[AuditRow]) -> str:
+    if not rows:
+        return "no audit rows match"
+    header = ("AT", "INSTANCE", "ACTION", "OUTCOME", "ATTEMPT", "REASON", "ACTOR", "DETAIL")
+    lines = [
+        (
+            row.at.strftime("%Y-%m-%d %H:%M:%S"),
+            row.instance_id,
+            str(row.action),
+            str(row.outcome),
+            "-" if row.attempt is None else str(row.attempt),
+            row.reason or "-",
+            row.actor,
+            _short_detail(row),
+        )
+        for row in rows
+    ]
+    return table(header, lines)
+
+
+def _short_detail(row: AuditRow) -> str:
+    detail = dict(row.detail)
+    if row.duration is not None:
+        detail["duration"] = round(row.duration, 3)
+    text = json.dumps(detail, sort_keys=True, default=str) if detail else ""
+    return text if len(text) <= 90 else text[:87] + "..."
+
+
+def _short_time(iso: str | None) -> str:
+    return "-" if iso is None else datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in (header, *rows)
+    ]
+    return "\n".join(lines)
+
+
+def as_json(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=False, default=str)

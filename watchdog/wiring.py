@@ -1,0 +1,120 @@
+"""Builds the adapters from the settings and closes them again: the only place that
+imports both the pure core and the adapters (besides the CLI that calls it).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from sqlalchemy.engine import make_url
+
+from watchdog.actions.api import ApiRestart
+from watchdog.actions.command import CommandRestart
+from watchdog.actions.db_flag import DbFlag
+from watchdog.config import Settings
+from watchdog.errors import ConfigError, StoreError
+from watchdog.model import Action
+from watchdog.ports import Recovery
+from watchdog.store.database import Database
+from watchdog.store.instances import SqlInstanceStore
+from watchdog.store.ledger import AuditSink, SqlLedger, ignore_audit
+
+
+class MonotonicClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    settings: Settings
+    db: Database
+    instances: SqlInstanceStore
+    ledger: SqlLedger
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind an SQLite URL, or None for other databases and in-memory SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    if parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def require_database_file(settings: Settings) -> None:
+    """SQLite would silently create a missing file; say what is wrong instead."""
+    path = sqlite_path(settings.database.url)
+    if path is not None and not path.exists():
+        raise StoreError(
+            f"database file {path} does not exist; check [database] url "
+            "(or WATCHDOG_DATABASE__URL) and the working directory"
+        )
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings, emit: AuditSink = ignore_audit
+) -> AsyncIterator[Runtime]:
+    require_database_file(settings)
+    db = Database(settings.database.url, settings.database.timeout)
+    try:
+        instances = SqlInstanceStore(db, settings.instances, settings.detection.rules())
+        yield Runtime(settings, db, instances, SqlLedger(db, emit))
+    finally:
+        await db.dispose()
+
+
+@asynccontextmanager
+async def open_recoveries(runtime: Runtime) -> AsyncIterator[dict[Action, Recovery]]:
+    """The recovery backends the ladder uses, with their HTTP client closed afterwards."""
+    settings = runtime.settings
+    async with httpx.AsyncClient(timeout=settings.api.timeout) as client:
+        recoveries: dict[Action, Recovery] = {}
+        for action in settings.escalation.actions():
+            recoveries[action] = _build(action, settings, runtime, client)
+        yield recoveries
+
+
+def _build(
+    action: Action, settings: Settings, runtime: Runtime, client: httpx.AsyncClient
+) -> Recovery:
+    if action is Action.API_RESTART:
+        api = settings.api
+        return ApiRestart(client, api.restart_url, api.method, settings.api_token(), api.timeout)
+    if action is Action.DB_FLAG:
+        return DbFlag(runtime.instances, settings.database.timeout)
+    return _process_backend(settings)
+
+
+def _process_backend(settings: Settings) -> Recovery:
+    process = settings.process
+    if process.backend == "command":
+        try:
+            return CommandRestart(process.command, process.program, process.timeout)
+        except ValueError as exc:
+            raise ConfigError(f"config error: process.command: {exc}") from None
+    raise ConfigError(
+        f"config error: process.backend: {process.backend!r} is not available in this "
+        'version; use backend = "command"'
+    )
+
+
+def login_user() -> str:
+    """Who is at the keyboard, for the audit's actor column."""
+    for name in ("SUDO_USER", "USER", "LOGNAME"):
+        if os.environ.get(name):
+            return os.environ[name]
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return "unknown"
