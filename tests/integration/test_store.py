@@ -1,0 +1,293 @@
+"""The store on real databases: every test runs on an SQLite file and on PostgreSQL."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from tests.apptable import AppTable
+from watchdog.config import InstancesSettings
+from watchdog.errors import StoreSchemaError
+from watchdog.model import Action, AuditAction, IncidentState, Outcome, Pause, Reason
+from watchdog.policy import DetectionRules, InstanceRow, classify
+from watchdog.ports import AuditQuery
+from watchdog.store import migrate
+from watchdog.store.database import Database
+from watchdog.store.instances import SqlInstanceStore
+from watchdog.store.ledger import SqlLedger
+
+RULES = DetectionRules()
+
+
+@pytest.fixture
+def app(db_url: str) -> Iterator[AppTable]:
+    table = AppTable(db_url)
+    table.create()
+    yield table
+    table.dispose()
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    database = Database(db_url, timeout=5.0)
+    await migrate.upgrade(database)
+    yield database
+    await database.dispose()
+
+
+def store(db: Database, mapping: InstancesSettings | None = None) -> SqlInstanceStore:
+    return SqlInstanceStore(db, mapping or InstancesSettings(), RULES)
+
+
+# ------------------------------------------------------------------------- detection
+
+
+async def test_scan_finds_each_kind_of_unhealthy_and_nothing_else(
+    app: AppTable, db: Database
+) -> None:
+    app.add("healthy", heartbeat_ago=5)
+    app.add("stale", heartbeat_ago=200, process="p1")
+    app.add("never", heartbeat_ago=None, status_ago=120)
+    app.add("young-never", heartbeat_ago=None, status_ago=30)
+    app.add("stuck", status="CONNECTING", status_ago=150, heartbeat_ago=2)
+    app.add("connecting-briefly", status="CONNECTING", status_ago=60, heartbeat_ago=2)
+    app.add("disabled", enabled=False, heartbeat_ago=500)
+    app.add("banned", status="BANNED", heartbeat_ago=None, status_ago=9999)
+
+    scan = await store(db).scan()
+
+    reasons = {i: f.reason for i, f in scan.findings.items()}
+    assert reasons == {
+        "stale": Reason.STALE_HEARTBEAT,
+        "never": Reason.NEVER_BEAT,
+        "stuck": Reason.STUCK_CONNECTING,
+    }
+    assert scan.findings["stale"].process == "p1"
+    assert 199 < scan.findings["stale"].age < 215
+    assert scan.now.tzinfo is not None
+
+
+async def test_scan_returns_the_database_clock_when_all_is_healthy(
+    app: AppTable, db: Database
+) -> None:
+    app.add("ok", heartbeat_ago=1)
+    instances = store(db)
+    scan = await instances.scan()
+    assert scan.findings == {}
+    assert abs((scan.now - await instances.now()).total_seconds()) < 5
+
+
+async def test_sql_predicate_agrees_with_the_pure_rule(app: AppTable, db: Database) -> None:
+    """The WHERE clause mirrors policy.classify on a grid of rows around the thresholds."""
+    grid = itertools.product(
+        [True, False],
+        ["CONNECTED", "CONNECTING", "LOADING", "BANNED", "QR_REQUIRED"],
+        [None, 10.0, 80.0, 100.0, 400.0],
+        [10.0, 100.0, 110.0, 130.0],
+    )
+    expected: dict[str, Reason] = {}
+    for n, (enabled, status, hb_ago, st_ago) in enumerate(grid):
+        instance_id = f"i{n:03d}"
+        app.add(
+            instance_id, enabled=enabled, status=status, heartbeat_ago=hb_ago, status_ago=st_ago
+        )
+        row = InstanceRow(instance_id, enabled, status, st_ago, hb_ago)
+        finding = classify(row, RULES)
+        if finding is not None:
+            expected[instance_id] = finding.reason
+
+    scan = await store(db).scan()
+
+    assert {i: f.reason for i, f in scan.findings.items()} == expected
+    assert len(expected) > 20  # the grid really exercises every reason
+
+
+@pytest.mark.parametrize("fmt", ["sqlite", "iso"])
+async def test_both_sqlite_timestamp_formats(fmt: str, sqlite_url: str) -> None:
+    app = AppTable(sqlite_url, sqlite_format=fmt)
+    app.create()
+    app.add("fresh", heartbeat_ago=3)
+    app.add("stale", heartbeat_ago=95)
+    app.add("stuck", status="RECONNECTING", status_ago=125)
+    database = Database(sqlite_url, 5.0)
+    try:
+        scan = await store(database).scan()
+    finally:
+        await database.dispose()
+        app.dispose()
+    assert set(scan.findings) == {"stale", "stuck"}
+    assert 94 < scan.findings["stale"].age < 100
+
+
+async def test_a_renamed_table_and_columns(db_url: str, db: Database) -> None:
+    mapping = InstancesSettings(
+        table="sessions",
+        id="session_key",
+        enabled="active",
+        status="state",
+        status_changed_at="state_since",
+        heartbeat="beat_at",
+        force_reconnect="kick",
+        process="",
+    )
+    app = AppTable(db_url, mapping)
+    app.create()
+    app.add("s1", heartbeat_ago=300)
+    app.add("s2", heartbeat_ago=1)
+    instances = store(db, mapping)
+    try:
+        scan = await instances.scan()
+        assert set(scan.findings) == {"s1"}
+        assert scan.findings["s1"].process is None
+        assert await instances.set_force_reconnect("s1") is True
+        assert app.row("s1")["kick"] in (True, 1)
+    finally:
+        app.dispose()
+
+
+async def test_force_reconnect_touches_only_the_flag(app: AppTable, db: Database) -> None:
+    app.add("a", heartbeat_ago=200)
+    app.add("b", heartbeat_ago=200)
+    before_a, before_b = app.row("a"), app.row("b")
+    instances = store(db)
+
+    assert await instances.set_force_reconnect("a") is True
+    assert await instances.set_force_reconnect("nope") is False
+
+    after_a = app.row("a")
+    assert after_a.pop("force_reconnect") in (True, 1)
+    before_a.pop("force_reconnect")
+    assert after_a == before_a
+    assert app.row("b") == before_b
+
+
+async def test_a_missing_table_names_the_fix(db: Database) -> None:
+    instances = store(db, InstancesSettings(table="no_such_table"))
+    with pytest.raises(StoreSchemaError, match=r"\[instances\]"):
+        await instances.scan()
+
+
+# ---------------------------------------------------------------------------- ledger
+
+
+async def _open(ledger: SqlLedger, instances: SqlInstanceStore, app: AppTable, iid: str):  # type: ignore[no-untyped-def]
+    app.add(iid, heartbeat_ago=200)
+    scan = await instances.scan()
+    return await ledger.open_incident(scan.findings[iid], 0, None, scan.now), scan.now
+
+
+async def test_an_attempt_is_claimed_once_and_audited_before_and_after(
+    app: AppTable, db: Database
+) -> None:
+    ledger, instances = SqlLedger(db), store(db)
+    incident, now = await _open(ledger, instances, app, "x")
+
+    first = await ledger.begin_action(incident, 1, Action.API_RESTART, now, now)
+    again = await ledger.begin_action(incident, 1, Action.API_RESTART, now, now)
+    assert first is not None
+    assert again is None  # a second writer loses the claim
+    await ledger.finish_action(
+        incident,
+        1,
+        Action.API_RESTART,
+        Outcome.OK,
+        {"status": 200},
+        0.25,
+        now + timedelta(seconds=30),
+    )
+
+    rows = await ledger.audit(AuditQuery(instance_id="x"))
+    assert [(r.action, r.outcome, r.attempt) for r in rows] == [
+        (AuditAction.DETECTED, Outcome.OK, 0),
+        (AuditAction.API_RESTART, Outcome.STARTED, 1),
+        (AuditAction.API_RESTART, Outcome.OK, 1),
+    ]
+    assert rows[-1].detail == {"status": 200}
+    assert rows[-1].duration == pytest.approx(0.25)
+    reloaded = (await ledger.load_open())["x"]
+    assert reloaded.attempt == 1
+    assert reloaded.last_action is Action.API_RESTART
+    assert reloaded.next_action_at == now + timedelta(seconds=30)
+
+
+async def test_one_open_incident_per_instance(app: AppTable, db: Database) -> None:
+    ledger, instances = SqlLedger(db), store(db)
+    incident, now = await _open(ledger, instances, app, "x")
+    scan = await instances.scan()
+    from watchdog.errors import StoreError
+
+    with pytest.raises(StoreError):
+        await ledger.open_incident(scan.findings["x"], 0, None, now)
+    assert list(await ledger.load_open()) == ["x"]
+    assert incident.state is IncidentState.OPEN
+
+
+async def test_exhaust_then_close_then_history(app: AppTable, db: Database) -> None:
+    ledger, instances = SqlLedger(db), store(db)
+    incident, now = await _open(ledger, instances, app, "x")
+    await ledger.exhaust(incident, now)
+    exhausted = (await ledger.load_open())["x"]
+    assert exhausted.state is IncidentState.EXHAUSTED
+    await ledger.close(exhausted, IncidentState.RESET, now, "alice", {"why": "test"})
+    await ledger.close(exhausted, IncidentState.RESET, now, "alice", {})  # no second row
+
+    assert await ledger.load_open() == {}
+    closed = await ledger.last_closed(["x", "other"])
+    assert closed["x"].state is IncidentState.RESET
+    assert closed["x"].closed_at == now
+    actions = [(r.action, r.actor) for r in await ledger.audit(AuditQuery(instance_id="x"))]
+    assert actions[-2:] == [(AuditAction.EXHAUSTED, "watchdog"), (AuditAction.RESET, "alice")]
+
+
+async def test_pause_and_resume_are_audited(app: AppTable, db: Database) -> None:
+    ledger, instances = SqlLedger(db), store(db)
+    now = await instances.now()
+    await ledger.pause(Pause("x", now + timedelta(hours=2), "maintenance", "bob"), now)
+    assert set(await ledger.load_pauses(now)) == {"x"}
+    assert await ledger.load_pauses(now + timedelta(hours=3)) == {}
+    assert await ledger.resume("x", "bob") is True
+    assert await ledger.resume("x", "bob") is False
+    rows = await ledger.audit(AuditQuery(instance_id="x"))
+    assert [(r.action, r.actor) for r in rows] == [
+        (AuditAction.PAUSED, "bob"),
+        (AuditAction.RESUMED, "bob"),
+    ]
+    assert rows[0].detail["reason"] == "maintenance"
+
+
+async def test_audit_filters_and_limit_keep_the_latest_oldest_first(
+    app: AppTable, db: Database
+) -> None:
+    ledger, instances = SqlLedger(db), store(db)
+    now = await instances.now()
+    for n in range(5):
+        await ledger.pause(Pause(f"i{n}", now + timedelta(hours=1), f"r{n}", "op"), now)
+        await ledger.resume(f"i{n}", "op")
+    latest = await ledger.audit(AuditQuery(limit=3))
+    assert [(r.instance_id, r.action) for r in latest] == [
+        ("i3", AuditAction.RESUMED),
+        ("i4", AuditAction.PAUSED),
+        ("i4", AuditAction.RESUMED),
+    ]
+    paused = await ledger.audit(AuditQuery(actions=[AuditAction.PAUSED]))
+    assert [r.instance_id for r in paused] == ["i0", "i1", "i2", "i3", "i4"]
+    future = await ledger.audit(AuditQuery(since=now + timedelta(hours=1)))
+    assert future == []
+
+
+async def test_migrations_are_idempotent_and_use_their_own_version_table(db: Database) -> None:
+    await migrate.upgrade(db)
+    assert await migrate.current_revision(db) == migrate.head_revision()
+    async with db.connect("inspect") as conn:
+        tables = await conn.run_sync(lambda c: sa.inspect(c).get_table_names())
+    assert {
+        "watchdog_incidents",
+        "watchdog_audit",
+        "watchdog_pauses",
+        "watchdog_alembic_version",
+    } <= set(tables)
+    assert "alembic_version" not in tables
