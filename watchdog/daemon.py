@@ -32,7 +32,7 @@ class CycleRunner:
         self.last_report: CycleReport | None = None
         self.good_cycles = 0
 
-    async def __call__(self) -> bool:
+    async def tick(self) -> bool:
         if self._lock.locked():
             return False  # the previous cycle is still running; skip, do not queue
         async with self._lock:
@@ -100,7 +100,7 @@ class Daemon:
             loop.add_signal_handler(sig, self.request_stop)
         scheduler = AsyncIOScheduler(timezone=UTC)
         scheduler.add_job(
-            self.cycles,
+            self.cycles.tick,
             "interval",
             seconds=self._interval,
             next_run_time=datetime.now(UTC),
@@ -133,6 +133,6 @@ class Daemon:
 async def run_once(engine: Engine, drain_timeout: float) -> int:
     """One cycle, wait for its actions, exit 0 when the cycle itself succeeded."""
     runner = CycleRunner(engine)
-    ok = await runner()
+    ok = await runner.tick()
     await engine.drain(drain_timeout)
     return 0 if ok else 1

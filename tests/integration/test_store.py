@@ -281,7 +281,7 @@ async def test_audit_filters_and_limit_keep_the_latest_oldest_first(
 
 async def test_migrations_are_idempotent_and_use_their_own_version_table(db: Database) -> None:
     await migrate.upgrade(db)
-    assert await migrate.current_revision(db) == migrate.head_revision()
+    assert await migrate.current_revision(db) == migrate.HEAD_REVISION
     async with db.connect("inspect") as conn:
         tables = await conn.run_sync(lambda c: sa.inspect(c).get_table_names())
     assert {
@@ -291,3 +291,10 @@ async def test_migrations_are_idempotent_and_use_their_own_version_table(db: Dat
         "watchdog_alembic_version",
     } <= set(tables)
     assert "alembic_version" not in tables
+
+
+def test_head_revision_constant_matches_the_newest_migration() -> None:
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(migrate.alembic_config())
+    assert scripts.get_current_head() == migrate.HEAD_REVISION

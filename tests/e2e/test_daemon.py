@@ -1,0 +1,215 @@
+"""The installed `watchdogctl run` as a subprocess, against a real HTTP server, a real
+process-restart command and a real SQLite file, with compressed timings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.apptable import AppTable
+from tests.httpapp import RestartApi, restart_api
+from tests.waiting import wait_for
+
+TOKEN = "e2e-token-not-for-logs"
+
+
+class Beater:
+    """A heartbeat writer for the instances that are alive, like the application's."""
+
+    def __init__(self, app: AppTable, alive: set[str]) -> None:
+        self.app, self.alive = app, alive
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            for instance_id in list(self.alive):
+                self.app.beat(instance_id)
+
+    def __enter__(self) -> Beater:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def write_config(tmp_path: Path, db_url: str, api_url: str, marker: Path) -> Path:
+    restart_script = tmp_path / "restart.py"
+    restart_script.write_text(
+        "import sys\nwith open(sys.argv[2], 'a') as f:\n    f.write(sys.argv[1] + '\\n')\n"
+    )
+    config = tmp_path / "watchdog.toml"
+    config.write_text(f"""
+[database]
+url = "{db_url}"
+
+[detection]
+interval = 0.2
+stale_after = 2.0
+connecting_after = 3.0
+
+[escalation]
+settle = 0.3
+backoff_factor = 1.0
+jitter = 0.0
+max_attempts = 7
+ladder = [ {{ action = "api_restart", attempts = 2 }},
+           {{ action = "db_flag", attempts = 3 }},
+           {{ action = "process_restart", settle = 0.5 }} ]
+
+[api]
+restart_url = "{api_url}"
+timeout = 2.0
+
+[process]
+backend = "command"
+program = "app-main"
+command = ["{sys.executable}", "{restart_script}", "{{process}}", "{marker}"]
+timeout = 5.0
+""")
+    return config
+
+
+def ctl(watchdogctl: str, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "WATCHDOG_API_TOKEN": TOKEN}
+    return subprocess.run(
+        [watchdogctl, "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def audit(watchdogctl: str, config: Path, instance_id: str) -> list[dict[str, object]]:
+    result = ctl(
+        watchdogctl, config, "audit", "--json", "--instance", instance_id, "--limit", "1000"
+    )
+    assert result.returncode == 0, result.stderr
+    rows: list[dict[str, object]] = json.loads(result.stdout)
+    return rows
+
+
+@pytest.fixture
+def daemon_log(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "daemon.log"
+    yield path
+
+
+def test_a_frozen_instance_climbs_the_whole_ladder(
+    tmp_path: Path, sqlite_url: str, watchdogctl: str, daemon_log: Path
+) -> None:
+    app = AppTable(sqlite_url)
+    app.create()
+    app.add("frozen", heartbeat_ago=60)
+    app.add("cured-by-api", heartbeat_ago=60)
+    app.add("healthy", heartbeat_ago=0)
+    app.add("disabled", enabled=False, heartbeat_ago=600)
+    app.add("banned", status="BANNED", heartbeat_ago=None, status_ago=600)
+    alive = {"healthy"}
+    marker = tmp_path / "restarts.txt"
+
+    def cure(instance_id: str) -> None:
+        if instance_id == "cured-by-api":
+            alive.add(instance_id)
+            app.beat(instance_id)
+
+    with restart_api(RestartApi(on_restart=cure)) as api, Beater(app, alive):
+        config = write_config(tmp_path, sqlite_url, api.url(), marker)
+        env = {**os.environ, "WATCHDOG_API_TOKEN": TOKEN}
+        with daemon_log.open("w") as log:
+            proc = subprocess.Popen(
+                [watchdogctl, "--config", str(config), "run"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        try:
+            wait_for(lambda: marker.exists(), 30, "the process restart command")
+            alive.add("frozen")  # the restarted process brings the instance back
+            wait_for(
+                lambda: any(
+                    r["action"] == "recovered" for r in audit(watchdogctl, config, "frozen")
+                ),
+                15,
+                "the frozen instance to recover",
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; daemon log:\n{daemon_log.read_text()[-3000:]}") from None
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=15)
+        assert code == 0, daemon_log.read_text()[-2000:]
+
+    frozen = audit(watchdogctl, config, "frozen")
+    acts = [
+        (r["action"], r["attempt"], r["outcome"])
+        for r in frozen
+        if r["action"] not in ("detected", "recovered")
+    ]
+    ladder = ["api_restart"] * 2 + ["db_flag"] * 3 + ["process_restart"]
+    expected = []
+    for attempt, action in enumerate(ladder, start=1):
+        expected += [(action, attempt, "started"), (action, attempt, "ok")]
+    assert acts[: len(expected)] == expected
+    assert frozen[0]["action"] == "detected"
+    assert frozen[-1]["action"] == "recovered"
+    assert frozen[-1]["detail"]["time_to_recover"] > 0  # type: ignore[index]
+
+    assert marker.read_text().split() == ["app-main"]  # one restart, of the default program
+    assert app.row("frozen")["force_reconnect"] in (True, 1)
+    frozen_calls = api.calls_for("frozen")
+    assert len(frozen_calls) == 2
+    assert all(c.authorization == f"Bearer {TOKEN}" for c in frozen_calls)
+
+    cured = audit(watchdogctl, config, "cured-by-api")
+    assert [r["action"] for r in cured] == ["detected", "api_restart", "api_restart", "recovered"]
+    for untouched in ("healthy", "disabled", "banned"):
+        assert audit(watchdogctl, config, untouched) == []
+        assert api.calls_for(untouched) == []
+        assert app.row(untouched)["force_reconnect"] in (False, 0)
+
+    log_text = daemon_log.read_text()
+    assert TOKEN not in log_text
+    events = [json.loads(line) for line in log_text.splitlines() if line.startswith("{")]
+    assert sum(e.get("event") == "audit" for e in events) >= len(frozen) + len(cured)
+    app.dispose()
+
+
+def test_dry_run_touches_nothing(tmp_path: Path, sqlite_url: str, watchdogctl: str) -> None:
+    app = AppTable(sqlite_url)
+    app.create()
+    app.add("frozen", heartbeat_ago=60)
+    with restart_api(RestartApi()) as api:
+        config = write_config(tmp_path, sqlite_url, api.url(), tmp_path / "marker")
+        result = ctl(watchdogctl, config, "run", "--once", "--dry-run")
+        assert result.returncode == 0, result.stderr
+        assert api.requests == []
+    rows = audit(watchdogctl, config, "frozen")
+    assert [(r["action"], r["outcome"]) for r in rows] == [
+        ("detected", "skipped"),
+        ("api_restart", "skipped"),
+    ]
+    status = json.loads(ctl(watchdogctl, config, "status", "--json").stdout)
+    assert status == []
+    assert app.row("frozen")["force_reconnect"] in (False, 0)
+    app.dispose()
+
+
+def test_python_dash_m_is_the_same_cli(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "watchdog", "--help"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0
+    assert "WATCHDOG_<SECTION>__<KEY>" in result.stdout
