@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -102,9 +101,8 @@ def audit(watchdogctl: str, config: Path, instance_id: str) -> list[dict[str, ob
 
 
 @pytest.fixture
-def daemon_log(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "daemon.log"
-    yield path
+def daemon_log(tmp_path: Path) -> Path:
+    return tmp_path / "daemon.log"
 
 
 def test_a_frozen_instance_climbs_the_whole_ladder(
