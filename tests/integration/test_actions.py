@@ -1,0 +1,524 @@
+"""The recovery backends against real things: an HTTP server on a loopback port, a closed
+port, real child processes. Only the instance store is faked (its adapter lives elsewhere).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import stat
+import struct
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from watchdog.actions.api import ApiRestart
+from watchdog.actions.command import CommandRestart
+from watchdog.actions.db_flag import DbFlag
+from watchdog.errors import (
+    PermanentRecoveryError,
+    RecoveryError,
+    StoreUnavailable,
+    TransientRecoveryError,
+)
+from watchdog.model import Action, Scan, Target
+from watchdog.ports import Recovery
+
+TOKEN = "s3cr3t-t0ken-value"  # a test value, asserted never to leak
+ECHO_AUTH = "<echo the Authorization header>"
+
+# ----------------------------------------------------------------- HTTP server
+
+
+@dataclass(frozen=True)
+class Seen:
+    method: str
+    path: str
+    authorization: str | None
+
+
+@dataclass
+class FakeApi:
+    """What the server was asked, and how it should answer each path."""
+
+    base: str = ""
+    requests: list[Seen] = field(default_factory=list)
+    responses: dict[str, tuple[int, str]] = field(default_factory=dict)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+class _Server(ThreadingHTTPServer):
+    api: FakeApi
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def do_PUT(self) -> None:
+        self._handle()
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # keep test output clean
+
+    def _handle(self) -> None:
+        api = self.server.api
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        auth = self.headers.get("Authorization")
+        api.requests.append(Seen(self.command, self.path, auth))
+        if self.path.startswith("/slow/"):
+            api.release.wait(10)  # released at teardown; the client gives up long before
+            self.close_connection = True
+            return
+        if self.path.startswith("/reset/"):
+            # Linger 0 makes close() send a TCP RST instead of a FIN.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            return
+        status, body = api.responses.get(self.path, (200, "restarting"))
+        data = (auth or "" if body == ECHO_AUTH else body).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def api() -> Iterator[FakeApi]:
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.api = FakeApi(base=f"http://127.0.0.1:{server.server_address[1]}")
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    try:
+        yield server.api
+    finally:
+        server.api.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    # trust_env=False: a proxy from the environment must not intercept loopback requests.
+    # verify=False: plain HTTP only, and it skips loading the CA bundle for every test.
+    async with httpx.AsyncClient(trust_env=False, verify=False) as http:
+        yield http
+
+
+@pytest.fixture
+def refused_url() -> Iterator[str]:
+    """A loopback port that is bound but not listening, so connects are refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/restart/{{id}}"
+
+
+def _assert_no_token(exc: BaseException) -> None:
+    assert TOKEN not in str(exc)
+    assert TOKEN not in repr(exc.args)
+    assert exc.__cause__ is None  # the httpx error carries the request headers
+
+
+# --------------------------------------------------------------------- ApiRestart
+
+
+async def test_api_restart_sends_quoted_id_and_bearer_token(
+    api: FakeApi, client: httpx.AsyncClient
+) -> None:
+    restart = ApiRestart(client, api.base + "/restart/{id}", token=TOKEN)
+    result = await restart.recover(Target("a/b c?d#e", None))
+    quoted = "a%2Fb%20c%3Fd%23e"
+    assert result.detail == {"status": 200, "url": f"{api.base}/restart/{quoted}"}
+    assert TOKEN not in repr(result)
+    assert api.requests == [Seen("POST", f"/restart/{quoted}", f"Bearer {TOKEN}")]
+
+
+async def test_api_restart_without_token_sends_no_authorization(
+    api: FakeApi, client: httpx.AsyncClient
+) -> None:
+    restart = ApiRestart(client, api.base + "/v1/{id}/restart", method="put")
+    result = await restart.recover(Target("w1", "proc"))
+    assert result.detail["status"] == 200
+    assert api.requests == [Seen("PUT", "/v1/w1/restart", None)]
+
+
+async def test_api_restart_accepts_any_2xx(api: FakeApi, client: httpx.AsyncClient) -> None:
+    api.responses["/restart/w1"] = (202, "")
+    result = await ApiRestart(client, api.base + "/restart/{id}").recover(Target("w1", None))
+    assert result.detail["status"] == 202
+
+
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+async def test_api_busy_statuses_are_transient(
+    api: FakeApi, client: httpx.AsyncClient, status: int
+) -> None:
+    api.responses["/restart/w1"] = (status, "try\nlater")
+    restart = ApiRestart(client, api.base + "/restart/{id}", token=TOKEN)
+    with pytest.raises(TransientRecoveryError) as info:
+        await restart.recover(Target("w1", None))
+    assert str(info.value) == f"HTTP {status} from POST {api.base}/restart/w1: try later"
+    _assert_no_token(info.value)
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 409, 500, 301])
+async def test_api_other_statuses_are_permanent_with_a_short_body(
+    api: FakeApi, client: httpx.AsyncClient, status: int
+) -> None:
+    api.responses["/restart/w1"] = (status, "E" * 150 + "\n" + "F" * 1000)
+    restart = ApiRestart(client, api.base + "/restart/{id}", token=TOKEN)
+    with pytest.raises(PermanentRecoveryError) as info:
+        await restart.recover(Target("w1", None))
+    prefix = f"HTTP {status} from POST {api.base}/restart/w1: "
+    assert str(info.value) == prefix + "E" * 150 + " " + "F" * 49
+    _assert_no_token(info.value)
+
+
+async def test_api_error_masks_a_token_the_server_echoes(
+    api: FakeApi, client: httpx.AsyncClient
+) -> None:
+    api.responses["/restart/w1"] = (403, ECHO_AUTH)
+    restart = ApiRestart(client, api.base + "/restart/{id}", token=TOKEN)
+    with pytest.raises(PermanentRecoveryError) as info:
+        await restart.recover(Target("w1", None))
+    assert str(info.value).endswith(": Bearer ***")
+    _assert_no_token(info.value)
+
+
+async def test_api_connection_refused_is_transient(
+    refused_url: str, client: httpx.AsyncClient
+) -> None:
+    restart = ApiRestart(client, refused_url, token=TOKEN)
+    with pytest.raises(TransientRecoveryError) as info:
+        await restart.recover(Target("w1", None))
+    assert str(info.value).endswith(" failed: ConnectError: Connection refused")
+    _assert_no_token(info.value)
+
+
+async def test_api_connection_reset_is_transient(api: FakeApi, client: httpx.AsyncClient) -> None:
+    restart = ApiRestart(client, api.base + "/reset/{id}", token=TOKEN)
+    with pytest.raises(TransientRecoveryError, match=r"HTTP POST .*/reset/w1 failed: ") as info:
+        await restart.recover(Target("w1", None))
+    _assert_no_token(info.value)
+
+
+async def test_api_timeout_is_transient_and_bounded(
+    api: FakeApi, client: httpx.AsyncClient
+) -> None:
+    restart = ApiRestart(client, api.base + "/slow/{id}", token=TOKEN, timeout=0.2)
+    started = time.monotonic()
+    with pytest.raises(TransientRecoveryError) as info:
+        await restart.recover(Target("w1", None))
+    assert time.monotonic() - started < 2
+    assert str(info.value).startswith(f"HTTP POST {api.base}/slow/w1 timed out after 0.2s (")
+    _assert_no_token(info.value)
+
+
+async def test_api_unsupported_scheme_is_permanent(client: httpx.AsyncClient) -> None:
+    restart = ApiRestart(client, "ftp://127.0.0.1/restart/{id}", token=TOKEN)
+    with pytest.raises(PermanentRecoveryError, match="bad url: UnsupportedProtocol") as info:
+        await restart.recover(Target("w1", None))
+    _assert_no_token(info.value)
+
+
+async def test_api_password_in_url_is_masked(api: FakeApi, client: httpx.AsyncClient) -> None:
+    url = api.base.replace("http://", "http://ops:hunter2@") + "/restart/{id}"
+    result = await ApiRestart(client, url).recover(Target("w1", None))
+    assert result.detail["url"] == api.base.replace("http://", "http://ops:***@") + "/restart/w1"
+    assert api.requests[0].authorization is not None  # httpx sent the basic credentials
+
+
+async def test_api_restart_is_a_recovery_keyed_by_instance(client: httpx.AsyncClient) -> None:
+    restart: Recovery = ApiRestart(client, "http://x/{id}", timeout=3)
+    assert restart.action is Action.API_RESTART
+    assert restart.timeout == 3
+    assert restart.key(Target("w1", "shared")) == "w1"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"url_template": "http://x/{instance}"}, r"unknown placeholder\(s\) \{instance\}"),
+        ({"url_template": "http://x/{id}", "method": "PO ST"}, "HTTP method"),
+        ({"url_template": "http://x/{id}", "timeout": 0}, "positive"),
+    ],
+)
+async def test_api_restart_rejects_bad_configuration(
+    client: httpx.AsyncClient, kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        ApiRestart(client, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("token", ["two words", "tok\r\nX-Evil: 1", "caf\u00e9"])
+async def test_api_restart_rejects_a_token_that_cannot_be_a_header(
+    client: httpx.AsyncClient, token: str
+) -> None:
+    with pytest.raises(ValueError, match="visible ASCII") as info:
+        ApiRestart(client, "http://x/{id}", token=token)
+    assert token not in str(info.value)
+
+
+# ------------------------------------------------------------------------- DbFlag
+
+
+class FakeInstances:
+    """Just enough of an InstanceStore: a set of known ids and the flags set."""
+
+    def __init__(self, known: set[str], error: Exception | None = None) -> None:
+        self.known = known
+        self.flagged: list[str] = []
+        self.error = error
+
+    async def scan(self) -> Scan:
+        return Scan(now=await self.now(), findings={})
+
+    async def set_force_reconnect(self, instance_id: str) -> bool:
+        if self.error is not None:
+            raise self.error
+        if instance_id not in self.known:
+            return False
+        self.flagged.append(instance_id)
+        return True
+
+    async def exists(self, instance_id: str) -> bool:
+        return instance_id in self.known
+
+    async def now(self) -> datetime:
+        return datetime(2024, 1, 1, tzinfo=UTC)
+
+
+async def test_db_flag_sets_the_flag() -> None:
+    store = FakeInstances({"w1"})
+    flag: Recovery = DbFlag(store, timeout=2)
+    result = await flag.recover(Target("w1", "proc"))
+    assert result.detail == {"flag": "force_reconnect"}
+    assert store.flagged == ["w1"]
+    assert (flag.action, flag.timeout, flag.key(Target("w1", "proc"))) == (Action.DB_FLAG, 2, "w1")
+
+
+async def test_db_flag_on_unknown_instance_is_permanent() -> None:
+    with pytest.raises(PermanentRecoveryError, match="instance 'gone' is not in the instances"):
+        await DbFlag(FakeInstances({"w1"})).recover(Target("gone", None))
+
+
+async def test_db_flag_lets_store_errors_through_unchanged() -> None:
+    error = StoreUnavailable("database is locked")
+    with pytest.raises(StoreUnavailable) as info:
+        await DbFlag(FakeInstances({"w1"}, error)).recover(Target("w1", None))
+    assert info.value is error
+
+
+# ----------------------------------------------------------------- CommandRestart
+
+PY = sys.executable
+PRINT_ARGS = "import json, sys; print(json.dumps(sys.argv[1:]))"
+# Starts a helper that shares its pipes and records both pids...
+START_HELPER = """
+import os, subprocess, sys, time
+helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write("%d %d" % (os.getpid(), helper.pid))  # no braces: they mark placeholders
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+"""
+HANG = START_HELPER + "time.sleep(60)\n"  # ...then hangs
+DETACH = START_HELPER  # ...then exits, leaving the helper on its pipes, like `app &` in a script
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def _pids_from(path: Path) -> tuple[int, int]:
+    async with asyncio.timeout(5):
+        while not path.exists():
+            await asyncio.sleep(0.01)  # polls a condition, with a deadline
+    child, helper = path.read_text().split()
+    return int(child), int(helper)
+
+
+async def _assert_gone(child: int, helper: int) -> None:
+    # Our own child must be reaped, not a zombie: kill(pid, 0) fails only then.
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+    # The helper was re-parented, so init reaps it; it must be dead. Its pipes close a moment
+    # before it turns into a zombie, hence the bounded wait.
+    async with asyncio.timeout(2):
+        while _alive(helper):
+            await asyncio.sleep(0.01)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def test_command_runs_argv_with_substitutions() -> None:
+    restart = CommandRestart([PY, "-c", PRINT_ARGS, "{process}", "--id={id}"], "worker-{id}")
+    result = await restart.recover(Target("app:7@eu.1", None))
+    argv = [PY, "-c", PRINT_ARGS, "worker-app:7@eu.1", "--id=app:7@eu.1"]
+    assert result.detail == {
+        "argv": argv,
+        "exit": 0,
+        "process": "worker-app:7@eu.1",
+        "stdout": json.dumps(argv[3:]),
+    }
+
+
+async def test_command_never_uses_a_shell() -> None:
+    literal = "$HOME;`id` * | echo >x && $(id)"
+    restart = CommandRestart([PY, "-c", PRINT_ARGS, literal, "{id}"], "p")
+    result = await restart.recover(Target("w1", None))
+    assert json.loads(result.detail["stdout"]) == [literal, "w1"]
+
+
+async def test_command_keeps_the_last_200_chars_of_stdout() -> None:
+    restart = CommandRestart([PY, "-c", "print('a' * 500 + 'END')"], "p")
+    result = await restart.recover(Target("w1", None))
+    assert result.detail["stdout"] == "a" * 197 + "END"
+
+
+async def test_command_key_is_the_resolved_process() -> None:
+    restart: Recovery = CommandRestart(["restart", "{process}"], "worker-{id}", timeout=4)
+    assert restart.key(Target("7", None)) == "worker-7"
+    assert restart.key(Target("7", "pool")) == "pool"
+    assert (restart.action, restart.timeout) == (Action.PROCESS_RESTART, 4)
+
+
+async def test_command_nonzero_exit_is_permanent_with_stderr_tail() -> None:
+    script = "import sys; sys.stderr.write('x' * 300 + '\\nno such\\nprocess'); sys.exit(3)"
+    restart = CommandRestart([PY, "-c", script], "p")
+    with pytest.raises(PermanentRecoveryError) as info:
+        await restart.recover(Target("w1", None))
+    tail = ("x" * 300 + " no such process")[-200:]  # newlines become spaces
+    assert str(info.value) == f"command {PY} exited with 3: {tail}"
+
+
+async def test_command_exit_75_is_transient() -> None:
+    restart = CommandRestart([PY, "-c", "import sys; sys.exit(75)"], "p")
+    with pytest.raises(TransientRecoveryError, match=r"exited with 75: \(no output\)$"):
+        await restart.recover(Target("w1", None))
+
+
+async def test_command_killed_by_a_signal_names_it() -> None:
+    restart = CommandRestart([PY, "-c", "import os, signal; os.kill(os.getpid(), 15)"], "p")
+    with pytest.raises(PermanentRecoveryError, match="was killed by SIGTERM"):
+        await restart.recover(Target("w1", None))
+
+
+async def test_command_timeout_kills_and_reaps_the_whole_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids"
+    restart = CommandRestart([PY, "-c", HANG, str(pidfile)], "p", timeout=0.5)
+    fds = _open_fds()
+    started = time.monotonic()
+    with pytest.raises(TransientRecoveryError) as info:
+        await restart.recover(Target("w1", None))
+    assert time.monotonic() - started < 3
+    assert str(info.value) == f"command {PY} timed out after 0.5s and was killed"
+    await _assert_gone(*await _pids_from(pidfile))
+    assert _open_fds() == fds  # both pipes closed
+
+
+async def test_command_cancelled_by_the_caller_still_cleans_up(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids"
+    restart = CommandRestart([PY, "-c", HANG, str(pidfile)], "p", timeout=30)
+    fds = _open_fds()
+    task = asyncio.create_task(restart.recover(Target("w1", None)))
+    pids = await _pids_from(pidfile)
+    task.cancel()  # what the engine's asyncio.timeout does
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await _assert_gone(*pids)
+    assert _open_fds() == fds
+
+
+async def test_command_whose_background_child_holds_the_pipes_is_reported(
+    tmp_path: Path,
+) -> None:
+    pidfile = tmp_path / "pids"
+    restart = CommandRestart([PY, "-c", DETACH, str(pidfile)], "p", timeout=0.5)
+    fds = _open_fds()
+    with pytest.raises(PermanentRecoveryError) as info:
+        await restart.recover(Target("w1", None))
+    assert str(info.value).startswith(f"command {PY} exited with 0 but a process it started")
+    assert "redirect that process's output" in str(info.value)
+    await _assert_gone(*await _pids_from(pidfile))
+    assert _open_fds() == fds
+
+
+async def test_command_missing_executable_is_permanent(tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-such-ctl")
+    restart = CommandRestart([missing, "restart", "{process}"], "p")
+    with pytest.raises(PermanentRecoveryError) as info:
+        await restart.recover(Target("w1", None))
+    assert str(info.value) == (
+        f"cannot run {missing}: No such file or directory; check [process] command"
+    )
+
+
+async def test_command_not_executable_is_permanent(tmp_path: Path) -> None:
+    script = tmp_path / "ctl"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    restart = CommandRestart([str(script)], "p")
+    with pytest.raises(PermanentRecoveryError, match="Permission denied; check"):
+        await restart.recover(Target("w1", None))
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        Target("a b", None),
+        Target("../x", None),
+        Target("$(rm)", None),
+        Target("-rf", None),
+        Target("w1\n", None),
+        Target("w1", "a b"),
+        Target("w1", "--kill-all"),
+    ],
+    ids=repr,
+)
+async def test_command_refuses_unsafe_names_before_running(tmp_path: Path, target: Target) -> None:
+    marker = tmp_path / "ran"
+    script = "import sys; open(sys.argv[1], 'w').close()"
+    restart = CommandRestart([PY, "-c", script, str(marker), "{process}", "{id}"], "w-{id}")
+    with pytest.raises(PermanentRecoveryError, match=r"unsafe (instance id|process name) ") as info:
+        await restart.recover(Target(target.instance_id, target.process))
+    bad = target.instance_id if "instance id" in str(info.value) else target.process
+    assert repr(bad) in str(info.value)
+    with pytest.raises(RecoveryError):
+        restart.key(target)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "default", "message"),
+    [
+        (["ctl", "{cmd}"], "p", r"\{cmd\}"),
+        (["ctl", "{process}"], "{process}", r"default process .*\{process\}"),
+        (["ctl", "{0}"], "p", r"\{0\}"),
+        ([], "p", "non-empty"),
+        ("ctl restart", "p", "non-empty list"),
+    ],
+)
+async def test_command_rejects_bad_templates(argv: list[str], default: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CommandRestart(argv, default)

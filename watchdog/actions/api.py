@@ -1,0 +1,140 @@
+"""API_RESTART: ask the application's own HTTP API to restart one instance.
+
+httpx errors and HTTP statuses are translated into RecoveryErrors here, so the engine
+only sees whether a retry may help. The bearer token never appears in results or errors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import httpx
+
+from watchdog.actions.naming import check_placeholders
+from watchdog.errors import PermanentRecoveryError, RecoveryError, TransientRecoveryError
+from watchdog.model import Action, ActionResult, Target
+
+# Statuses that mean "busy or briefly down", worth retrying later.
+TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+_BODY_CHARS = 200
+_METHOD = re.compile(r"[A-Z]+")
+_TOKEN = re.compile(r"[!-~]+")  # visible ASCII: anything else cannot go in a header
+
+
+class ApiRestart:
+    """Send `method url_template` with `{id}` replaced by the URL-quoted instance id."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        url_template: str,
+        method: str = "POST",
+        token: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        check_placeholders("api url", url_template, ("{id}",))
+        method = method.upper()
+        if _METHOD.fullmatch(method) is None:
+            raise ValueError(f"api method must be an HTTP method such as POST, got {method!r}")
+        if timeout <= 0:
+            raise ValueError(f"api timeout must be positive, got {timeout!r}")
+        if token and _TOKEN.fullmatch(token) is None:
+            # Deliberately not echoed: it is a secret.
+            raise ValueError("api token must be visible ASCII without spaces or line breaks")
+        self._client = client
+        self._url_template = url_template
+        self._method = method
+        self._token = token or None
+        self._timeout = timeout
+
+    @property
+    def action(self) -> Action:
+        return Action.API_RESTART
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    def key(self, target: Target) -> str:
+        return target.instance_id
+
+    def url_for(self, target: Target) -> str:
+        # safe="" so that an id cannot add path segments, a query or a fragment.
+        return self._url_template.replace("{id}", quote(target.instance_id, safe=""))
+
+    async def recover(self, target: Target) -> ActionResult:
+        url = self.url_for(target)
+        shown = _display_url(url)
+        response = await self._send(url, shown)
+        if response.is_success:
+            return ActionResult(detail={"status": response.status_code, "url": shown})
+        raise self._status_error(response, shown)
+
+    async def _send(self, url: str, shown: str) -> httpx.Response:
+        # The headers stay out of this frame's locals and the httpx error (whose request
+        # carries them) is not chained, so tracebacks that print locals never show the token.
+        what = f"HTTP {self._method} {shown}"
+        try:
+            return await self._client.request(
+                self._method, url, headers=self._headers(), timeout=self._timeout
+            )
+        except httpx.TimeoutException as exc:
+            error = self._error(
+                f"{what} timed out after {self._timeout:g}s ({_describe(exc)})", transient=True
+            )
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            error = self._error(f"{what}: bad url: {_describe(exc)}", transient=False)
+        except httpx.TransportError as exc:
+            # Refused, reset, DNS failure, proxy trouble: the far side may come back.
+            error = self._error(f"{what} failed: {_describe(exc)}", transient=True)
+        raise error from None
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
+
+    def _status_error(self, response: httpx.Response, shown: str) -> RecoveryError:
+        code = response.status_code
+        body = _one_line(response.text[: _BODY_CHARS * 4])[:_BODY_CHARS]
+        message = f"HTTP {code} from {self._method} {shown}: {body}"
+        return self._error(message, transient=code in TRANSIENT_STATUSES)
+
+    def _error(self, message: str, *, transient: bool) -> RecoveryError:
+        """A RecoveryError with the token masked, in case a server or library echoes it."""
+        if self._token:
+            message = message.replace(self._token, "***")
+        if transient:
+            return TransientRecoveryError(message)
+        return PermanentRecoveryError(message)
+
+
+def _describe(exc: Exception) -> str:
+    """Exception class and cause on one line, e.g. "ConnectError: Connection refused"."""
+    text = _os_reason(exc) or _one_line(str(exc))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _os_reason(exc: BaseException) -> str | None:
+    """The OS error behind a wrapped one: httpx only says "All connection attempts failed"."""
+    cause = exc.__cause__ or exc.__context__
+    for _ in range(10):  # chains are short; the bound guards against cycles
+        if cause is None:
+            return None
+        if isinstance(cause, OSError) and cause.errno:
+            return os.strerror(cause.errno)
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _display_url(url: str) -> str:
+    """`url` with any password in its userinfo masked, for results and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
