@@ -147,3 +147,9 @@ class Recovery(Protocol):
         ...
 
     async def recover(self, target: Target) -> ActionResult: ...
+
+
+class ProcessLocator(Protocol):
+    """A process backend that can say which PID hosts a process (for `show`)."""
+
+    async def locate(self, process: str) -> int | None: ...

@@ -1,0 +1,36 @@
+"""psutil evidence about a hosting process, for audit details and `watchdogctl show`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psutil
+
+
+def process_facts(pid: int | None) -> dict[str, Any] | None:
+    """PID, state, RSS and uptime of a live process, or None when it cannot be found."""
+    if not pid:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            return {
+                "pid": pid,
+                "state": proc.status(),
+                "rss": proc.memory_info().rss,
+                "uptime": round(time.time() - proc.create_time(), 1),
+            }
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
+def restart_evidence(
+    old_pid: int | None, old_facts: dict[str, Any] | None, new_pid: int | None
+) -> dict[str, Any]:
+    """The audit detail of a process restart: old and new PID, the old process's state."""
+    detail: dict[str, Any] = {"old_pid": old_pid, "new_pid": new_pid}
+    if old_facts is not None:
+        detail["old_state"] = old_facts["state"]
+        detail["old_rss"] = old_facts["rss"]
+    return detail
