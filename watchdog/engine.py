@@ -7,6 +7,7 @@ the next cycle skips instances whose action is still in flight.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -18,6 +19,9 @@ from watchdog.errors import RecoveryError, WatchdogError
 from watchdog.model import Action, AuditAction, Incident, IncidentState, Outcome, Target
 from watchdog.policy import Act, Decision, EscalationRules, Exhaust, Open, Resolve, World, decide
 from watchdog.ports import Clock, InstanceStore, Ledger, NewAudit, Recovery
+
+# The pure core logs through the standard library; observability routes it to stderr.
+log = logging.getLogger("watchdog.engine")
 
 
 @dataclass(slots=True)
@@ -180,10 +184,11 @@ class Engine:
                 result = await recovery.recover(target)
         except TimeoutError:
             return Outcome.FAILED, {"error": f"timed out after {recovery.timeout:g}s"}
-        except RecoveryError as exc:
-            return Outcome.FAILED, {"error": str(exc), "transient": exc.transient}
         except WatchdogError as exc:
             return Outcome.FAILED, {"error": str(exc), "transient": exc.transient}
+        except Exception as exc:  # an adapter bug must still leave an outcome row
+            log.exception("recovery %s crashed (a bug in its adapter)", action)
+            return Outcome.FAILED, {"error": f"{type(exc).__name__}: {exc}", "unexpected": True}
         return Outcome.OK, dict(result.detail)
 
     async def _finish(

@@ -20,6 +20,12 @@ _LEVELS = {
 
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
     """JSON lines on `stream` (stdout by default), timestamps in UTC ISO-8601."""
+    # The standard library's loggers (the pure core, libraries) go to stderr.
+    logging.basicConfig(
+        level=max(_LEVELS[level], logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

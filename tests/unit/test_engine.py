@@ -1,0 +1,528 @@
+"""The engine's cycle on the in-memory fakes: detection, escalation, audit and its edges.
+
+Time is a `FakeClock` that moves only when a test advances it; jitter is 0, so the waits
+are exactly settle × 1.5^(attempt−1) capped at 300 s. `cycle()` runs one cycle and then
+waits for its actions, as the daemon would before the next tick.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pytest
+
+from watchdog.engine import CycleReport, Engine
+from watchdog.model import (
+    Action,
+    ActionResult,
+    AuditAction,
+    AuditRow,
+    IncidentState,
+    Outcome,
+    Pause,
+    Target,
+)
+from watchdog.policy import DetectionRules, EscalationRules
+from watchdog.ports import AuditQuery
+from watchdog.testing import FakeClock, MemoryInstanceStore, MemoryLedger, RecordingRecovery
+
+API, DB, PROC = Action.API_RESTART, Action.DB_FLAG, Action.PROCESS_RESTART
+STALE = 91.0  # just past DetectionRules.stale_after
+# Attempts 1..10 of the default ladder and the wait after each (jitter 0).
+LADDER = [
+    (API, 30.0),
+    (API, 45.0),
+    (DB, 67.5),
+    (DB, 101.25),
+    (DB, 151.875),
+    *[(PROC, 300.0)] * 5,
+]
+
+
+@dataclass
+class Rig:
+    clock: FakeClock
+    store: MemoryInstanceStore
+    ledger: MemoryLedger
+    recoveries: dict[Action, RecordingRecovery]
+    engine: Engine
+
+    async def cycle(self) -> CycleReport:
+        report = await self.engine.run_cycle()
+        assert await self.engine.drain(timeout=5.0)
+        return report
+
+    def trail(self, instance_id: str) -> list[tuple[str, str, int | None]]:
+        """(action, outcome, attempt) of the instance's audit rows, oldest first."""
+        return [
+            (str(r.action), str(r.outcome), r.attempt)
+            for r in self.ledger.rows
+            if r.instance_id == instance_id
+        ]
+
+    def rows(self, instance_id: str, action: AuditAction) -> list[AuditRow]:
+        rows = self.ledger.rows
+        return [r for r in rows if r.instance_id == instance_id and r.action is action]
+
+    def calls(self, action: Action) -> list[str]:
+        return [t.instance_id for t in self.recoveries[action].calls]
+
+    def state(self, instance_id: str) -> IncidentState:
+        mine = [i for i in self.ledger.incidents.values() if i.instance_id == instance_id]
+        return mine[-1].state
+
+
+def make_rig(
+    *,
+    rules: EscalationRules | None = None,
+    dry_run: bool = False,
+    recoveries: dict[Action, RecordingRecovery] | None = None,
+) -> Rig:
+    clock = FakeClock()
+    store = MemoryInstanceStore(clock, DetectionRules())
+    ledger = MemoryLedger(clock)
+    recs = {
+        API: RecordingRecovery(API),
+        DB: RecordingRecovery(DB),
+        PROC: RecordingRecovery(PROC, key_by="process"),
+        **(recoveries or {}),
+    }
+    engine = Engine(
+        store,
+        ledger,
+        recs,
+        rules or EscalationRules(),
+        clock,
+        dry_run=dry_run,
+        jitter=lambda: 0.0,
+    )
+    return Rig(clock, store, ledger, recs, engine)
+
+
+def started_then_outcome(attempts: range, outcome: str = "ok") -> list[tuple[str, str, int]]:
+    """The audit trail of attempts on the default ladder: each `started`, then its outcome."""
+    trail = []
+    for n in attempts:
+        action = str(LADDER[n - 1][0])
+        trail += [(action, "started", n), (action, outcome, n)]
+    return trail
+
+
+async def drive(rig: Rig, cycles: int, *, step: float = 301.0) -> list[CycleReport]:
+    """Run `cycles` cycles, advancing past the longest backoff before each."""
+    reports = []
+    for _ in range(cycles):
+        rig.clock.advance(step)
+        reports.append(await rig.cycle())
+    return reports
+
+
+# ----------------------------------------------------------------------- escalation
+
+
+async def test_frozen_instance_climbs_the_ladder_as_each_backoff_passes() -> None:
+    rig = make_rig()
+    rig.store.add("a", process="p1")
+    rig.clock.advance(STALE)
+
+    for attempt, (action, wait) in enumerate(LADDER, start=1):
+        report = await rig.cycle()
+        assert report.actions == [("a", action, attempt)]
+        rig.clock.advance(wait - 1)
+        early = await rig.cycle()
+        assert early.actions == [], f"attempt {attempt + 1} came before its backoff"
+        rig.clock.advance(1)
+
+    assert rig.calls(API) == ["a"] * 2
+    assert rig.calls(DB) == ["a"] * 3
+    assert rig.calls(PROC) == ["a"] * 5
+    assert rig.recoveries[PROC].calls[0] == Target("a", "p1")
+    assert rig.trail("a") == [("detected", "ok", 0), *started_then_outcome(range(1, 11))]
+    assert rig.state("a") is IncidentState.OPEN
+
+
+async def test_outcome_rows_carry_duration_and_backoff_starts_when_the_action_ends() -> None:
+    rig = make_rig()
+    rig.store.add("a")
+    rig.clock.advance(STALE)
+    await rig.cycle()
+
+    (ok,) = [r for r in rig.rows("a", AuditAction.API_RESTART) if r.outcome is Outcome.OK]
+    assert ok.duration == 0.0
+    assert ok.detail == {"fake": "api_restart", "key": "a"}
+    (incident,) = rig.ledger.incidents.values()
+    assert incident.next_action_at == rig.clock.now + timedelta(seconds=30)
+    assert incident.last_action is API
+
+
+async def test_after_max_attempts_the_incident_is_exhausted_and_left_alone() -> None:
+    rig = make_rig(rules=EscalationRules(max_attempts=3))
+    rig.store.add("a")
+    rig.clock.advance(STALE)
+    await rig.cycle()
+    reports = await drive(rig, 2)
+    assert [r.actions for r in reports] == [[("a", API, 2)], [("a", DB, 3)]]
+
+    (exhausting,) = await drive(rig, 1)
+    assert exhausting.exhausted == 1
+    assert exhausting.actions == []
+    assert rig.state("a") is IncidentState.EXHAUSTED
+    (row,) = rig.rows("a", AuditAction.EXHAUSTED)
+    assert (row.outcome, row.attempt, row.detail) == (Outcome.OK, 3, {"attempts": 3})
+
+    later = await drive(rig, 3)
+    assert [(r.actions, r.exhausted, r.unhealthy) for r in later] == [([], 0, 1)] * 3
+    assert len(rig.calls(API)) + len(rig.calls(DB)) == 3
+    assert len(rig.rows("a", AuditAction.EXHAUSTED)) == 1
+
+
+async def test_an_exhausted_instance_that_beats_again_is_recovered() -> None:
+    rig = make_rig(rules=EscalationRules(max_attempts=1))
+    rig.store.add("a")
+    rig.clock.advance(STALE)
+    await rig.cycle()
+    await drive(rig, 1)
+    assert rig.state("a") is IncidentState.EXHAUSTED
+
+    rig.store.beat("a")
+    report = await rig.cycle()
+    assert report.resolved == 1
+    assert rig.state("a") is IncidentState.RECOVERED
+
+
+# ------------------------------------------------------------------ who is touched
+
+
+async def test_a_healthy_instance_is_never_touched() -> None:
+    rig = make_rig()
+    rig.store.add("a")
+    for _ in range(20):
+        rig.clock.advance(60)
+        rig.store.beat("a")
+        report = await rig.cycle()
+        assert (report.unhealthy, report.opened, report.acted) == (0, 0, 0)
+
+    assert rig.ledger.rows == []
+    assert all(r.calls == [] for r in rig.recoveries.values())
+    assert rig.store.scan_count == 20
+
+
+@pytest.mark.parametrize(
+    ("enabled", "status"),
+    [(False, "CONNECTED"), (True, "BANNED"), (True, "LOGOUT"), (False, "CONNECTING")],
+)
+async def test_disabled_and_ignored_instances_are_never_touched(enabled: bool, status: str) -> None:
+    rig = make_rig()
+    rig.store.add("quiet", enabled=enabled, status=status, beat=False)
+    rig.store.add("frozen")  # a control: the cycles do act on someone
+    rig.clock.advance(STALE)
+    await rig.cycle()
+    await drive(rig, 10)
+
+    assert rig.trail("quiet") == []
+    assert "quiet" not in {t.instance_id for r in rig.recoveries.values() for t in r.calls}
+    assert len(rig.calls(API)) == 2
+
+
+async def test_an_instance_that_beats_again_gets_its_incident_closed() -> None:
+    rig = make_rig()
+    rig.store.add("a")
+    rig.clock.advance(STALE)
+    opened = await rig.cycle()
+    assert opened.opened == 1
+    rig.clock.advance(12.5)
+    rig.store.beat("a")
+
+    report = await rig.cycle()
+    assert report.resolved == 1
+    (row,) = rig.rows("a", AuditAction.RECOVERED)
+    assert row.outcome is Outcome.OK
+    assert row.detail == {"time_to_recover": 12.5, "attempts": 1}
+    (incident,) = rig.ledger.incidents.values()
+    assert incident.state is IncidentState.RECOVERED
+    assert incident.closed_at == rig.clock.now
+    assert (await rig.cycle()).resolved == 0  # closed once
+
+
+async def test_a_recovery_that_works_closes_the_incident_on_the_next_cycle() -> None:
+    rig = make_rig()
+    rig.recoveries[API].effect = lambda target: rig.store.beat(target.instance_id)
+    rig.store.add("a")
+    rig.clock.advance(STALE)
+    await rig.cycle()
+    rig.clock.advance(5)
+    await rig.cycle()
+
+    assert rig.trail("a") == [
+        ("detected", "ok", 0),
+        ("api_restart", "started", 1),
+        ("api_restart", "ok", 1),
+        ("recovered", "ok", 1),
+    ]
+
+
+# ------------------------------------------------------------------------ flapping
+
+
+async def relapse(rig: Rig, gap: float) -> CycleReport:
+    """Two attempts, recovery, then frozen again `gap` seconds after the close."""
+    rig.store.add("a")
+    rig.clock.advance(STALE)
+    await rig.cycle()
+    await drive(rig, 1)
+    rig.store.beat("a")
+    assert (await rig.cycle()).resolved == 1
+    rig.clock.advance(gap)
+    return await rig.cycle()
+
+
+@pytest.mark.parametrize("gap", [STALE, 599.0, 600.0])
+async def test_a_relapse_within_ten_minutes_continues_the_attempt_count(gap: float) -> None:
+    rig = make_rig()
+    report = await relapse(rig, gap)
+
+    assert report.opened == 1
+    assert report.actions == [("a", DB, 3)]
+    first, second = rig.ledger.incidents.values()
+    detected = rig.rows("a", AuditAction.DETECTED)[-1]
+    assert detected.attempt == 2
+    assert detected.detail["continues"] == first.id
+    assert detected.detail["carried_attempts"] == 2
+    assert second.attempt == 3
+
+
+@pytest.mark.parametrize("gap", [601.0, 3600.0])
+async def test_a_relapse_after_ten_minutes_starts_from_one(gap: float) -> None:
+    rig = make_rig()
+    report = await relapse(rig, gap)
+
+    assert report.actions == [("a", API, 1)]
+    detected = rig.rows("a", AuditAction.DETECTED)[-1]
+    assert detected.attempt == 0
+    assert "continues" not in detected.detail
+
+
+# -------------------------------------------------------------------------- pauses
+
+
+async def test_a_paused_instance_is_detected_but_not_acted_on() -> None:
+    rig = make_rig()
+    rig.store.add("a")
+    until = rig.clock.now + timedelta(seconds=600)
+    await rig.ledger.pause(Pause("a", until, "maintenance", "ops"), rig.clock.now)
+    rig.clock.advance(STALE)
+
+    first = await rig.cycle()
+    assert (first.unhealthy, first.opened, first.actions) == (1, 1, [])
+    later = await drive(rig, 1, step=400)
+    assert later[0].actions == []
+    assert rig.trail("a") == [("paused", "ok", None), ("detected", "ok", 0)]
+    assert all(r.calls == [] for r in rig.recoveries.values())
+
+    rig.clock.advance(200)  # the pause has expired
+    report = await rig.cycle()
+    assert report.actions == [("a", API, 1)]
+
+
+# --------------------------------------------------------------- failing recoveries
+
+
+async def test_a_hanging_recovery_times_out_without_stalling_detection() -> None:
+    hang = RecordingRecovery(API, timeout=0.05, hang={"a"})
+    rig = make_rig(recoveries={API: hang})
+    rig.store.add("a")
+    rig.store.add("b")
+    rig.clock.advance(STALE)
+    rig.store.beat("b")
+
+    first = await rig.engine.run_cycle()  # not drained: "a" is still hanging
+    assert first.actions == [("a", API, 1)]
+    assert rig.engine.busy == {"a"}
+    rig.clock.advance(STALE)  # "b" freezes too; "a" would be due again if it were idle
+
+    second = await rig.engine.run_cycle()
+    assert second.unhealthy == 2
+    assert second.opened == 1
+    assert second.actions == [("b", API, 1)]
+    assert rig.engine.busy == {"a", "b"}
+
+    assert await rig.engine.drain(timeout=5.0)
+    assert rig.engine.busy == frozenset()
+    assert rig.calls(API) == ["a", "b"]
+    assert rig.trail("a") == [
+        ("detected", "ok", 0),
+        ("api_restart", "started", 1),
+        ("api_restart", "failed", 1),
+    ]
+    failed = rig.rows("a", AuditAction.API_RESTART)[-1]
+    assert "timed out" in failed.detail["error"]
+    assert failed.detail == {"error": "timed out after 0.05s"}
+    assert rig.trail("b")[-1] == ("api_restart", "ok", 1)
+
+
+async def test_a_transient_failure_is_audited_and_retried_after_the_backoff() -> None:
+    rig = make_rig(recoveries={API: RecordingRecovery(API, fail={"a"})})
+    rig.store.add("a")
+    rig.clock.advance(STALE)
+    await rig.cycle()
+
+    failed = rig.rows("a", AuditAction.API_RESTART)[-1]
+    assert failed.outcome is Outcome.FAILED
+    assert failed.detail == {"error": "api_restart refused for 'a'", "transient": True}
+    assert rig.state("a") is IncidentState.OPEN
+
+    rig.clock.advance(30)
+    report = await rig.cycle()
+    assert report.actions == [("a", API, 2)]
+    assert rig.trail("a")[1:] == started_then_outcome(range(1, 3), "failed")
+
+
+async def test_instances_sharing_a_process_share_one_restart() -> None:
+    rig = make_rig()
+    rig.store.add("a", process="p1")
+    rig.store.add("b", process="p1")
+    rig.store.add("c", process="p2")
+    rig.clock.advance(STALE)
+    await rig.cycle()
+    reports = await drive(rig, 5)
+
+    assert reports[-1].actions == [("a", PROC, 6), ("b", PROC, 6), ("c", PROC, 6)]
+    assert sorted(rig.calls(API)) == ["a", "a", "b", "b", "c", "c"]  # keyed by instance
+    assert [t.process for t in rig.recoveries[PROC].calls] == ["p1", "p2"]
+    for instance_id in "ab":
+        started, done = rig.rows(instance_id, AuditAction.PROCESS_RESTART)
+        assert (started.outcome, done.outcome) == (Outcome.STARTED, Outcome.OK)
+        assert done.detail["shared_with"] == ["a", "b"]
+        assert done.attempt == 6
+    (_, alone) = rig.rows("c", AuditAction.PROCESS_RESTART)
+    assert alone.outcome is Outcome.OK
+    assert "shared_with" not in alone.detail
+
+
+async def test_an_unkeyable_target_gets_its_own_call_and_fails_permanently() -> None:
+    rules = EscalationRules(max_attempts=1, ladder=EscalationRules().ladder[2:])
+    rig = make_rig(rules=rules)
+    rig.store.add("a")  # no process: the process recovery cannot key it
+    rig.store.add("b")
+    rig.clock.advance(STALE)
+    await rig.cycle()
+
+    assert rig.calls(PROC) == ["a", "b"]
+    for instance_id in "ab":
+        failed = rig.rows(instance_id, AuditAction.PROCESS_RESTART)[-1]
+        assert failed.outcome is Outcome.FAILED
+        assert failed.detail["transient"] is False
+        assert "shared_with" not in failed.detail
+
+
+# ------------------------------------------------------------------------- dry run
+
+
+async def test_dry_run_writes_only_skipped_rows_and_changes_nothing() -> None:
+    rig = make_rig(dry_run=True)
+    rig.store.add("a")
+    rig.store.add("ok")
+    rig.clock.advance(STALE)
+    reports = []
+    for _ in range(3):
+        rig.store.beat("ok")
+        reports.append(await rig.cycle())
+        rig.clock.advance(60)
+
+    assert [r.actions for r in reports] == [[("a", API, 1)]] * 3
+    assert {r.outcome for r in rig.ledger.rows} == {Outcome.SKIPPED}
+    assert all(r.detail.get("dry_run") is True for r in rig.ledger.rows)
+    assert rig.trail("a") == [("detected", "skipped", 0), ("api_restart", "skipped", 1)] * 3
+    assert rig.ledger.incidents == {}
+    assert await rig.ledger.load_open() == {}
+    assert all(r.calls == [] for r in rig.recoveries.values())
+    assert rig.store.instances["a"].force_reconnect is False
+
+
+async def test_dry_run_leaves_existing_incidents_alone() -> None:
+    live = make_rig()
+    live.store.add("a")
+    live.clock.advance(STALE)
+    await live.cycle()
+    dry = Engine(
+        live.store,
+        live.ledger,
+        live.recoveries,
+        EscalationRules(),
+        live.clock,
+        dry_run=True,
+        jitter=lambda: 0.0,
+    )
+    before = dict(live.ledger.incidents)
+    live.clock.advance(30)
+    due = await dry.run_cycle()
+    live.store.beat("a")
+    healthy = await dry.run_cycle()
+
+    assert due.actions == [("a", API, 2)]
+    assert healthy.actions == []
+    assert live.ledger.incidents == before
+    assert live.trail("a")[-2:] == [("api_restart", "skipped", 2), ("recovered", "skipped", 1)]
+    assert live.calls(API) == ["a"]
+
+
+# ------------------------------------------------------------- the fakes' contract
+
+
+async def test_memory_ledger_claims_are_conditional() -> None:
+    rig = make_rig()
+    rig.store.add("a")
+    rig.clock.advance(STALE)
+    await rig.cycle()
+    (incident,) = (await rig.ledger.load_open()).values()
+    now = rig.clock.now
+
+    assert await rig.ledger.begin_action(incident, 1, API, now, now) is None  # already taken
+    assert await rig.ledger.begin_action(incident, 3, API, now, now) is None  # skips one
+    assert await rig.ledger.begin_action(incident, 2, API, now, now) == len(rig.ledger.rows)
+    await rig.ledger.close(incident, IncidentState.RESET, now, "ops", {})
+    await rig.ledger.close(incident, IncidentState.RESET, now, "ops", {})  # no second row
+    assert await rig.ledger.begin_action(incident, 3, API, now, now) is None  # closed
+    assert [r.actor for r in rig.rows("a", AuditAction.RESET)] == ["ops"]
+    assert [r.id for r in rig.ledger.rows] == list(range(1, len(rig.ledger.rows) + 1))
+    assert rig.ledger.emitted == rig.ledger.rows
+
+
+async def test_memory_ledger_audit_query_and_resume() -> None:
+    clock = FakeClock()
+    ledger = MemoryLedger(clock)
+    assert await ledger.resume("a", "ops") is False
+    await ledger.pause(Pause("a", clock.now + timedelta(seconds=10), "x", "ops"), clock.now)
+    clock.advance(11)
+    assert await ledger.resume("a", "ops") is False  # expired: tidied away, no row
+    assert ledger.pauses == {}
+    await ledger.pause(Pause("a", clock.now + timedelta(seconds=10), "x", "ops"), clock.now)
+    assert await ledger.resume("a", "ops") is True
+
+    rows = await ledger.audit(AuditQuery(limit=2))
+    assert [(r.id, r.action) for r in rows] == [(2, AuditAction.PAUSED), (3, AuditAction.RESUMED)]
+    paused = await ledger.audit(AuditQuery(actions=[AuditAction.PAUSED]))
+    assert [r.id for r in paused] == [1, 2]
+    assert await ledger.audit(AuditQuery(since=clock.now + timedelta(seconds=1))) == []
+    assert await ledger.audit(AuditQuery(instance_id="b")) == []
+
+
+class _Crashing(RecordingRecovery):
+    """An adapter with a bug: it raises something outside the project's error tree."""
+
+    async def recover(self, target: Target) -> ActionResult:
+        self.calls.append(target)
+        raise RuntimeError("adapter bug")
+
+
+async def test_an_adapter_crash_still_leaves_an_outcome_row() -> None:
+    rig = make_rig(recoveries={API: _Crashing(API)})
+    rig.store.add("a")
+    rig.clock.advance(STALE)
+    await rig.engine.run_cycle()
+    await rig.engine.drain()
+    assert rig.trail("a")[-1] == ("api_restart", "failed", 1)
+    row = rig.ledger.rows[-1]
+    assert row.detail["unexpected"] is True
+    assert "RuntimeError: adapter bug" in row.detail["error"]

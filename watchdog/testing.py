@@ -1,0 +1,405 @@
+"""In-memory fakes of the ports, for tests and demos.
+
+`FakeClock` moves only when told to; `MemoryInstanceStore` is the application's table
+judged by `policy.classify` (the rule the SQL query mirrors); `MemoryLedger` keeps the
+semantics of `store.ledger.SqlLedger` (conditional claims, an audit row with every state
+change); `RecordingRecovery` records its calls and fails or hangs on request.
+
+Only the standard library and watchdog's pure modules are imported here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from watchdog.errors import PermanentRecoveryError, TransientRecoveryError
+from watchdog.model import (
+    Action,
+    ActionResult,
+    AuditAction,
+    AuditRow,
+    Finding,
+    Incident,
+    IncidentState,
+    Outcome,
+    Pause,
+    Scan,
+    Target,
+)
+from watchdog.policy import DetectionRules, InstanceRow, classify
+from watchdog.ports import AuditQuery, NewAudit
+
+if TYPE_CHECKING:
+    from watchdog.ports import Clock, InstanceStore, Ledger, Recovery
+
+EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
+"""Where a `FakeClock` starts unless told otherwise."""
+
+
+class FakeClock:
+    """Wall time (`now`, aware UTC) and monotonic time that move only on `advance`."""
+
+    def __init__(self, now: datetime = EPOCH, monotonic: float = 1000.0) -> None:
+        if now.tzinfo is None:
+            raise ValueError("FakeClock needs an aware datetime")
+        self.now = now.astimezone(UTC)
+        self._monotonic = monotonic
+
+    def monotonic(self) -> float:
+        return self._monotonic
+
+    def advance(self, seconds: float) -> None:
+        """Move both clocks forward by `seconds`."""
+        if seconds < 0:
+            raise ValueError(f"time only moves forward, got {seconds!r}")
+        self.now += timedelta(seconds=seconds)
+        self._monotonic += seconds
+
+
+# ------------------------------------------------------------------------ instances
+
+
+@dataclass(slots=True)
+class InstanceRecord:
+    """One mutable row of the application's table."""
+
+    id: str
+    enabled: bool
+    status: str
+    status_changed_at: datetime
+    last_heartbeat_at: datetime | None
+    force_reconnect: bool = False
+    process: str | None = None
+
+
+class MemoryInstanceStore:
+    """The application's table in a dict; ages are measured against `clock.now`.
+
+    An instance freezes when the test stops calling `beat`.
+    """
+
+    def __init__(self, clock: FakeClock, rules: DetectionRules | None = None) -> None:
+        self.clock = clock
+        self.rules = rules if rules is not None else DetectionRules()
+        self.instances: dict[str, InstanceRecord] = {}
+        self.scan_count = 0
+
+    def add(
+        self,
+        instance_id: str,
+        *,
+        enabled: bool = True,
+        status: str = "CONNECTED",
+        beat: bool = True,
+        process: str | None = None,
+    ) -> InstanceRecord:
+        """Insert an instance whose status changed now and, if `beat`, that beat now."""
+        now = self.clock.now
+        record = InstanceRecord(
+            instance_id, enabled, status, now, now if beat else None, process=process
+        )
+        self.instances[instance_id] = record
+        return record
+
+    def beat(self, instance_id: str) -> None:
+        """Record a heartbeat at the clock's now."""
+        self.instances[instance_id].last_heartbeat_at = self.clock.now
+
+    def set_status(self, instance_id: str, status: str) -> None:
+        """Change the status; `status_changed_at` moves only when it really changes."""
+        record = self.instances[instance_id]
+        if record.status != status:
+            record.status = status
+            record.status_changed_at = self.clock.now
+
+    def set_enabled(self, instance_id: str, enabled: bool) -> None:
+        self.instances[instance_id].enabled = enabled
+
+    async def scan(self) -> Scan:
+        self.scan_count += 1
+        now = self.clock.now
+        findings: dict[str, Finding] = {}
+        for record in self.instances.values():
+            finding = classify(_instance_row(record, now), self.rules)
+            if finding is not None:
+                findings[finding.instance_id] = finding
+        enabled = sum(r.enabled for r in self.instances.values())
+        return Scan(now=now, findings=findings, enabled_count=enabled)
+
+    async def set_force_reconnect(self, instance_id: str) -> bool:
+        record = self.instances.get(instance_id)
+        if record is None:
+            return False
+        record.force_reconnect = True
+        return True
+
+    async def exists(self, instance_id: str) -> bool:
+        return instance_id in self.instances
+
+    async def now(self) -> datetime:
+        return self.clock.now
+
+
+def _instance_row(record: InstanceRecord, now: datetime) -> InstanceRow:
+    beat = record.last_heartbeat_at
+    return InstanceRow(
+        instance_id=record.id,
+        enabled=record.enabled,
+        status=record.status,
+        status_age=(now - record.status_changed_at).total_seconds(),
+        heartbeat_age=None if beat is None else (now - beat).total_seconds(),
+        process=record.process,
+    )
+
+
+# --------------------------------------------------------------------------- ledger
+
+_OPEN_STATES = (IncidentState.OPEN, IncidentState.EXHAUSTED)
+
+
+class MemoryLedger:
+    """Incidents, pauses and the audit trail in lists, with `SqlLedger`'s semantics.
+
+    Times come from `clock.now`. Every audit row is appended to `rows` (ids from 1) and,
+    as SqlLedger does after each commit, to `emitted` and the optional `emit` sink.
+    Details are stored as they read back from the SQL ledger (JSON round trip).
+    """
+
+    def __init__(self, clock: FakeClock, emit: Callable[[AuditRow], None] | None = None) -> None:
+        self.clock = clock
+        self.incidents: dict[int, Incident] = {}
+        self.pauses: dict[str, Pause] = {}
+        self.rows: list[AuditRow] = []
+        self.emitted: list[AuditRow] = []
+        self._emit = emit
+
+    # ---------------------------------------------------------------- reading
+
+    async def load_open(self) -> dict[str, Incident]:
+        return {i.instance_id: i for i in self.incidents.values() if i.state in _OPEN_STATES}
+
+    async def last_closed(self, instance_ids: Collection[str]) -> dict[str, Incident]:
+        wanted = set(instance_ids)
+        return {
+            i.instance_id: i
+            for i in self.incidents.values()  # in id order: the latest one wins
+            if i.instance_id in wanted and i.state not in _OPEN_STATES
+        }
+
+    async def load_pauses(self, now: datetime) -> dict[str, Pause]:
+        return {k: p for k, p in self.pauses.items() if p.until > now}
+
+    async def audit(self, query: AuditQuery) -> list[AuditRow]:
+        """Matching rows, the most recent `limit` of them, oldest first."""
+        matching = [
+            row
+            for row in self.rows
+            if (query.instance_id is None or row.instance_id == query.instance_id)
+            and (query.since is None or row.at >= query.since)
+            and (not query.actions or row.action in query.actions)
+        ]
+        return matching[-query.limit :] if query.limit > 0 else []
+
+    async def incident_history(self, instance_id: str, limit: int) -> Sequence[Incident]:
+        mine = [i for i in reversed(self.incidents.values()) if i.instance_id == instance_id]
+        return mine[: max(limit, 0)]
+
+    # ---------------------------------------------------------------- writing
+
+    async def open_incident(
+        self, finding: Finding, carried: int, continues: int | None, now: datetime
+    ) -> Incident:
+        incident = Incident(
+            len(self.incidents) + 1,
+            finding.instance_id,
+            finding.reason,
+            IncidentState.OPEN,
+            carried,
+            now,
+            now,
+            process=finding.process,
+        )
+        self.incidents[incident.id] = incident
+        detail = {
+            "status": finding.status,
+            "age": round(finding.age, 3),
+            "threshold": finding.threshold,
+            "overdue": round(finding.overdue, 3),
+            **({"continues": continues, "carried_attempts": carried} if continues else {}),
+        }
+        self._write(now, _row(incident, AuditAction.DETECTED, Outcome.OK, carried, detail))
+        return incident
+
+    async def begin_action(
+        self, incident: Incident, attempt: int, action: Action, now: datetime, retry_at: datetime
+    ) -> int | None:
+        current = self._open(incident)
+        if current is None or current.attempt != attempt - 1:
+            return None
+        self.incidents[incident.id] = replace(
+            current, attempt=attempt, last_action=action, next_action_at=retry_at
+        )
+        spec = _row(incident, AuditAction(str(action)), Outcome.STARTED, attempt, {})
+        return self._write(now, spec).id
+
+    async def finish_action(
+        self,
+        incident: Incident,
+        attempt: int,
+        action: Action,
+        outcome: Outcome,
+        detail: Mapping[str, Any],
+        duration: float,
+        next_action_at: datetime,
+    ) -> None:
+        spec = replace(
+            _row(incident, AuditAction(str(action)), outcome, attempt, detail),
+            duration=round(duration, 6),
+        )
+        self._write(self.clock.now, spec)
+        current = self._open(incident)
+        if current is not None and current.attempt == attempt:
+            self.incidents[incident.id] = replace(current, next_action_at=next_action_at)
+
+    async def exhaust(self, incident: Incident, now: datetime) -> None:
+        current = self._open(incident)
+        if current is None:
+            return
+        self.incidents[incident.id] = replace(
+            current, state=IncidentState.EXHAUSTED, next_action_at=None
+        )
+        n = incident.attempt
+        self._write(now, _row(incident, AuditAction.EXHAUSTED, Outcome.OK, n, {"attempts": n}))
+
+    async def close(
+        self,
+        incident: Incident,
+        state: IncidentState,
+        now: datetime,
+        actor: str,
+        detail: Mapping[str, Any],
+    ) -> None:
+        current = self.incidents.get(incident.id)
+        if current is None or current.state not in _OPEN_STATES:
+            return
+        self.incidents[incident.id] = replace(
+            current, state=state, closed_at=now, next_action_at=None
+        )
+        action = AuditAction.RECOVERED if state is IncidentState.RECOVERED else AuditAction.RESET
+        spec = _row(incident, action, Outcome.OK, incident.attempt, detail)
+        self._write(now, replace(spec, actor=actor))
+
+    async def pause(self, pause: Pause, now: datetime) -> None:
+        self.pauses[pause.instance_id] = pause
+        detail = {"until": pause.until.isoformat(), "reason": pause.reason}
+        spec = NewAudit(
+            pause.instance_id, AuditAction.PAUSED, Outcome.OK, detail=detail, actor=pause.actor
+        )
+        self._write(now, spec)
+
+    async def resume(self, instance_id: str, actor: str) -> bool:
+        now = self.clock.now
+        pause = self.pauses.pop(instance_id, None)  # an expired pause is just tidied away
+        if pause is None or pause.until <= now:
+            return False
+        self._write(now, NewAudit(instance_id, AuditAction.RESUMED, Outcome.OK, actor=actor))
+        return True
+
+    async def append(self, row: NewAudit) -> AuditRow:
+        return self._write(self.clock.now, row)
+
+    def _write(self, at: datetime, spec: NewAudit) -> AuditRow:
+        values = {f.name: getattr(spec, f.name) for f in fields(spec)}  # AuditRow's, after `at`
+        values["detail"] = json.loads(json.dumps(dict(spec.detail), sort_keys=True, default=str))
+        row = AuditRow(len(self.rows) + 1, at, **values)
+        self.rows.append(row)
+        self.emitted.append(row)
+        if self._emit is not None:
+            self._emit(row)
+        return row
+
+    def _open(self, incident: Incident) -> Incident | None:
+        """The stored version of `incident` if it is still open."""
+        current = self.incidents.get(incident.id)
+        return current if current and current.state is IncidentState.OPEN else None
+
+
+def _row(
+    incident: Incident,
+    action: AuditAction,
+    outcome: Outcome,
+    attempt: int,
+    detail: Mapping[str, Any],
+) -> NewAudit:
+    reason = str(incident.reason)
+    return NewAudit(incident.instance_id, action, outcome, incident.id, reason, attempt, detail)
+
+
+# ------------------------------------------------------------------------- recovery
+
+
+class RecordingRecovery:
+    """A recovery rung that records every `Target` it is called with in `calls`.
+
+    Instances named in `fail` get a `TransientRecoveryError`; those in `hang` wait
+    forever (until the engine's `timeout` cancels them); any other call succeeds and then
+    runs `effect(target)`, e.g. to make the instance beat again. With `key_by="process"`
+    targets sharing a process share one call, and a target without a process is a
+    `PermanentRecoveryError`.
+    """
+
+    def __init__(
+        self,
+        action: Action,
+        *,
+        timeout: float = 5.0,
+        key_by: Literal["instance", "process"] = "instance",
+        fail: Collection[str] = (),
+        hang: Collection[str] = (),
+        effect: Callable[[Target], None] | None = None,
+    ) -> None:
+        self._action = action
+        self._timeout = timeout
+        self.key_by = key_by
+        self.fail = set(fail)
+        self.hang = set(hang)
+        self.effect = effect
+        self.calls: list[Target] = []
+
+    @property
+    def action(self) -> Action:
+        return self._action
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    def key(self, target: Target) -> str:
+        if self.key_by == "instance":
+            return target.instance_id
+        if target.process is None:
+            raise PermanentRecoveryError(f"instance {target.instance_id!r} has no process")
+        return target.process
+
+    async def recover(self, target: Target) -> ActionResult:
+        self.calls.append(target)
+        key = self.key(target)
+        if target.instance_id in self.hang:
+            await asyncio.Event().wait()  # never set: only a timeout ends this
+        if target.instance_id in self.fail:
+            raise TransientRecoveryError(f"{self._action} refused for {target.instance_id!r}")
+        if self.effect is not None:
+            self.effect(target)
+        return ActionResult(detail={"fake": str(self._action), "key": key})
+
+
+if TYPE_CHECKING:  # mypy checks that the fakes implement the ports
+    _clock: Clock = FakeClock()
+    _store: InstanceStore = MemoryInstanceStore(FakeClock())
+    _ledger: Ledger = MemoryLedger(FakeClock())
+    _recovery: Recovery = RecordingRecovery(Action.API_RESTART)
