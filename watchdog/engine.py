@@ -17,7 +17,17 @@ from typing import Any
 
 from watchdog.errors import RecoveryError, WatchdogError
 from watchdog.model import Action, AuditAction, Incident, IncidentState, Outcome, Target
-from watchdog.policy import Act, Decision, EscalationRules, Exhaust, Open, Resolve, World, decide
+from watchdog.policy import (
+    Act,
+    Decision,
+    Dismiss,
+    EscalationRules,
+    Exhaust,
+    Open,
+    Resolve,
+    World,
+    decide,
+)
 from watchdog.ports import Clock, InstanceStore, Ledger, NewAudit, Recovery
 
 # The pure core logs through the standard library; observability routes it to stderr.
@@ -79,6 +89,8 @@ class Engine:
         mono0 = self._clock.monotonic()
         incidents = await self._ledger.load_open()
         new_ids = [i for i in scan.findings if i not in incidents]
+        gone = [i for i in incidents if i not in scan.findings and i not in self._busy]
+        unmonitored = await self._instances.unmonitored(gone) if gone else {}
         recent = await self._ledger.last_closed(new_ids) if new_ids else {}
         world = World(
             now=scan.now,
@@ -87,6 +99,7 @@ class Engine:
             recent=recent,
             pauses=await self._ledger.load_pauses(scan.now),
             busy=self.busy,
+            unmonitored=unmonitored,
         )
         report = CycleReport(now=scan.now, unhealthy=len(scan.findings))
         decisions = decide(self._rules, world, self._jitter)
@@ -119,6 +132,11 @@ class Engine:
                 case Resolve(incident=incident):
                     await self._resolve(incident, now)
                     report.resolved += 1
+                case Dismiss(incident=incident, why=why):
+                    detail = {"why": why, "attempts": incident.attempt}
+                    await self._ledger.close(
+                        incident, IncidentState.DISMISSED, now, "watchdog", detail
+                    )
                 case Open():
                     incident = await self._ledger.open_incident(
                         decision.finding, decision.carried_attempts, decision.continues, now
@@ -219,6 +237,16 @@ class Engine:
 def _dry_run_row(decision: Decision, incidents: Mapping[str, Incident]) -> NewAudit:
     detail = {"dry_run": True}
     match decision:
+        case Dismiss(incident=incident, why=why):
+            return NewAudit(
+                incident.instance_id,
+                AuditAction.DISMISSED,
+                Outcome.SKIPPED,
+                incident.id,
+                str(incident.reason),
+                incident.attempt,
+                {**detail, "why": why},
+            )
         case Resolve(incident=incident):
             return NewAudit(
                 incident.instance_id,

@@ -36,6 +36,7 @@ class AuditAction(enum.StrEnum):
     DB_FLAG = "db_flag"
     PROCESS_RESTART = "process_restart"
     RECOVERED = "recovered"
+    DISMISSED = "dismissed"
     EXHAUSTED = "exhausted"
     PAUSED = "paused"
     RESUMED = "resumed"
@@ -54,18 +55,20 @@ class Outcome(enum.StrEnum):
 class IncidentState(enum.StrEnum):
     """Lifecycle of an incident row.
 
-    OPEN → (EXHAUSTED) → RECOVERED | RESET. Only OPEN incidents are acted on;
-    EXHAUSTED ones wait for recovery or an operator's reset.
+    OPEN → (EXHAUSTED) → RECOVERED | RESET | DISMISSED. Only OPEN incidents are acted
+    on; EXHAUSTED ones wait for recovery or an operator's reset. DISMISSED: the instance
+    left the watchdog's care (disabled, an ignored status, deleted) while unhealthy.
     """
 
     OPEN = "open"
     EXHAUSTED = "exhausted"
     RECOVERED = "recovered"
     RESET = "reset"
+    DISMISSED = "dismissed"
 
     @property
     def is_closed(self) -> bool:
-        return self in (IncidentState.RECOVERED, IncidentState.RESET)
+        return self not in (IncidentState.OPEN, IncidentState.EXHAUSTED)
 
 
 @dataclass(frozen=True, slots=True)

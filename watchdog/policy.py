@@ -8,7 +8,7 @@ of its own (jitter is passed in). The SQL detection query in `store.instances` m
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from watchdog.model import Action, Finding, Incident, IncidentState, Pause, Reason
@@ -72,6 +72,22 @@ def classify(row: InstanceRow, rules: DetectionRules) -> Finding | None:
         return _finding(row, Reason.STALE_HEARTBEAT, row.heartbeat_age, rules.stale_after)
     if row.status in rules.connecting_statuses and row.status_age > rules.connecting_after:
         return _finding(row, Reason.STUCK_CONNECTING, row.status_age, rules.connecting_after)
+    return None
+
+
+def unmonitored_reason(
+    enabled: bool | None, status: str | None, rules: DetectionRules
+) -> str | None:
+    """Why an instance is outside the watchdog's care, or None when it is monitored.
+
+    `enabled` None means the row no longer exists.
+    """
+    if enabled is None:
+        return "deleted"
+    if not enabled:
+        return "disabled"
+    if status in rules.ignored_statuses:
+        return f"status {status}"
     return None
 
 
@@ -139,7 +155,15 @@ class Resolve:
     incident: Incident
 
 
-Decision = Open | Act | Exhaust | Resolve
+@dataclass(frozen=True, slots=True)
+class Dismiss:
+    """The instance left the watchdog's care while unhealthy: close without recovery."""
+
+    incident: Incident
+    why: str
+
+
+Decision = Open | Act | Exhaust | Resolve | Dismiss
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,14 +176,17 @@ class World:
     recent: Mapping[str, Incident]  # the last closed incident of newly unhealthy instances
     pauses: Mapping[str, Pause]
     busy: Collection[str] = frozenset()  # instances with an action still in flight
+    unmonitored: Mapping[str, str] = field(default_factory=dict)  # id → why (disabled, ...)
 
 
 def decide(rules: EscalationRules, world: World, jitter: Callable[[], float]) -> list[Decision]:
     """The decisions for one cycle, in the order they must be applied."""
     decisions: list[Decision] = []
     for instance_id, incident in sorted(world.incidents.items()):
-        if instance_id not in world.findings and instance_id not in world.busy:
-            decisions.append(Resolve(incident))
+        if instance_id in world.findings or instance_id in world.busy:
+            continue
+        why = world.unmonitored.get(instance_id)
+        decisions.append(Resolve(incident) if why is None else Dismiss(incident, why))
     for instance_id, finding in sorted(world.findings.items()):
         if instance_id not in world.busy:
             decisions.extend(_decide_one(rules, world, finding, jitter))

@@ -41,6 +41,10 @@ class InstanceStore(Protocol):
 
     async def exists(self, instance_id: str) -> bool: ...
 
+    async def unmonitored(self, instance_ids: Collection[str]) -> dict[str, str]:
+        """Of these instances, those now disabled, in an ignored status or deleted, and why."""
+        ...
+
     async def now(self) -> datetime:
         """The database clock."""
         ...

@@ -31,7 +31,7 @@ from watchdog.model import (
     Scan,
     Target,
 )
-from watchdog.policy import DetectionRules, InstanceRow, classify
+from watchdog.policy import DetectionRules, InstanceRow, classify, unmonitored_reason
 from watchdog.ports import AuditQuery, NewAudit
 
 if TYPE_CHECKING:
@@ -140,6 +140,16 @@ class MemoryInstanceStore:
 
     async def exists(self, instance_id: str) -> bool:
         return instance_id in self.instances
+
+    async def unmonitored(self, instance_ids: Collection[str]) -> dict[str, str]:
+        result: dict[str, str] = {}
+        for instance_id in instance_ids:
+            record = self.instances.get(instance_id)
+            enabled, status = (record.enabled, record.status) if record else (None, None)
+            why = unmonitored_reason(enabled, status, self.rules)
+            if why is not None:
+                result[instance_id] = why
+        return result
 
     async def now(self) -> datetime:
         return self.clock.now
@@ -290,7 +300,7 @@ class MemoryLedger:
         self.incidents[incident.id] = replace(
             current, state=state, closed_at=now, next_action_at=None
         )
-        action = AuditAction.RECOVERED if state is IncidentState.RECOVERED else AuditAction.RESET
+        action = AuditAction(str(state))  # recovered, reset, dismissed
         spec = _row(incident, action, Outcome.OK, incident.attempt, detail)
         self._write(now, replace(spec, actor=actor))
 

@@ -298,3 +298,11 @@ def test_head_revision_constant_matches_the_newest_migration() -> None:
 
     scripts = ScriptDirectory.from_config(migrate.alembic_config())
     assert scripts.get_current_head() == migrate.HEAD_REVISION
+
+
+async def test_unmonitored_says_why(app: AppTable, db: Database) -> None:
+    app.add("fine", heartbeat_ago=1)
+    app.add("off", enabled=False)
+    app.add("banned", status="TOS_BLOCK")
+    found = await store(db).unmonitored(["fine", "off", "banned", "gone"])
+    assert found == {"off": "disabled", "banned": "status TOS_BLOCK", "gone": "deleted"}

@@ -526,3 +526,29 @@ async def test_an_adapter_crash_still_leaves_an_outcome_row() -> None:
     row = rig.ledger.rows[-1]
     assert row.detail["unexpected"] is True
     assert "RuntimeError: adapter bug" in row.detail["error"]
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [("ban", "status BANNED"), ("disable", "disabled"), ("delete", "deleted")],
+)
+async def test_an_instance_leaving_our_care_is_dismissed_not_recovered(
+    change: str, why: str
+) -> None:
+    rig = make_rig()
+    rig.store.add("a")
+    rig.clock.advance(STALE)
+    await rig.cycle()
+    if change == "ban":
+        rig.store.set_status("a", "BANNED")
+    elif change == "disable":
+        rig.store.set_enabled("a", False)
+    else:
+        del rig.store.instances["a"]
+    await rig.cycle()
+    last = rig.ledger.rows[-1]
+    assert (last.action, last.outcome) == (AuditAction.DISMISSED, Outcome.OK)
+    assert last.detail["why"] == why
+    assert await rig.ledger.load_open() == {}
+    closed = await rig.ledger.last_closed(["a"])
+    assert closed["a"].state is IncidentState.DISMISSED

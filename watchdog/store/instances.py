@@ -9,6 +9,7 @@ The only write is the force-reconnect flag.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +17,7 @@ import sqlalchemy as sa
 
 from watchdog.config import InstancesSettings
 from watchdog.model import Finding, Scan
-from watchdog.policy import DetectionRules, InstanceRow, classify
+from watchdog.policy import DetectionRules, InstanceRow, classify, unmonitored_reason
 from watchdog.store.database import Database, as_utc
 
 
@@ -119,6 +120,21 @@ class SqlInstanceStore:
         query = sa.select(sa.literal(1)).where(self._col(self._map.id) == instance_id)
         async with self._db.connect("instance lookup") as conn:
             return (await conn.execute(query)).first() is not None
+
+    async def unmonitored(self, instance_ids: Collection[str]) -> dict[str, str]:
+        m = self._map
+        query = sa.select(self._col(m.id), self._col(m.enabled), self._col(m.status)).where(
+            self._col(m.id).in_(list(instance_ids))
+        )
+        async with self._db.connect("instance states") as conn:
+            rows = {str(r[0]): (bool(r[1]), str(r[2])) for r in await conn.execute(query)}
+        result: dict[str, str] = {}
+        for instance_id in instance_ids:
+            enabled, status = rows.get(instance_id, (None, None))
+            why = unmonitored_reason(enabled, status, self._rules)
+            if why is not None:
+                result[instance_id] = why
+        return result
 
     async def now(self) -> datetime:
         async with self._db.connect("database clock") as conn:

@@ -240,7 +240,7 @@ class SqlLedger:
             .where(incidents.c.state.in_(OPEN_STATES))
             .values(state=str(state), closed_at=now, next_action_at=None, updated_at=now)
         )
-        action = AuditAction.RECOVERED if state is IncidentState.RECOVERED else AuditAction.RESET
+        action = AuditAction(str(state))  # recovered, reset, dismissed
         row_spec = NewAudit(
             incident.instance_id,
             action,
