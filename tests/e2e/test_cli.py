@@ -1,0 +1,189 @@
+"""The operator's commands, run as the installed `watchdogctl`, on a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.apptable import AppTable
+
+
+def ctl(
+    watchdogctl: str, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [watchdogctl, *args], capture_output=True, text=True, timeout=60, env=full_env, cwd=cwd
+    )
+
+
+@pytest.fixture
+def config(tmp_path: Path, sqlite_url: str, watchdogctl: str) -> Path:
+    app = AppTable(sqlite_url)
+    app.create()
+    app.add("frozen", heartbeat_ago=200)
+    app.add("healthy", heartbeat_ago=1)
+    app.dispose()
+    path = tmp_path / "watchdog.toml"
+    path.write_text(f"""
+[database]
+url = "{sqlite_url}"
+[escalation]
+ladder = [ {{ action = "db_flag" }} ]
+""")
+    assert ctl(watchdogctl, "--config", str(path), "db", "upgrade").returncode == 0
+    return path
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_steering_an_incident(watchdogctl: str, config: Path) -> None:
+    c = str(config)
+    assert ctl(watchdogctl, "--config", c, "run", "--once").returncode == 0
+
+    status = json.loads(ctl(watchdogctl, "--config", c, "status", "--json").stdout)
+    assert [(s["id"], s["state"], s["attempt"], s["next_action"]) for s in status] == [
+        ("frozen", "open", 1, "db_flag")
+    ]
+    assert {"reason", "next_action_at", "paused_until"} <= set(status[0])
+
+    paused = ctl(
+        watchdogctl,
+        "--config",
+        c,
+        "pause",
+        "frozen",
+        "--for",
+        "2h",
+        "--reason",
+        "maintenance window",
+        "--actor",
+        "alice",
+    )
+    assert paused.returncode == 0, paused.stderr
+    status = json.loads(ctl(watchdogctl, "--config", c, "status", "--json").stdout)
+    assert status[0]["state"] == "paused"
+    assert status[0]["paused_until"] is not None
+    table = ctl(watchdogctl, "--config", c, "status").stdout
+    assert "frozen" in table
+    assert "paused" in table
+
+    assert ctl(watchdogctl, "--config", c, "resume", "frozen", "--actor", "alice").returncode == 0
+    reset = ctl(watchdogctl, "--config", c, "reset", "frozen", "--actor", "bob")
+    assert reset.returncode == 0, reset.stderr
+    assert json.loads(ctl(watchdogctl, "--config", c, "status", "--json").stdout) == []
+
+    rows = json.loads(ctl(watchdogctl, "--config", c, "audit", "--json").stdout)
+    assert [(r["action"], r["outcome"]) for r in rows] == [
+        ("detected", "ok"),
+        ("db_flag", "started"),
+        ("db_flag", "ok"),
+        ("paused", "ok"),
+        ("resumed", "ok"),
+        ("reset", "ok"),
+    ]
+    assert [r["actor"] for r in rows[3:]] == ["alice", "alice", "bob"]
+    only = json.loads(
+        ctl(
+            watchdogctl, "--config", c, "audit", "--json", "--action", "reset", "--since", "1h"
+        ).stdout
+    )
+    assert [r["action"] for r in only] == ["reset"]
+
+    shown = ctl(watchdogctl, "--config", c, "show", "frozen")
+    assert shown.returncode == 0
+    assert "incident 1: reset" in shown.stdout
+    assert "db_flag" in shown.stdout
+
+
+def test_a_healthy_instance_can_be_paused_ahead_of_maintenance(
+    watchdogctl: str, config: Path
+) -> None:
+    result = ctl(
+        watchdogctl,
+        "--config",
+        str(config),
+        "pause",
+        "healthy",
+        "--for",
+        "30m",
+        "--reason",
+        "deploy",
+    )
+    assert result.returncode == 0, result.stderr
+    status = json.loads(ctl(watchdogctl, "--config", str(config), "status", "--json").stdout)
+    assert [(s["id"], s["state"]) for s in status] == [("healthy", "paused")]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["show", "nobody"], 1, "unknown instance 'nobody'"),
+        (["pause", "nobody", "--for", "1h", "--reason", "x"], 1, "unknown instance 'nobody'"),
+        (["resume", "healthy"], 1, "is not paused"),
+        (["reset", "healthy"], 1, "has no open incident"),
+        (["pause", "healthy", "--for", "soon", "--reason", "x"], 2, "is not a duration"),
+        (["pause", "healthy", "--for", "0s", "--reason", "x"], 2, "longer than zero"),
+        (["audit", "--since", "yesterday"], 2, "is not a duration"),
+    ],
+)
+def test_operator_mistakes_get_one_clear_line(
+    watchdogctl: str, config: Path, args: list[str], code: int, needle: str
+) -> None:
+    result = ctl(watchdogctl, "--config", str(config), *args)
+    assert result.returncode == code, result.stderr
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_missing_database_is_named(watchdogctl: str, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.db"
+    result = ctl(watchdogctl, "status", env={"WATCHDOG_DATABASE__URL": f"sqlite:///{missing}"})
+    one_line_error(result, 1, "does not exist", str(missing))
+    assert not missing.exists()  # never created by accident
+
+
+def test_tables_never_created_are_named(watchdogctl: str, sqlite_url: str) -> None:
+    AppTable(sqlite_url).create()
+    result = ctl(watchdogctl, "status", env={"WATCHDOG_DATABASE__URL": sqlite_url})
+    one_line_error(result, 1, "watchdogctl db upgrade")
+    upgraded = ctl(watchdogctl, "db", "upgrade", env={"WATCHDOG_DATABASE__URL": sqlite_url})
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert ctl(watchdogctl, "status", env={"WATCHDOG_DATABASE__URL": sqlite_url}).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"WATCHDOG_DETECTION__INTERVAL": "0"}, "detection.interval"),
+        ({"WATCHDOG_API__RESTART_URL": "http://app/restart"}, "api.restart_url"),
+        ({"WATCHDOG_ESCALATION__LADDER": "[]"}, "escalation.ladder"),
+        ({}, "WATCHDOG_API_TOKEN is not set"),
+    ],
+)
+def test_configuration_errors_exit_2(watchdogctl: str, env: dict[str, str], needle: str) -> None:
+    one_line_error(ctl(watchdogctl, "config", "check", env=env), 2, needle)
+
+
+def test_config_check_masks_secrets(watchdogctl: str) -> None:
+    env = {
+        "WATCHDOG_DATABASE__URL": "postgresql+psycopg://wd:hunter2@db/app",
+        "WATCHDOG_API_TOKEN": "tok-secret-123",
+    }
+    result = ctl(watchdogctl, "config", "check", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "hunter2" not in result.stdout + result.stderr
+    assert "tok-secret-123" not in result.stdout + result.stderr
+    assert json.loads(result.stdout)["api"]["token"] == "(set)"
