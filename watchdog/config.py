@@ -150,6 +150,16 @@ class ProcessSettings(_Section):
     command: tuple[str, ...] = ("pm2", "restart", "{process}")
     user: bool = False  # systemd: systemctl --user
     timeout: Seconds = 30.0
+    stop_wait: Seconds = 10.0  # supervisor: SIGKILL a program still not down after this
+
+    @model_validator(mode="after")
+    def _stop_wait_fits(self) -> ProcessSettings:
+        if self.stop_wait >= self.timeout:
+            raise ValueError(
+                f"process.stop_wait ({self.stop_wait:g}) must be shorter than process.timeout "
+                f"({self.timeout:g})"
+            )
+        return self
 
     @field_validator("command")
     @classmethod

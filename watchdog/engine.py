@@ -68,6 +68,7 @@ class Engine:
         dry_run: bool = False,
         max_concurrent_actions: int = 16,
         jitter: Callable[[], float] = random.random,
+        timeout_margin: float = 2.0,
     ) -> None:
         self._instances = instances
         self._ledger = ledger
@@ -76,6 +77,8 @@ class Engine:
         self._clock = clock
         self._dry_run = dry_run
         self._jitter = jitter
+        # The engine's bound is a backstop: adapters time out first, with a clearer message.
+        self._timeout_margin = timeout_margin
         self._slots = asyncio.Semaphore(max_concurrent_actions)
         self._busy: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -198,10 +201,11 @@ class Engine:
             return Outcome.FAILED, {"error": f"no backend configured for {action}"}
         target = Target(job.act.instance_id, job.act.finding.process)
         try:
-            async with asyncio.timeout(recovery.timeout):
+            async with asyncio.timeout(recovery.timeout + self._timeout_margin):
                 result = await recovery.recover(target)
         except TimeoutError:
-            return Outcome.FAILED, {"error": f"timed out after {recovery.timeout:g}s"}
+            limit = recovery.timeout + self._timeout_margin
+            return Outcome.FAILED, {"error": f"timed out after {limit:g}s", "transient": True}
         except WatchdogError as exc:
             return Outcome.FAILED, {"error": str(exc), "transient": exc.transient}
         except Exception as exc:  # an adapter bug must still leave an outcome row

@@ -154,6 +154,9 @@ class Recovery(Protocol):
 
 
 class ProcessLocator(Protocol):
-    """A process backend that can say which PID hosts a process (for `show`)."""
+    """A process backend that can say which PID hosts a process (for `show`).
 
-    async def locate(self, process: str) -> int | None: ...
+    `name` is what the backend's `key()` returned for the instance.
+    """
+
+    async def locate(self, name: str) -> int | None: ...

@@ -17,6 +17,8 @@ from sqlalchemy.engine import make_url
 from watchdog.actions.api import ApiRestart
 from watchdog.actions.command import CommandRestart
 from watchdog.actions.db_flag import DbFlag
+from watchdog.actions.supervisor import SupervisorRestart
+from watchdog.actions.systemd import SystemdRestart
 from watchdog.config import Settings
 from watchdog.errors import ConfigError, StoreError
 from watchdog.model import Action
@@ -96,15 +98,24 @@ def _build(
 
 def _process_backend(settings: Settings) -> Recovery:
     process = settings.process
-    if process.backend == "command":
-        try:
-            return CommandRestart(process.command, process.program, process.timeout)
-        except ValueError as exc:
-            raise ConfigError(f"config error: process.command: {exc}") from None
-    raise ConfigError(
-        f"config error: process.backend: {process.backend!r} is not available in this "
-        'version; use backend = "command"'
-    )
+    try:
+        if process.backend == "supervisor":
+            return SupervisorRestart(
+                process.supervisor_url, process.program, process.timeout, process.stop_wait
+            )
+        if process.backend == "systemd":
+            return SystemdRestart(process.unit, process.timeout, process.user)
+        return CommandRestart(process.command, process.program, process.timeout)
+    except ValueError as exc:
+        key = {"supervisor": "program", "systemd": "unit"}.get(process.backend, "command")
+        raise ConfigError(f"config error: process.{key}: {exc}") from None
+
+
+def process_backend(settings: Settings) -> Recovery | None:
+    """The configured process backend, when the ladder has a process rung."""
+    if Action.PROCESS_RESTART not in settings.escalation.actions():
+        return None
+    return _process_backend(settings)
 
 
 def login_user() -> str:

@@ -96,6 +96,7 @@ def make_rig(
         clock,
         dry_run=dry_run,
         jitter=lambda: 0.0,
+        timeout_margin=0.0,
     )
     return Rig(clock, store, ledger, recs, engine)
 
@@ -357,7 +358,7 @@ async def test_a_hanging_recovery_times_out_without_stalling_detection() -> None
     ]
     failed = rig.rows("a", AuditAction.API_RESTART)[-1]
     assert "timed out" in failed.detail["error"]
-    assert failed.detail == {"error": "timed out after 0.05s"}
+    assert failed.detail == {"error": "timed out after 0.05s", "transient": True}
     assert rig.trail("b")[-1] == ("api_restart", "ok", 1)
 
 

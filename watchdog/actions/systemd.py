@@ -1,0 +1,310 @@
+"""PROCESS_RESTART through systemd: `systemctl restart UNIT`, checked by the unit's MainPID.
+
+A restart is one `systemctl show` (is the unit known, which PID is its main process), the
+restart itself, and a second `show`: it succeeded only when systemctl exited 0 and the unit
+then has a main process other than the one it had before. systemctl runs directly, never
+through a shell, in its own session, so that on timeout its process group can be killed and
+reaped like the command backend's. Every name put into its argv has passed
+`naming.check_safe_name`.
+
+The unit name comes from a template such as `app.service`, `app@{id}.service` or
+`{process}`; see `SystemdRestart`. Run as a system service, the watchdog's user needs polkit
+permission to restart the unit (deploy/polkit/50-watchdog.rules).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from watchdog.actions.evidence import process_facts, restart_evidence
+from watchdog.actions.naming import (
+    check_placeholders,
+    check_safe_name,
+    placeholders,
+    resolve_process,
+    substitute,
+)
+from watchdog.errors import PermanentRecoveryError, RecoveryError, TransientRecoveryError
+from watchdog.model import Action, ActionResult, Target
+
+UNIT_SUFFIXES = frozenset(
+    {
+        "automount",
+        "device",
+        "mount",
+        "path",
+        "scope",
+        "service",
+        "slice",
+        "socket",
+        "swap",
+        "target",
+        "timer",
+    }
+)
+"""The unit types systemd knows; a name ending in none of them gets `.service`."""
+
+# systemctl's LSB exit codes that no retry will change.
+EXIT_NOPERMISSION = 4  # "no such unit" for status, "access denied" for restart
+EXIT_NOTINSTALLED = 5  # "unit not loaded"
+_PERMANENT_EXITS = {
+    EXIT_NOPERMISSION: (
+        "no such unit or permission denied",
+        "check [process] unit and let the watchdog's user restart it "
+        "(deploy/polkit/50-watchdog.rules)",
+    ),
+    EXIT_NOTINSTALLED: ("unit not loaded", "check [process] unit or the process column"),
+}
+_TAIL = 200  # characters of stderr kept for messages
+_REAP_GRACE = 2.0  # seconds to wait for pipes to close after a kill
+_TRANSIENT_ERRNOS = frozenset({errno.EAGAIN, errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+_PLACEHOLDERS = ("{process}", "{id}")
+
+
+@dataclass(frozen=True, slots=True)
+class UnitState:
+    """What `systemctl show` says about a unit: its LoadState and MainPID (0: none)."""
+
+    load_state: str
+    main_pid: int
+
+
+class SystemdRestart:
+    """Restart the systemd unit hosting an instance; also a `ProcessLocator` (MainPID).
+
+    `unit_template` names the unit. Without `{process}` it works like the command
+    backend's default process: a target's own process (the process column) is the unit,
+    else the template with `{id}` replaced by the instance id (`app.service`,
+    `app@{id}.service`). With `{process}`, the target's process (or the instance id when it
+    has none) is put into the template (`app@{process}.service`). The result must be a safe
+    name; `.service` is appended when it has no unit suffix.
+    """
+
+    def __init__(
+        self,
+        unit_template: str,
+        timeout: float = 30.0,
+        user: bool = False,
+        systemctl: str = "systemctl",
+    ) -> None:
+        check_placeholders("systemd unit", unit_template, _PLACEHOLDERS)
+        sample = substitute(unit_template, dict.fromkeys(_PLACEHOLDERS, "x"))
+        try:
+            unit_name(check_safe_name("systemd unit", sample))
+        except RecoveryError as exc:
+            raise ValueError(f"systemd unit {unit_template!r} is invalid: {exc}") from None
+        if timeout <= 0:
+            raise ValueError(f"systemd timeout must be positive, got {timeout!r}")
+        if not systemctl:
+            raise ValueError("systemctl must be a program name or path, got ''")
+        self._template = unit_template
+        self._timeout = timeout
+        self._user = user
+        self._systemctl = systemctl
+
+    @property
+    def action(self) -> Action:
+        return Action.PROCESS_RESTART
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    def key(self, target: Target) -> str:
+        """The unit to restart; instances sharing a unit share one restart per cycle."""
+        if "{process}" not in placeholders(self._template):
+            return unit_name(resolve_process(self._template, target))
+        instance_id = check_safe_name("instance id", target.instance_id)
+        process = check_safe_name("process name", target.process or instance_id)
+        name = substitute(self._template, {"{process}": process, "{id}": instance_id})
+        return unit_name(check_safe_name("systemd unit", name))
+
+    def argv(self, *args: str) -> list[str]:
+        """The systemctl argv for `args`, with `--user` when managing the user's units."""
+        return [self._systemctl, *(["--user"] if self._user else []), *args]
+
+    async def recover(self, target: Target) -> ActionResult:
+        """Restart the target's unit within `timeout`; the detail has old and new MainPID."""
+        unit = self.key(target)
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        before = await self._show(unit, deadline)
+        _require_loaded(unit, before.load_state)
+        old_facts = process_facts(before.main_pid)
+        await self._restart(unit, deadline)
+        after = await self._show(unit, deadline)
+        _check_new_pid(unit, before.main_pid, after.main_pid)
+        detail = restart_evidence(before.main_pid or None, old_facts, after.main_pid)
+        return ActionResult(detail={**detail, "unit": unit, "backend": "systemd"})
+
+    async def locate(self, process: str) -> int | None:
+        """The MainPID of unit `process` (a `key()` result; a bare name gets `.service`).
+
+        None when systemd does not know the unit or it has no main process; raises a
+        RecoveryError when systemctl cannot be run or fails.
+        """
+        unit = unit_name(check_safe_name("systemd unit", process))
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        state = await self._show(unit, deadline)
+        return state.main_pid or None
+
+    async def _show(self, unit: str, deadline: float) -> UnitState:
+        argv = self.argv("show", "--property=LoadState", "--property=MainPID", "--", unit)
+        code, stdout, stderr = await _run(argv, deadline, self._timeout)
+        if code != 0:
+            raise _exit_error(argv, unit, code, stderr)
+        return _parse_show(unit, stdout)
+
+    async def _restart(self, unit: str, deadline: float) -> None:
+        argv = self.argv("--no-ask-password", "restart", "--", unit)
+        code, _stdout, stderr = await _run(argv, deadline, self._timeout)
+        if code != 0:
+            raise _exit_error(argv, unit, code, stderr)
+
+
+def unit_name(name: str) -> str:
+    """`name` with `.service` appended unless it ends in a unit suffix; rejects templates."""
+    stem, dot, suffix = name.rpartition(".")
+    if not (dot and suffix in UNIT_SUFFIXES):
+        stem, name = name, f"{name}.service"
+    if stem.count("@") > 1 or stem.endswith("@"):
+        raise PermanentRecoveryError(
+            f"systemd unit {name!r} is a template or has several '@'; "
+            "name one instance, e.g. app@{id}.service"
+        )
+    return name
+
+
+def _parse_show(unit: str, stdout: bytes) -> UnitState:
+    """Read `Key=Value` lines; the order systemctl prints them in is not relied on."""
+    values: dict[str, str] = {}
+    for line in stdout.decode("utf-8", "replace").splitlines():
+        name, _eq, value = line.partition("=")
+        values[name] = value
+    try:
+        return UnitState(values["LoadState"], int(values["MainPID"]))
+    except (KeyError, ValueError):
+        raise TransientRecoveryError(
+            f"systemctl show {unit} printed no LoadState/MainPID "
+            f"({_one_line(_tail(stdout))}); check that systemctl is systemd's"
+        ) from None
+
+
+def _require_loaded(unit: str, load_state: str) -> None:
+    if load_state == "not-found":
+        raise PermanentRecoveryError(
+            f"systemd has no unit {unit}; check [process] unit or the process column"
+        )
+    if load_state == "masked":
+        raise PermanentRecoveryError(
+            f"systemd unit {unit} is masked; unmask it (systemctl unmask {unit}) "
+            "or check [process] unit"
+        )
+    if load_state in ("bad-setting", "error"):
+        raise PermanentRecoveryError(
+            f"systemd could not load unit {unit} (LoadState={load_state}); "
+            f"fix its unit file (systemd-analyze verify {unit})"
+        )
+
+
+def _check_new_pid(unit: str, old_pid: int, new_pid: int) -> None:
+    if new_pid == 0:
+        raise TransientRecoveryError(
+            f"systemctl restart {unit} exited 0 but the unit has no main process (MainPID=0); "
+            f"check why it stopped (journalctl -u {unit})"
+        )
+    if new_pid == old_pid:
+        raise TransientRecoveryError(
+            f"systemctl restart {unit} exited 0 but MainPID unchanged ({old_pid}); "
+            "check the unit's Type= and how it restarts"
+        )
+
+
+async def _run(argv: Sequence[str], deadline: float, timeout: float) -> tuple[int, bytes, bytes]:
+    """Run systemctl until it exits or `deadline` (loop time); kill its group on timeout."""
+    proc = await _spawn(argv)
+    finished = False
+    try:
+        async with asyncio.timeout_at(deadline):
+            stdout, stderr = await proc.communicate()
+        finished = True
+    except TimeoutError:
+        raise _timeout_error(argv, timeout) from None
+    finally:
+        # Also runs when the caller cancels us (the engine's own timeout).
+        if not finished:
+            await _kill_and_reap(proc)
+    assert proc.returncode is not None  # communicate() waits for the exit
+    return proc.returncode, stdout, stderr
+
+
+async def _spawn(argv: Sequence[str]) -> asyncio.subprocess.Process:
+    try:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,  # never a tty: no password prompt, no pager
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # own process group, so a kill reaches its helpers too
+        )
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        message = f"cannot run {argv[0]}: {reason}; install systemd or check the systemctl path"
+        if exc.errno in _TRANSIENT_ERRNOS:
+            raise TransientRecoveryError(message) from exc
+        raise PermanentRecoveryError(message) from exc
+
+
+async def _kill_and_reap(proc: asyncio.subprocess.Process) -> None:
+    """Kill systemctl's process group, drain its pipes and reap it."""
+    # The group id is the child's pid (start_new_session); it has not been reaped yet, so
+    # the id cannot have been reused.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_REAP_GRACE):
+            await proc.communicate()
+
+
+def _timeout_error(argv: Sequence[str], timeout: float) -> RecoveryError:
+    # Killing systemctl does not cancel a restart job it queued: that may still complete.
+    fix = (
+        "raise [process] timeout above the unit's start-up time"
+        if "restart" in argv
+        else "check that systemd answers on D-Bus (systemctl status)"
+    )
+    return TransientRecoveryError(
+        f"{_what(argv)} did not finish within {timeout:g}s and was killed; {fix}"
+    )
+
+
+def _exit_error(argv: Sequence[str], unit: str, code: int, stderr: bytes) -> RecoveryError:
+    output = _one_line(_tail(stderr))
+    if code in _PERMANENT_EXITS:
+        cause, fix = _PERMANENT_EXITS[code]
+        return PermanentRecoveryError(
+            f"{_what(argv)} exited with {code} ({cause}): {output}; {fix}"
+        )
+    how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
+    return TransientRecoveryError(
+        f"{_what(argv)} {how}: {output}; check the unit (systemctl status {unit})"
+    )
+
+
+def _what(argv: Sequence[str]) -> str:
+    """`systemctl restart app.service`: the program and its verb and unit, for messages."""
+    words = [arg for arg in argv[1:] if not arg.startswith("-")]
+    return " ".join([argv[0], words[0], words[-1]]) if words else argv[0]
+
+
+def _tail(output: bytes) -> str:
+    return output.decode("utf-8", "replace").strip()[-_TAIL:]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "(no output)"
