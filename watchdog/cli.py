@@ -18,9 +18,9 @@ import click
 from watchdog import render
 from watchdog.config import Settings, load_settings, redacted
 from watchdog.errors import ConfigError, NotFound, WatchdogError
-from watchdog.model import AuditAction, IncidentState, Pause
+from watchdog.model import AuditAction, IncidentState, Pause, Target
 from watchdog.observability import configure_logging, emit_audit
-from watchdog.ports import AuditQuery
+from watchdog.ports import AuditQuery, ProcessLocator
 from watchdog.store import migrate
 from watchdog.wiring import Runtime, login_user, open_runtime
 
@@ -158,9 +158,32 @@ def show(ctx: Context, instance_id: str, limit: int) -> None:
         )
         for incident in history:
             click.echo(_incident_line(incident))
+        process = history[0].process if history else None
+        click.echo(await _hosting_process(rt, instance_id, process))
         click.echo(render.audit_table(rows))
 
     with_runtime(ctx, work)
+
+
+async def _hosting_process(rt: Runtime, instance_id: str, process: str | None) -> str:
+    """One line about the process hosting the instance, from its backend and psutil."""
+    from watchdog.actions.evidence import process_facts
+    from watchdog.wiring import process_backend
+
+    backend = process_backend(rt.settings)
+    if backend is None or not isinstance(backend, ProcessLocator):
+        return "  hosting process: unknown (the process backend cannot locate processes)"
+    try:
+        name = backend.key(Target(instance_id, process))
+        facts = process_facts(await backend.locate(name))
+    except WatchdogError as exc:
+        return f"  hosting process: unknown ({exc})"
+    if facts is None:
+        return f"  hosting process {name}: not running or not visible from here"
+    return (
+        f"  hosting process {name}: pid {facts['pid']}, {facts['state']}, up "
+        f"{render.human_delta(facts['uptime'])}, rss {facts['rss'] / 2**20:.1f} MiB"
+    )
 
 
 def _incident_line(incident: Any) -> str:

@@ -154,10 +154,9 @@ class ProcessSettings(_Section):
 
     @model_validator(mode="after")
     def _stop_wait_fits(self) -> ProcessSettings:
-        if self.stop_wait >= self.timeout:
+        if self.backend == "supervisor" and self.stop_wait >= self.timeout:
             raise ValueError(
-                f"process.stop_wait ({self.stop_wait:g}) must be shorter than process.timeout "
-                f"({self.timeout:g})"
+                f"stop_wait ({self.stop_wait:g}) must be shorter than timeout ({self.timeout:g})"
             )
         return self
 

@@ -18,6 +18,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from watchdog.engine import CycleReport, Engine
 from watchdog.errors import StoreError
 from watchdog.observability import get_logger
+from watchdog.sdnotify import Notifier, SystemdHeartbeat
 
 log = get_logger(component="daemon")
 
@@ -25,8 +26,9 @@ log = get_logger(component="daemon")
 class CycleRunner:
     """Runs one cycle at a time and turns its failures into log lines, never crashes."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, heartbeat: SystemdHeartbeat | None = None) -> None:
         self._engine = engine
+        self._heartbeat = heartbeat
         self._lock = asyncio.Lock()
         self._outage: str | None = None
         self.last_report: CycleReport | None = None
@@ -43,12 +45,16 @@ class CycleRunner:
             report = await self._engine.run_cycle()
         except StoreError as exc:
             self._enter_outage(str(exc))
+            if self._heartbeat is not None:
+                self._heartbeat.on_handled_outage()
             return False
         except Exception:
             log.exception("cycle_failed")
             return False
         self._leave_outage()
         self.last_report, self.good_cycles = report, self.good_cycles + 1
+        if self._heartbeat is not None:
+            self._heartbeat.on_good_cycle()
         if report.unhealthy or report.acted or report.resolved:
             log.info(
                 "cycle",
@@ -80,18 +86,26 @@ class CycleRunner:
 
 
 class Daemon:
-    def __init__(self, engine: Engine, interval: float, shutdown_timeout: float) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        interval: float,
+        shutdown_timeout: float,
+        notifier: Notifier | None = None,
+    ) -> None:
         self._engine = engine
         self._interval = interval
         self._shutdown_timeout = shutdown_timeout
         self._stop = asyncio.Event()
-        self.cycles = CycleRunner(engine)
+        self._notifier = notifier or Notifier()
+        self.cycles = CycleRunner(engine, SystemdHeartbeat(self._notifier))
 
     def request_stop(self) -> None:
         if self._stop.is_set():
             log.warning("second_signal_exiting_now")
             os._exit(1)
         log.info("stopping", shutdown_timeout=self._shutdown_timeout)
+        self._notifier.stopping()
         self._stop.set()
 
     async def run(self, on_started: Callable[[], Awaitable[None]] | None = None) -> int:

@@ -26,6 +26,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # not a line per cycle
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from watchdog.model import (
     Action,
@@ -153,6 +153,7 @@ class Recovery(Protocol):
     async def recover(self, target: Target) -> ActionResult: ...
 
 
+@runtime_checkable
 class ProcessLocator(Protocol):
     """A process backend that can say which PID hosts a process (for `show`).
 

@@ -108,6 +108,19 @@ class SystemdHeartbeat:
             sent.append("WATCHDOG=1")
         return sent
 
+    def on_handled_outage(self) -> list[str]:
+        """The loop is alive but its database is not: keep pinging, do not claim READY.
+
+        A database outage must not make systemd kill and restart the watchdog in a loop;
+        a hung or crashing loop still stops the pings.
+        """
+        if not self._notifier.enabled or not self._ping_due():
+            return []
+        if self._notifier.watchdog_ping():
+            self._last_ping = self._clock.monotonic()
+            return ["WATCHDOG=1"]
+        return []
+
     def _ping_due(self) -> bool:
         if self._interval is None:
             return False

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -211,3 +212,51 @@ def test_python_dash_m_is_the_same_cli(tmp_path: Path) -> None:
     )
     assert result.returncode == 0
     assert "WATCHDOG_<SECTION>__<KEY>" in result.stdout
+
+
+def test_systemd_notifications_follow_the_cycles(
+    tmp_path: Path, sqlite_url: str, watchdogctl: str
+) -> None:
+    """A real unix datagram socket as NOTIFY_SOCKET, as systemd would hand it over."""
+    import socket
+    import tempfile
+
+    app = AppTable(sqlite_url)
+    app.create()
+    app.add("healthy", heartbeat_ago=0)
+    sock_dir = Path(tempfile.mkdtemp(prefix="wd-notify-", dir="/tmp"))
+    address = str(sock_dir / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(address)
+        server.settimeout(15)
+        config = write_config(tmp_path, sqlite_url, "http://127.0.0.1:9/{id}", tmp_path / "m")
+        env = {
+            **os.environ,
+            "WATCHDOG_API_TOKEN": TOKEN,
+            "NOTIFY_SOCKET": address,
+            "WATCHDOG_USEC": "400000",
+        }
+        with (tmp_path / "err").open("w") as err:
+            proc = subprocess.Popen(
+                [watchdogctl, "--config", str(config), "run"],
+                env=env,
+                stdout=err,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            try:
+                received = [server.recv(4096).decode() for _ in range(3)]
+            except TimeoutError:
+                raise AssertionError((tmp_path / "err").read_text()[-2000:]) from None
+            proc.send_signal(signal.SIGTERM)
+            while "STOPPING=1" not in received:
+                received.append(server.recv(4096).decode())
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=15)
+    shutil.rmtree(sock_dir, ignore_errors=True)
+    app.dispose()
+    assert code == 0
+    assert received[0] == "READY=1"
+    assert received.count("WATCHDOG=1") >= 2
+    assert received[-1] == "STOPPING=1"
