@@ -1,8 +1,9 @@
 """`watchdogctl demo`: the whole ladder, live, on SQLite, with nothing but Python.
 
-Starts the simulated application (respawned whenever the watchdog restarts it), starts
-the watchdog daemon with compressed timings, prints the status table as it changes,
-and ends with the audit trail. Everything lives in one working directory.
+Starts a real supervisord hosting the simulated application, starts the watchdog daemon
+with compressed timings (its process rung restarts the application through supervisord's
+XML-RPC), prints the status table as it changes, and ends with the audit trail.
+Everything lives in one working directory.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import IO
 
 from watchdog import render
 from watchdog.config import Settings, load_settings
+from watchdog.demo.supervisor import PROGRAM, DemoSupervisor
 from watchdog.errors import WatchdogError
 from watchdog.model import AuditAction, AuditRow
 from watchdog.ports import AuditQuery
@@ -37,9 +37,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _config_text(workdir: Path, port: int, pidfile: Path) -> str:
-    restart = [sys.executable, "-m", "watchdog.demo.restart_app", "--pidfile", str(pidfile)]
-    argv = ", ".join(f'"{part}"' for part in restart)
+def _config_text(workdir: Path, port: int, supervisor_url: str) -> str:
     return f"""# Written by `watchdogctl demo`: the production defaults, compressed ~30x.
 [database]
 url = "sqlite:///{workdir / "app.db"}"
@@ -61,47 +59,12 @@ restart_url = "http://127.0.0.1:{port}/api/instances/{{id}}/restart"
 timeout = 2.0
 
 [process]
-backend = "command"
-program = "demo-app"
-command = [{argv}]
+backend = "supervisor"
+supervisor_url = "{supervisor_url}"
+program = "{PROGRAM}"
 timeout = 15.0
+stop_wait = 3.0
 """
-
-
-class AppKeeper:
-    """Keeps the simulated application running: a stand-in for supervisord."""
-
-    def __init__(self, argv: list[str], log: IO[str]) -> None:
-        self._argv, self._log = argv, log
-        self._stop = threading.Event()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-        self._thread = threading.Thread(target=self._keep, name="app-keeper", daemon=True)
-
-    def start(self) -> None:
-        self._spawn()
-        self._thread.start()
-
-    def _spawn(self) -> None:
-        self._proc = subprocess.Popen(self._argv, stdout=self._log, stderr=subprocess.STDOUT)
-        self.starts += 1
-
-    def _keep(self) -> None:
-        while not self._stop.wait(0.2):
-            if self._proc is not None and self._proc.poll() is not None:
-                print(f"  [keeper] demo app (pid {self._proc.pid}) exited: starting it again")
-                self._spawn()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(5)
 
 
 def _wait_for_table(db: Path, timeout: float) -> None:
@@ -180,9 +143,6 @@ def run_demo(workdir_name: str, seconds: float) -> int:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     port, token = _free_port(), secrets.token_hex(16)
-    pidfile, config = workdir / "app.pid", workdir / "watchdog.toml"
-    config.write_text(_config_text(workdir, port, pidfile))
-    env = {**os.environ, "WATCHDOG_API_TOKEN": token, "WATCHDOG_CONFIG": str(config)}
     app_argv = [
         sys.executable,
         "-m",
@@ -193,21 +153,24 @@ def run_demo(workdir_name: str, seconds: float) -> int:
         str(port),
         "--token",
         token,
-        "--pidfile",
-        str(pidfile),
         "--beat",
         "0.5",
     ]
-    print(f"demo: app on 127.0.0.1:{port}; instances wa-01..wa-07; working dir {workdir}")
-    print("  wa-03 freezes (API restart cures it), wa-04 freezes (the flag cures it),")
-    print("  wa-05 hangs in CONNECTING (only a process restart cures it),")
-    print("  wa-06 is disabled and wa-07 is BANNED: the watchdog must leave them alone.")
-    settings = load_settings(config, env)
-    with (workdir / "app.log").open("w") as app_log, (workdir / "watchdog.log").open("w") as wlog:
-        keeper = AppKeeper(app_argv, app_log)
-        keeper.start()
+    _intro(port, workdir)
+    with (
+        (workdir / "supervisord.out").open("w") as sv_log,
+        (workdir / "watchdog.log").open("w") as wlog,
+    ):
+        supervisor = DemoSupervisor(workdir, app_argv, sv_log)
+        config = workdir / "watchdog.toml"
+        config.write_text(_config_text(workdir, port, supervisor.url))
+        env = {**os.environ, "WATCHDOG_API_TOKEN": token, "WATCHDOG_CONFIG": str(config)}
+        settings = load_settings(config, env)
         watchdog: subprocess.Popen[bytes] | None = None
         try:
+            supervisor.start()
+            first_pid = supervisor.pid()
+            print(f"  supervisord runs {PROGRAM} as pid {first_pid}")
             _wait_for_table(workdir / "app.db", 15)
             watchdog = subprocess.Popen(
                 [sys.executable, "-m", "watchdog", "run"],
@@ -216,13 +179,18 @@ def run_demo(workdir_name: str, seconds: float) -> int:
                 stderr=subprocess.STDOUT,
             )
             recovered = _watch(settings, seconds, time.monotonic())
+            print(f"\n{PROGRAM} pid: {first_pid} at the start, {supervisor.pid()} now")
         finally:
             if watchdog is not None:
                 watchdog.send_signal(signal.SIGTERM)
                 watchdog.wait(40)
-            keeper.stop()
-    print(
-        f"\nwatchdog stopped (exit {watchdog.returncode if watchdog else '-'}); "
-        f"the app was started {keeper.starts} times"
-    )
+            supervisor.stop()
+    print(f"watchdog stopped (exit {watchdog.returncode if watchdog else '-'})")
     return _final_report(settings, recovered, workdir)
+
+
+def _intro(port: int, workdir: Path) -> None:
+    print(f"demo: app on 127.0.0.1:{port} under supervisord; working dir {workdir}")
+    print("  wa-03 freezes (API restart cures it), wa-04 freezes (the flag cures it),")
+    print("  wa-05 hangs in CONNECTING (only a process restart through supervisord cures it),")
+    print("  wa-06 is disabled and wa-07 is BANNED: the watchdog must leave them alone.")
