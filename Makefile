@@ -8,15 +8,18 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
+	$(BIN)/pip install --quiet -e ".[test]" 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -c "import watchdog.cli"  # fail here, not later, if the install did not work
 	touch $(STAMP)
 
 install: $(STAMP)
 
+LINTED := watchdog tests $(wildcard bench)
+
 lint: $(STAMP)
-	$(BIN)/ruff check watchdog tests bench
-	$(BIN)/ruff format --check watchdog tests bench
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict watchdog
