@@ -64,6 +64,9 @@ class DetectionSettings(_Section):
     interval: Seconds = 5.0
     stale_after: Seconds = 90.0
     connecting_after: Seconds = 120.0
+    # After the watchdog starts or its database comes back, heartbeat writers get this long
+    # to catch up before anyone is judged (None: stale_after).
+    grace: Annotated[float, Field(ge=0)] | None = None
     connecting_statuses: tuple[str, ...] = ("CONNECTING", "RECONNECTING", "INITIALIZING", "LOADING")
     ignored_statuses: tuple[str, ...] = ("LOGOUT", "TOS_BLOCK", "BANNED")
 
@@ -172,6 +175,33 @@ class DaemonSettings(_Section):
     max_concurrent_actions: Annotated[int, Field(ge=1, le=1000)] = 16
     shutdown_timeout: Seconds = 30.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    memory_limit_mb: Annotated[float, Field(gt=0)] = 256.0  # warn at 80 %, critical at 95 %
+
+
+class BreakerSettings(_Section):
+    """Circuit breaker per backend (api, db_flag, supervisor, systemd, command)."""
+
+    mode: Literal["consecutive", "rate"] = "consecutive"
+    failure_threshold: Annotated[int, Field(ge=1)] = 5  # consecutive failures that open it
+    recovery_timeout: Seconds = 60.0  # open → half-open after this
+    success_threshold: Annotated[int, Field(ge=1)] = 2  # half-open → closed after these
+    rate_threshold: Annotated[float, Field(gt=0, le=1)] = 0.5  # rate mode: failure rate ...
+    monitoring_window: Seconds = 60.0  # ... over this window ...
+    minimum_requests: Annotated[int, Field(ge=1)] = 5  # ... once this many calls were made
+
+
+class SafetySettings(_Section):
+    """What keeps the watchdog from making an outage worse."""
+
+    process_restarts_per_process: Annotated[int, Field(ge=1)] = 3
+    process_restart_window: Seconds = 1800.0
+    fleet_restarts: Annotated[int, Field(ge=1)] = 6
+    fleet_restart_window: Seconds = 3600.0
+    flapping_incidents: Annotated[int, Field(ge=2)] = 4  # incidents of one instance ...
+    flapping_window: Seconds = 3600.0  # ... within this long
+    brake_min_unhealthy: Annotated[int, Field(ge=0)] = 2  # brake when more than this many ...
+    brake_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5  # ... and at least this share
+    retry_attempts: Annotated[int, Field(ge=1, le=10)] = 3  # tries of one transient failure
 
 
 class Settings(_Section):
@@ -182,6 +212,8 @@ class Settings(_Section):
     api: ApiSettings = ApiSettings()
     process: ProcessSettings = ProcessSettings()
     daemon: DaemonSettings = DaemonSettings()
+    breaker: BreakerSettings = BreakerSettings()
+    safety: SafetySettings = SafetySettings()
 
     @model_validator(mode="after")
     def _interval_fits(self) -> Settings:

@@ -41,6 +41,12 @@ class AuditAction(enum.StrEnum):
     PAUSED = "paused"
     RESUMED = "resumed"
     RESET = "reset"
+    SUPPRESSED = "suppressed"  # a process restart held back: the restart budget is spent
+    FLAPPING = "flapping"  # the instance failed again and again within an hour
+    BRAKE_ENGAGED = "brake_engaged"  # fleet-wide failure: no db_flag or process_restart
+    BRAKE_RELEASED = "brake_released"
+    BREAKER_OPENED = "breaker_opened"
+    BREAKER_CLOSED = "breaker_closed"
 
 
 class Outcome(enum.StrEnum):
@@ -50,6 +56,7 @@ class Outcome(enum.StrEnum):
     OK = "ok"
     FAILED = "failed"
     SKIPPED = "skipped"
+    INTERRUPTED = "interrupted"  # the watchdog died between intent and outcome
 
 
 class IncidentState(enum.StrEnum):
@@ -62,13 +69,14 @@ class IncidentState(enum.StrEnum):
 
     OPEN = "open"
     EXHAUSTED = "exhausted"
+    SUPPRESSED = "suppressed"  # waiting for the restart budget; acted on like OPEN
     RECOVERED = "recovered"
     RESET = "reset"
     DISMISSED = "dismissed"
 
     @property
     def is_closed(self) -> bool:
-        return self not in (IncidentState.OPEN, IncidentState.EXHAUSTED)
+        return self not in (IncidentState.OPEN, IncidentState.EXHAUSTED, IncidentState.SUPPRESSED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +119,7 @@ class Incident:
     closed_at: datetime | None = None
     last_action: Action | None = None
     process: str | None = None
+    flapping: bool = False
 
 
 @dataclass(frozen=True, slots=True)

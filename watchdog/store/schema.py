@@ -37,7 +37,7 @@ class UtcDateTime(sa.types.TypeDecorator[datetime]):
 
 metadata = sa.MetaData()
 
-OPEN_STATES = ("open", "exhausted")
+OPEN_STATES = ("open", "exhausted", "suppressed")
 
 incidents = sa.Table(
     "watchdog_incidents",
@@ -54,6 +54,7 @@ incidents = sa.Table(
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Column("next_action_at", UtcDateTime),
     sa.Column("closed_at", UtcDateTime),
+    sa.Column("flapping", sa.Boolean, nullable=False, default=False),
 )
 
 audit = sa.Table(
@@ -80,4 +81,39 @@ pauses = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("actor", sa.Text, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+breakers = sa.Table(
+    "watchdog_breakers",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("successes", sa.Integer, nullable=False),
+    sa.Column("total", sa.Integer, nullable=False),
+    sa.Column("total_failures", sa.Integer, nullable=False),
+    sa.Column("failure_rate", sa.Float, nullable=False),
+    sa.Column("opened_at", UtcDateTime),
+    sa.Column("last_failure_at", UtcDateTime),
+    sa.Column("last_success_at", UtcDateTime),
+    sa.Column("next_attempt_at", UtcDateTime),
+    sa.Column("last_error", sa.Text),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+restarts = sa.Table(
+    "watchdog_restarts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("process", sa.Text, nullable=False),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Column("instances", sa.Text, nullable=False),
+)
+
+flags = sa.Table(
+    "watchdog_flags",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
 )
