@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from watchdog.errors import RecoveryError, WatchdogError
+from watchdog.errors import RecoveryError, StoreError, WatchdogError
+from watchdog.guards import Guards
 from watchdog.model import Action, AuditAction, Incident, IncidentState, Outcome, Target
 from watchdog.policy import (
     Act,
@@ -29,6 +30,7 @@ from watchdog.policy import (
     decide,
 )
 from watchdog.ports import Clock, InstanceStore, Ledger, NewAudit, Recovery
+from watchdog.safety import SafetyRules
 
 # The pure core logs through the standard library; observability routes it to stderr.
 log = logging.getLogger("watchdog.engine")
@@ -69,6 +71,7 @@ class Engine:
         max_concurrent_actions: int = 16,
         jitter: Callable[[], float] = random.random,
         timeout_margin: float = 2.0,
+        guards: Guards | None = None,
     ) -> None:
         self._instances = instances
         self._ledger = ledger
@@ -79,6 +82,7 @@ class Engine:
         self._jitter = jitter
         # The engine's bound is a backstop: adapters time out first, with a clearer message.
         self._timeout_margin = timeout_margin
+        self._guards = guards or Guards(ledger, None, SafetyRules(), startup_grace=False)
         self._slots = asyncio.Semaphore(max_concurrent_actions)
         self._busy: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -87,9 +91,19 @@ class Engine:
     def busy(self) -> frozenset[str]:
         return frozenset(self._busy)
 
+    @property
+    def guards(self) -> Guards:
+        return self._guards
+
     async def run_cycle(self) -> CycleReport:
-        scan = await self._instances.scan()
+        try:
+            scan = await self._instances.scan()
+        except StoreError:
+            self._guards.database_lost()  # no action while we cannot read the truth
+            raise
         mono0 = self._clock.monotonic()
+        self._guards.database_back(scan.now)
+        self._guards.new_cycle()
         incidents = await self._ledger.load_open()
         new_ids = [i for i in scan.findings if i not in incidents]
         gone = [i for i in incidents if i not in scan.findings and i not in self._busy]
@@ -103,6 +117,8 @@ class Engine:
             pauses=await self._ledger.load_pauses(scan.now),
             busy=self.busy,
             unmonitored=unmonitored,
+            grace_until=self._guards.grace_until,
+            brake=await self._guards.brake(scan, record=not self._dry_run),
         )
         report = CycleReport(now=scan.now, unhealthy=len(scan.findings))
         decisions = decide(self._rules, world, self._jitter)
@@ -130,6 +146,7 @@ class Engine:
         mono0: float,
     ) -> None:
         acts: list[Act] = []
+        opened: list[Incident] = []
         for decision in decisions:
             match decision:
                 case Resolve(incident=incident):
@@ -145,41 +162,67 @@ class Engine:
                         decision.finding, decision.carried_attempts, decision.continues, now
                     )
                     incidents[incident.instance_id] = incident
+                    opened.append(incident)
                     report.opened += 1
                 case Exhaust(instance_id=instance_id):
                     await self._ledger.exhaust(incidents[instance_id], now)
                     report.exhausted += 1
                 case Act():
                     acts.append(decision)
-        jobs = [await self._claim(incidents[a.instance_id], a, now) for a in acts]
-        self._launch([j for j in jobs if j is not None], now, mono0)
-        report.acted = sum(j is not None for j in jobs)
-        report.actions = [(j.act.instance_id, j.act.action, j.act.attempt) for j in jobs if j]
+        await self._guards.check_flapping(opened, now)
+        await self._start(acts, incidents, report, now, mono0)
+
+    async def _start(
+        self,
+        acts: list[Act],
+        incidents: Mapping[str, Incident],
+        report: CycleReport,
+        now: datetime,
+        mono0: float,
+    ) -> None:
+        """Claim each group's attempts and launch its shared call; restarts pass the budget."""
+        for (action, key), group in self._group(acts).items():
+            members = [incidents[a.instance_id] for a in group]
+            budgeted = action is Action.PROCESS_RESTART and not key.startswith(_INVALID)
+            if budgeted and not await self._guards.admit_restart(key, members, now):
+                continue
+            claimed = [
+                await self._claim(i, a, now, key) for i, a in zip(members, group, strict=True)
+            ]
+            jobs = [j for j in claimed if j is not None]
+            if jobs:
+                self._launch(action, jobs, now, mono0)
+            report.actions += [(j.act.instance_id, j.act.action, j.act.attempt) for j in jobs]
+        report.acted = len(report.actions)
 
     async def _resolve(self, incident: Incident, now: datetime) -> None:
         seconds = (now - incident.opened_at).total_seconds()
         detail = {"time_to_recover": round(seconds, 3), "attempts": incident.attempt}
         await self._ledger.close(incident, IncidentState.RECOVERED, now, "watchdog", detail)
 
-    async def _claim(self, incident: Incident, act: Act, now: datetime) -> _Job | None:
+    def _group(self, acts: list[Act]) -> dict[tuple[Action, str], list[Act]]:
+        """Acts that share one recovery call (one restart per process per cycle)."""
+        groups: dict[tuple[Action, str], list[Act]] = defaultdict(list)
+        for act in acts:
+            groups[(act.action, _key_or_own(self._recoveries.get(act.action), act))].append(act)
+        return groups
+
+    async def _claim(self, incident: Incident, act: Act, now: datetime, key: str) -> _Job | None:
         retry_at = now + timedelta(seconds=act.delay)
-        audit_id = await self._ledger.begin_action(incident, act.attempt, act.action, now, retry_at)
-        if audit_id is None:
+        detail = {"target": key} if act.action is Action.PROCESS_RESTART else None
+        claimed = await self._ledger.begin_action(
+            incident, act.attempt, act.action, now, retry_at, detail
+        )
+        if claimed is None:
             return None
         return _Job(incident, act, self._clock.monotonic())
 
-    def _launch(self, jobs: list[_Job], now: datetime, mono0: float) -> None:
-        """Group jobs that share one recovery call, then run each group as a task."""
-        groups: dict[tuple[Action, str], list[_Job]] = defaultdict(list)
-        for job in jobs:
-            recovery = self._recoveries.get(job.act.action)
-            key = _key_or_own(recovery, job)
-            groups[(job.act.action, key)].append(job)
-            self._busy.add(job.act.instance_id)
-        for (action, _key), members in groups.items():
-            task = asyncio.create_task(self._run_group(action, members, now, mono0))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    def _launch(self, action: Action, jobs: list[_Job], now: datetime, mono0: float) -> None:
+        """Run one group's shared recovery call as a task; its instances are busy meanwhile."""
+        self._busy.update(job.act.instance_id for job in jobs)
+        task = asyncio.create_task(self._run_group(action, jobs, now, mono0))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _run_group(
         self, action: Action, members: list[_Job], now: datetime, mono0: float
@@ -296,11 +339,14 @@ def _dry_run_row(decision: Decision, incidents: Mapping[str, Incident]) -> NewAu
             )
 
 
-def _key_or_own(recovery: Recovery | None, job: _Job) -> str:
+_INVALID = "invalid:"
+
+
+def _key_or_own(recovery: Recovery | None, act: Act) -> str:
     """The shared-call key, or the instance's own when the target cannot be keyed."""
     if recovery is None:
-        return job.act.instance_id
+        return _INVALID + act.instance_id
     try:
-        return recovery.key(Target(job.act.instance_id, job.act.finding.process))
+        return recovery.key(Target(act.instance_id, act.finding.process))
     except RecoveryError:
-        return f"invalid:{job.act.instance_id}"
+        return _INVALID + act.instance_id

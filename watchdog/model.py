@@ -102,7 +102,7 @@ class Scan:
 
     now: datetime
     findings: Mapping[str, Finding]
-    enabled_count: int = 0
+    enabled_count: int = 0  # monitored instances: enabled, status not ignored
 
 
 @dataclass(frozen=True, slots=True)

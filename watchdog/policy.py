@@ -177,6 +177,13 @@ class World:
     pauses: Mapping[str, Pause]
     busy: Collection[str] = frozenset()  # instances with an action still in flight
     unmonitored: Mapping[str, str] = field(default_factory=dict)  # id → why (disabled, ...)
+    # Until then nobody is judged: heartbeat writers catch up after an outage or our start.
+    grace_until: datetime | None = None
+    brake: bool = False  # a fleet-wide failure: no db_flag or process_restart
+
+
+# The rungs a fleet-wide failure must not take: they cannot fix a shared cause.
+BRAKED_ACTIONS = frozenset({Action.DB_FLAG, Action.PROCESS_RESTART})
 
 
 def decide(rules: EscalationRules, world: World, jitter: Callable[[], float]) -> list[Decision]:
@@ -187,6 +194,8 @@ def decide(rules: EscalationRules, world: World, jitter: Callable[[], float]) ->
             continue
         why = world.unmonitored.get(instance_id)
         decisions.append(Resolve(incident) if why is None else Dismiss(incident, why))
+    if world.grace_until is not None and world.now < world.grace_until:
+        return decisions
     for instance_id, finding in sorted(world.findings.items()):
         if instance_id not in world.busy:
             decisions.extend(_decide_one(rules, world, finding, jitter))
@@ -202,7 +211,7 @@ def _decide_one(
         yield Open(finding, carried, continues)
         attempt, due = carried, True
     else:
-        if incident.state is not IncidentState.OPEN:
+        if incident.state not in (IncidentState.OPEN, IncidentState.SUPPRESSED):
             return
         attempt = incident.attempt
         due = incident.next_action_at is None or incident.next_action_at <= world.now
@@ -212,6 +221,8 @@ def _decide_one(
     if step is None:
         yield Exhaust(finding.instance_id, attempt)
         return
+    if world.brake and step.action in BRAKED_ACTIONS:
+        return  # held back, not skipped: the attempt waits until the brake is released
     delay = backoff(rules, step, attempt + 1, jitter())
     yield Act(finding.instance_id, attempt + 1, step.action, delay, finding)
 

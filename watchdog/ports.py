@@ -22,6 +22,7 @@ from watchdog.model import (
     Scan,
     Target,
 )
+from watchdog.safety import Restart
 
 
 class Clock(Protocol):
@@ -93,7 +94,13 @@ class Ledger(Protocol):
     ) -> Incident: ...
 
     async def begin_action(
-        self, incident: Incident, attempt: int, action: Action, now: datetime, retry_at: datetime
+        self,
+        incident: Incident,
+        attempt: int,
+        action: Action,
+        now: datetime,
+        retry_at: datetime,
+        detail: Mapping[str, Any] | None = None,
     ) -> int | None:
         """Claim attempt `attempt` and commit its intent row (`started`).
 
@@ -123,6 +130,22 @@ class Ledger(Protocol):
         detail: Mapping[str, Any],
     ) -> None: ...
 
+    async def suppress(
+        self, incident: Incident, until: datetime, now: datetime, detail: Mapping[str, Any]
+    ) -> None:
+        """Hold the next attempt until `until`: the restart budget is spent."""
+        ...
+
+    async def mark_flapping(self, incident: Incident, now: datetime, count: int) -> None: ...
+
+    async def incident_counts(
+        self, instance_ids: Collection[str], since: datetime
+    ) -> dict[str, int]: ...
+
+    async def reconcile_interrupted(self) -> list[AuditRow]:
+        """Give every intent row without an outcome an `interrupted` row."""
+        ...
+
     async def pause(self, pause: Pause, now: datetime) -> None: ...
 
     async def resume(self, instance_id: str, actor: str) -> bool: ...
@@ -132,6 +155,22 @@ class Ledger(Protocol):
     async def audit(self, query: AuditQuery) -> list[AuditRow]: ...
 
     async def incident_history(self, instance_id: str, limit: int) -> Sequence[Incident]: ...
+
+
+class FleetState(Protocol):
+    """Fleet-wide state: the restarts the watchdog started, and the brake."""
+
+    async def recent_restarts(self, since: datetime) -> list[Restart]: ...
+
+    async def record_restart(
+        self, process: str, at: datetime, instances: Sequence[str]
+    ) -> None: ...
+
+    async def brake(self) -> dict[str, Any] | None: ...
+
+    async def set_brake(
+        self, engaged: bool, now: datetime, detail: Mapping[str, Any]
+    ) -> AuditRow: ...
 
 
 class Recovery(Protocol):

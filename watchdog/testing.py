@@ -33,6 +33,7 @@ from watchdog.model import (
 )
 from watchdog.policy import DetectionRules, InstanceRow, classify, unmonitored_reason
 from watchdog.ports import AuditQuery, NewAudit
+from watchdog.safety import Restart
 
 if TYPE_CHECKING:
     from watchdog.ports import Clock, InstanceStore, Ledger, Recovery
@@ -169,7 +170,8 @@ def _instance_row(record: InstanceRecord, now: datetime) -> InstanceRow:
 
 # --------------------------------------------------------------------------- ledger
 
-_OPEN_STATES = (IncidentState.OPEN, IncidentState.EXHAUSTED)
+_OPEN_STATES = (IncidentState.OPEN, IncidentState.EXHAUSTED, IncidentState.SUPPRESSED)
+_ACTIONABLE = (IncidentState.OPEN, IncidentState.SUPPRESSED)
 
 
 class MemoryLedger:
@@ -246,15 +248,25 @@ class MemoryLedger:
         return incident
 
     async def begin_action(
-        self, incident: Incident, attempt: int, action: Action, now: datetime, retry_at: datetime
+        self,
+        incident: Incident,
+        attempt: int,
+        action: Action,
+        now: datetime,
+        retry_at: datetime,
+        detail: Mapping[str, Any] | None = None,
     ) -> int | None:
         current = self._open(incident)
         if current is None or current.attempt != attempt - 1:
             return None
         self.incidents[incident.id] = replace(
-            current, attempt=attempt, last_action=action, next_action_at=retry_at
+            current,
+            attempt=attempt,
+            last_action=action,
+            next_action_at=retry_at,
+            state=IncidentState.OPEN,
         )
-        spec = _row(incident, AuditAction(str(action)), Outcome.STARTED, attempt, {})
+        spec = _row(incident, AuditAction(str(action)), Outcome.STARTED, attempt, detail or {})
         return self._write(now, spec).id
 
     async def finish_action(
@@ -304,6 +316,61 @@ class MemoryLedger:
         spec = _row(incident, action, Outcome.OK, incident.attempt, detail)
         self._write(now, replace(spec, actor=actor))
 
+    async def suppress(
+        self, incident: Incident, until: datetime, now: datetime, detail: Mapping[str, Any]
+    ) -> None:
+        current = self._open(incident)
+        if current is None or current.attempt != incident.attempt:
+            return
+        self.incidents[incident.id] = replace(
+            current, state=IncidentState.SUPPRESSED, next_action_at=until
+        )
+        full = {**detail, "until": until.isoformat()}
+        spec = _row(incident, AuditAction.SUPPRESSED, Outcome.SKIPPED, incident.attempt + 1, full)
+        self._write(now, spec)
+
+    async def mark_flapping(self, incident: Incident, now: datetime, count: int) -> None:
+        current = self.incidents.get(incident.id)
+        if current is None or current.flapping:
+            return
+        self.incidents[incident.id] = replace(current, flapping=True)
+        detail = {"incidents_in_window": count}
+        self._write(now, _row(incident, AuditAction.FLAPPING, Outcome.OK, incident.attempt, detail))
+
+    async def incident_counts(
+        self, instance_ids: Collection[str], since: datetime
+    ) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for incident in self.incidents.values():
+            if incident.instance_id in instance_ids and incident.opened_at >= since:
+                counts[incident.instance_id] = counts.get(incident.instance_id, 0) + 1
+        return counts
+
+    async def reconcile_interrupted(self) -> list[AuditRow]:
+        done = {
+            (r.incident_id, r.attempt, r.action) for r in self.rows if r.outcome != Outcome.STARTED
+        }
+        orphans = [
+            r
+            for r in self.rows
+            if r.outcome == Outcome.STARTED and (r.incident_id, r.attempt, r.action) not in done
+        ]
+        return [
+            self._write(
+                self.clock.now,
+                NewAudit(
+                    r.instance_id,
+                    r.action,
+                    Outcome.INTERRUPTED,
+                    r.incident_id,
+                    r.reason,
+                    r.attempt,
+                    {"intent": r.id, "note": "the watchdog stopped before the outcome"},
+                ),
+            )
+            for r in orphans
+        ]
+
     async def pause(self, pause: Pause, now: datetime) -> None:
         self.pauses[pause.instance_id] = pause
         detail = {"until": pause.until.isoformat(), "reason": pause.reason}
@@ -336,7 +403,7 @@ class MemoryLedger:
     def _open(self, incident: Incident) -> Incident | None:
         """The stored version of `incident` if it is still open."""
         current = self.incidents.get(incident.id)
-        return current if current and current.state is IncidentState.OPEN else None
+        return current if current and current.state in _ACTIONABLE else None
 
 
 def _row(
@@ -348,6 +415,29 @@ def _row(
 ) -> NewAudit:
     reason = str(incident.reason)
     return NewAudit(incident.instance_id, action, outcome, incident.id, reason, attempt, detail)
+
+
+class MemoryFleetState:
+    """Restarts and the brake in memory, with `SqlFleetState`'s semantics."""
+
+    def __init__(self, ledger: MemoryLedger) -> None:
+        self.ledger = ledger
+        self.restarts: list[tuple[Restart, list[str]]] = []
+        self.brake_state: dict[str, Any] | None = None
+
+    async def recent_restarts(self, since: datetime) -> list[Restart]:
+        return [r for r, _ids in self.restarts if r.at >= since]
+
+    async def record_restart(self, process: str, at: datetime, instances: Sequence[str]) -> None:
+        self.restarts.append((Restart(process, at), list(instances)))
+
+    async def brake(self) -> dict[str, Any] | None:
+        return self.brake_state
+
+    async def set_brake(self, engaged: bool, now: datetime, detail: Mapping[str, Any]) -> AuditRow:
+        self.brake_state = {"engaged": engaged, "since": now.isoformat(), **detail}
+        action = AuditAction.BRAKE_ENGAGED if engaged else AuditAction.BRAKE_RELEASED
+        return await self.ledger.append(NewAudit("*", action, Outcome.OK, detail=detail))
 
 
 # ------------------------------------------------------------------------- recovery

@@ -306,3 +306,56 @@ async def test_unmonitored_says_why(app: AppTable, db: Database) -> None:
     app.add("banned", status="TOS_BLOCK")
     found = await store(db).unmonitored(["fine", "off", "banned", "gone"])
     assert found == {"off": "disabled", "banned": "status TOS_BLOCK", "gone": "deleted"}
+
+
+async def test_scan_counts_the_monitored_fleet(app: AppTable, db: Database) -> None:
+    app.add("a", heartbeat_ago=1)
+    app.add("b", heartbeat_ago=500)
+    app.add("off", enabled=False)
+    app.add("banned", status="BANNED")
+    assert (await store(db).scan()).enabled_count == 2
+
+
+async def test_suppress_flapping_counts_and_interrupted(app: AppTable, db: Database) -> None:
+    ledger, instances = SqlLedger(db), store(db)
+    incident, now = await _open(ledger, instances, app, "x")
+    until = now + timedelta(minutes=20)
+    await ledger.suppress(incident, until, now, {"process": "p1"})
+    held = (await ledger.load_open())["x"]
+    assert held.state is IncidentState.SUPPRESSED
+    assert held.next_action_at == until
+    # A suppressed incident is claimed like an open one, and becomes open again.
+    assert await ledger.begin_action(held, 1, Action.PROCESS_RESTART, now, until) is not None
+    assert (await ledger.load_open())["x"].state is IncidentState.OPEN
+
+    assert await ledger.incident_counts(["x", "y"], now - timedelta(hours=1)) == {"x": 1}
+    await ledger.mark_flapping(held, now, 4)
+    await ledger.mark_flapping(held, now, 5)  # once per incident
+    assert (await ledger.load_open())["x"].flapping is True
+
+    interrupted = await ledger.reconcile_interrupted()
+    assert [(r.action, r.outcome, r.attempt) for r in interrupted] == [
+        (AuditAction.PROCESS_RESTART, Outcome.INTERRUPTED, 1)
+    ]
+    assert await ledger.reconcile_interrupted() == []
+    actions = [r.action for r in await ledger.audit(AuditQuery(instance_id="x"))]
+    assert actions.count(AuditAction.FLAPPING) == 1
+    assert AuditAction.SUPPRESSED in actions
+
+
+async def test_fleet_state_restarts_and_brake(db: Database) -> None:
+    from watchdog.store.fleet import SqlFleetState
+
+    ledger = SqlLedger(db)
+    fleet = SqlFleetState(db, ledger)
+    now = await store(db).now()
+    assert await fleet.brake() is None
+    await fleet.record_restart("p1", now, ["a", "b"])
+    await fleet.record_restart("p2", now - timedelta(hours=2), ["c"])
+    recent = await fleet.recent_restarts(now - timedelta(hours=1))
+    assert [(r.process, r.at) for r in recent] == [("p1", now)]
+    row = await fleet.set_brake(True, now, {"unhealthy": 5, "monitored": 6})
+    assert row.action is AuditAction.BRAKE_ENGAGED
+    assert (await fleet.brake() or {})["engaged"] is True
+    await fleet.set_brake(False, now, {"unhealthy": 0, "monitored": 6})
+    assert (await fleet.brake() or {})["engaged"] is False

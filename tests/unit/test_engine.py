@@ -13,6 +13,7 @@ from datetime import timedelta
 import pytest
 
 from watchdog.engine import CycleReport, Engine
+from watchdog.guards import Guards
 from watchdog.model import (
     Action,
     ActionResult,
@@ -25,7 +26,14 @@ from watchdog.model import (
 )
 from watchdog.policy import DetectionRules, EscalationRules
 from watchdog.ports import AuditQuery
-from watchdog.testing import FakeClock, MemoryInstanceStore, MemoryLedger, RecordingRecovery
+from watchdog.safety import SafetyRules
+from watchdog.testing import (
+    FakeClock,
+    MemoryFleetState,
+    MemoryInstanceStore,
+    MemoryLedger,
+    RecordingRecovery,
+)
 
 API, DB, PROC = Action.API_RESTART, Action.DB_FLAG, Action.PROCESS_RESTART
 STALE = 91.0  # just past DetectionRules.stale_after
@@ -78,6 +86,9 @@ def make_rig(
     rules: EscalationRules | None = None,
     dry_run: bool = False,
     recoveries: dict[Action, RecordingRecovery] | None = None,
+    safety: SafetyRules | None = None,
+    fleet: bool = False,
+    grace: float = 0.0,
 ) -> Rig:
     clock = FakeClock()
     store = MemoryInstanceStore(clock, DetectionRules())
@@ -97,6 +108,13 @@ def make_rig(
         dry_run=dry_run,
         jitter=lambda: 0.0,
         timeout_margin=0.0,
+        guards=Guards(
+            ledger,
+            MemoryFleetState(ledger) if fleet else None,
+            safety or SafetyRules(),
+            grace=grace,
+            startup_grace=grace > 0,
+        ),
     )
     return Rig(clock, store, ledger, recs, engine)
 
@@ -380,7 +398,7 @@ async def test_a_transient_failure_is_audited_and_retried_after_the_backoff() ->
 
 
 async def test_instances_sharing_a_process_share_one_restart() -> None:
-    rig = make_rig()
+    rig = make_rig(safety=SafetyRules(brake_min_unhealthy=10))  # all three are down: no brake
     rig.store.add("a", process="p1")
     rig.store.add("b", process="p1")
     rig.store.add("c", process="p2")

@@ -60,10 +60,10 @@ class SqlInstanceStore:
             hb_age > r.stale_after,
             sa.and_(status.in_(sorted(r.connecting_statuses)), st_age > r.connecting_after),
         )
-        enabled = self._col(m.enabled) == sa.true()
-        where = [enabled, unhealthy]
+        monitored = [self._col(m.enabled) == sa.true()]
         if r.ignored_statuses:
-            where.append(status.not_in(sorted(r.ignored_statuses)))
+            monitored.append(status.not_in(sorted(r.ignored_statuses)))
+        where = [*monitored, unhealthy]
         candidates = (
             sa.select(
                 self._col(m.id).label("id"),
@@ -75,10 +75,13 @@ class SqlInstanceStore:
             .where(*where)
             .subquery("candidates")
         )
-        clock = sa.select(self._db.now_expr().label("now")).subquery("clock")
+        fleet = sa.select(sa.func.count()).select_from(self._table).where(*monitored)
+        clock = sa.select(
+            self._db.now_expr().label("now"), fleet.scalar_subquery().label("monitored")
+        ).subquery("clock")
         # LEFT JOIN onto a one-row clock: one round trip returns the database's now even
         # when nothing is unhealthy.
-        return sa.select(clock.c.now, candidates).select_from(
+        return sa.select(clock.c.now, clock.c.monitored, candidates).select_from(
             clock.outerjoin(candidates, sa.true())
         )
 
@@ -92,7 +95,7 @@ class SqlInstanceStore:
             finding = classify(self._row(row), self._rules)
             if finding is not None:
                 findings[finding.instance_id] = finding
-        return Scan(now=as_utc(rows[0].now), findings=findings)
+        return Scan(now=as_utc(rows[0].now), findings=findings, enabled_count=rows[0].monitored)
 
     @staticmethod
     def _row(row: sa.Row[Any]) -> InstanceRow:

@@ -120,7 +120,7 @@ class SqlLedger:
             new_id = (
                 await conn.execute(sa.insert(incidents).values(values).returning(incidents.c.id))
             ).scalar_one()
-            row = await self._insert_audit(
+            row = await self.insert_audit(
                 conn,
                 now,
                 NewAudit(
@@ -146,15 +146,25 @@ class SqlLedger:
         )
 
     async def begin_action(
-        self, incident: Incident, attempt: int, action: Action, now: datetime, retry_at: datetime
+        self,
+        incident: Incident,
+        attempt: int,
+        action: Action,
+        now: datetime,
+        retry_at: datetime,
+        detail: Mapping[str, Any] | None = None,
     ) -> int | None:
         claim = (
             sa.update(incidents)
             .where(incidents.c.id == incident.id)
-            .where(incidents.c.state == str(IncidentState.OPEN))
+            .where(incidents.c.state.in_(_ACTIONABLE))
             .where(incidents.c.attempt == attempt - 1)
             .values(
-                attempt=attempt, last_action=str(action), next_action_at=retry_at, updated_at=now
+                attempt=attempt,
+                last_action=str(action),
+                next_action_at=retry_at,
+                updated_at=now,
+                state=str(IncidentState.OPEN),
             )
         )
         intent = NewAudit(
@@ -164,11 +174,12 @@ class SqlLedger:
             incident.id,
             str(incident.reason),
             attempt,
+            detail or {},
         )
         async with self._db.begin("claim attempt") as conn:
             if (await conn.execute(claim)).rowcount != 1:
                 return None
-            row = await self._insert_audit(conn, now, intent)
+            row = await self.insert_audit(conn, now, intent)
         self._emit(row)
         return row.id
 
@@ -191,7 +202,7 @@ class SqlLedger:
         )
         async with self._db.begin("record outcome") as conn:
             at = await self._db_now(conn)
-            row = await self._insert_audit(
+            row = await self.insert_audit(
                 conn,
                 at,
                 NewAudit(
@@ -212,7 +223,7 @@ class SqlLedger:
         update = (
             sa.update(incidents)
             .where(incidents.c.id == incident.id)
-            .where(incidents.c.state == str(IncidentState.OPEN))
+            .where(incidents.c.state.in_(_ACTIONABLE))
             .values(state=str(IncidentState.EXHAUSTED), next_action_at=None, updated_at=now)
         )
         row_spec = NewAudit(
@@ -268,7 +279,7 @@ class SqlLedger:
         async with self._db.begin("pause instance") as conn:
             await conn.execute(sa.delete(pauses).where(pauses.c.instance_id == pause.instance_id))
             await conn.execute(sa.insert(pauses).values(values))
-            row = await self._insert_audit(conn, now, spec)
+            row = await self.insert_audit(conn, now, spec)
         self._emit(row)
 
     async def resume(self, instance_id: str, actor: str) -> bool:
@@ -279,14 +290,98 @@ class SqlLedger:
             if (await conn.execute(active.where(pauses.c.until > now))).rowcount == 0:
                 await conn.execute(active)  # an expired pause is just tidied away
                 return False
-            row = await self._insert_audit(conn, now, spec)
+            row = await self.insert_audit(conn, now, spec)
         self._emit(row)
         return True
 
     async def append(self, row: NewAudit) -> AuditRow:
         async with self._db.begin("append audit") as conn:
-            written = await self._insert_audit(conn, await self._db_now(conn), row)
+            written = await self.insert_audit(conn, await self._db_now(conn), row)
         self._emit(written)
+        return written
+
+    async def suppress(
+        self, incident: Incident, until: datetime, now: datetime, detail: Mapping[str, Any]
+    ) -> None:
+        """Hold the next attempt until `until` (the restart budget is spent)."""
+        update = (
+            sa.update(incidents)
+            .where(incidents.c.id == incident.id)
+            .where(incidents.c.state.in_(_ACTIONABLE))
+            .where(incidents.c.attempt == incident.attempt)
+            .values(state=str(IncidentState.SUPPRESSED), next_action_at=until, updated_at=now)
+        )
+        spec = NewAudit(
+            incident.instance_id,
+            AuditAction.SUPPRESSED,
+            Outcome.SKIPPED,
+            incident.id,
+            str(incident.reason),
+            incident.attempt + 1,
+            {**detail, "until": until.isoformat()},
+        )
+        await self._change(update, spec, now, "suppress incident")
+
+    async def mark_flapping(self, incident: Incident, now: datetime, count: int) -> None:
+        update = (
+            sa.update(incidents)
+            .where(incidents.c.id == incident.id)
+            .where(incidents.c.flapping == sa.false())
+            .values(flapping=True, updated_at=now)
+        )
+        spec = NewAudit(
+            incident.instance_id,
+            AuditAction.FLAPPING,
+            Outcome.OK,
+            incident.id,
+            str(incident.reason),
+            incident.attempt,
+            {"incidents_in_window": count},
+        )
+        await self._change(update, spec, now, "mark flapping")
+
+    async def incident_counts(
+        self, instance_ids: Collection[str], since: datetime
+    ) -> dict[str, int]:
+        """How many incidents each instance opened since `since`."""
+        query = (
+            sa.select(incidents.c.instance_id, sa.func.count())
+            .where(incidents.c.instance_id.in_(list(instance_ids)))
+            .where(incidents.c.opened_at >= since)
+            .group_by(incidents.c.instance_id)
+        )
+        async with self._db.connect("count incidents") as conn:
+            return {str(r[0]): int(r[1]) for r in await conn.execute(query)}
+
+    async def reconcile_interrupted(self) -> list[AuditRow]:
+        """Intent rows with no outcome (the watchdog died mid-action) get `interrupted`."""
+        later = audit.alias("later")
+        orphans = sa.select(audit).where(
+            audit.c.outcome == str(Outcome.STARTED),
+            ~sa.exists().where(
+                later.c.incident_id == audit.c.incident_id,
+                later.c.attempt == audit.c.attempt,
+                later.c.action == audit.c.action,
+                later.c.id > audit.c.id,
+            ),
+        )
+        written: list[AuditRow] = []
+        async with self._db.begin("reconcile interrupted actions") as conn:
+            now = await self._db_now(conn)
+            for row in (await conn.execute(orphans)).all():
+                detail = {"intent": row.id, "note": "the watchdog stopped before the outcome"}
+                spec = NewAudit(
+                    row.instance_id,
+                    AuditAction(row.action),
+                    Outcome.INTERRUPTED,
+                    row.incident_id,
+                    row.reason,
+                    row.attempt,
+                    detail,
+                )
+                written.append(await self.insert_audit(conn, now, spec))
+        for new_row in written:
+            self._emit(new_row)
         return written
 
     # ---------------------------------------------------------------- helpers
@@ -296,13 +391,17 @@ class SqlLedger:
         async with self._db.begin(what) as conn:
             if (await conn.execute(update)).rowcount != 1:
                 return
-            row = await self._insert_audit(conn, now, spec)
+            row = await self.insert_audit(conn, now, spec)
+        self._emit(row)
+
+    def emit(self, row: AuditRow) -> None:
+        """Hand a committed audit row to the log sink."""
         self._emit(row)
 
     async def _db_now(self, conn: AsyncConnection) -> datetime:
         return as_utc((await conn.execute(sa.select(self._db.now_expr()))).scalar_one())
 
-    async def _insert_audit(self, conn: AsyncConnection, at: datetime, spec: NewAudit) -> AuditRow:
+    async def insert_audit(self, conn: AsyncConnection, at: datetime, spec: NewAudit) -> AuditRow:
         values = {
             "at": at,
             "incident_id": spec.incident_id,
@@ -333,6 +432,9 @@ class SqlLedger:
         )
 
 
+_ACTIONABLE = (str(IncidentState.OPEN), str(IncidentState.SUPPRESSED))
+
+
 def _incident(row: sa.Row[Any]) -> Incident:
     return Incident(
         id=row.id,
@@ -345,6 +447,7 @@ def _incident(row: sa.Row[Any]) -> Incident:
         closed_at=row.closed_at,
         last_action=Action(row.last_action) if row.last_action else None,
         process=row.process,
+        flapping=bool(row.flapping),
     )
 
 

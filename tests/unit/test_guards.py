@@ -1,0 +1,202 @@
+"""The protections against making an outage worse, on the shipped fakes with a fake clock:
+grace after our own outage and start, the mass-failure brake, restart budgets, flapping,
+and interrupted actions reconciled at start."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from tests.unit.test_engine import API, PROC, STALE, drive, make_rig
+from watchdog.errors import StoreUnavailable
+from watchdog.model import AuditAction, IncidentState, Outcome, Scan
+from watchdog.policy import EscalationRules, LadderStep
+from watchdog.safety import Restart, SafetyRules, brake_engaged, budget_returns_at
+from watchdog.testing import EPOCH, MemoryInstanceStore
+
+PROCESS_ONLY = EscalationRules(
+    ladder=(LadderStep(PROC, None, 60.0),), max_attempts=50, backoff_factor=1.0, jitter=0.0
+)
+
+
+class FlakyStore(MemoryInstanceStore):
+    """The watchdog's database goes away while `down` is set."""
+
+    down = False
+
+    async def scan(self) -> Scan:
+        if self.down:
+            raise StoreUnavailable("database unavailable (test)")
+        return await super().scan()
+
+
+# ---------------------------------------------------------------------------- pure
+
+
+def test_brake_needs_more_than_the_minimum_and_half_the_fleet() -> None:
+    rules = SafetyRules()
+    assert not brake_engaged(2, 2, rules)  # two is never a fleet-wide failure
+    assert brake_engaged(3, 6, rules)
+    assert not brake_engaged(3, 7, rules)
+    assert not brake_engaged(0, 0, rules)
+
+
+def test_budget_per_process_and_fleet_wide() -> None:
+    rules = SafetyRules()
+    t = EPOCH
+    three = [Restart("p", t + timedelta(minutes=m)) for m in (0, 5, 10)]
+    assert budget_returns_at(three[:2], "p", t + timedelta(minutes=11), rules) is None
+    assert budget_returns_at(three, "p", t + timedelta(minutes=11), rules) == t + timedelta(
+        minutes=30
+    )
+    assert budget_returns_at(three, "other", t + timedelta(minutes=11), rules) is None
+    six = [Restart(f"p{n}", t + timedelta(minutes=n)) for n in range(6)]
+    assert budget_returns_at(six, "new", t + timedelta(minutes=10), rules) == t + timedelta(hours=1)
+
+
+# --------------------------------------------------------------------------- grace
+
+
+async def test_no_one_is_judged_during_the_grace_after_start() -> None:
+    rig = make_rig(grace=90.0)
+    rig.store.add("a")
+    rig.clock.advance(STALE)  # stale already when the watchdog starts
+    first = await rig.cycle()
+    assert first.unhealthy == 1
+    assert first.opened == 0
+    rig.clock.advance(89)
+    assert (await rig.cycle()).opened == 0
+    rig.clock.advance(2)
+    assert (await rig.cycle()).actions == [("a", API, 1)]
+
+
+async def test_after_our_database_outage_heartbeats_get_grace_not_restarts() -> None:
+    rig = make_rig(grace=90.0)
+    store = FlakyStore(rig.clock)
+    rig.store.instances = store.instances  # share the fleet
+    rig.engine._instances = store  # type: ignore[attr-defined]
+    for n in range(5):
+        store.add(f"i{n}")
+    await rig.cycle()
+    rig.clock.advance(95)
+    for n in range(5):
+        store.beat(f"i{n}")
+    store.down = True
+    rig.clock.advance(120)  # writers were blocked too: every heartbeat is now stale
+    with pytest.raises(StoreUnavailable):
+        await rig.engine.run_cycle()
+    store.down = False
+    back = await rig.cycle()
+    assert back.unhealthy == 5
+    assert back.opened == 0  # no mass restart when the database returns
+    rig.clock.advance(91)
+    for n in range(4):
+        store.beat(f"i{n}")  # the writers caught up; one instance really is frozen
+    report = await rig.cycle()
+    assert report.actions == [("i4", API, 1)]
+
+
+# --------------------------------------------------------------------------- brake
+
+
+async def test_brake_holds_db_flag_and_process_restart_and_is_audited() -> None:
+    rig = make_rig(fleet=True)
+    for n in range(4):
+        rig.store.add(f"i{n}")
+    rig.clock.advance(STALE)
+    rig.store.beat("i3")  # 3 of 4 down: a shared cause
+    first = await rig.cycle()
+    assert sorted(first.actions) == [(f"i{n}", API, 1) for n in range(3)]  # gentle rung only
+    assert rig.engine.guards.braking
+    await drive(rig, 3, step=200)
+    for n in range(3):
+        assert [a for a, _o, _n in rig.trail(f"i{n}") if a != "detected"] == ["api_restart"] * 4
+    engaged = [r for r in rig.ledger.rows if r.action is AuditAction.BRAKE_ENGAGED]
+    assert len(engaged) == 1
+    assert engaged[0].detail == {"unhealthy": 3, "monitored": 4}
+
+    for n in range(3):
+        rig.store.beat(f"i{n}")
+    await rig.cycle()
+    assert not rig.engine.guards.braking
+    assert [r.action for r in rig.ledger.rows if r.instance_id == "*"] == [
+        AuditAction.BRAKE_ENGAGED,
+        AuditAction.BRAKE_RELEASED,
+    ]
+
+
+# ------------------------------------------------------------------------- budgets
+
+
+async def test_restart_budget_suppresses_and_resumes() -> None:
+    rig = make_rig(fleet=True, rules=PROCESS_ONLY)
+    rig.store.add("a", process="p1")
+    for n in range(3):
+        rig.store.add(f"healthy{n}")
+    rig.clock.advance(STALE)
+    for n in range(3):
+        rig.store.beat(f"healthy{n}")
+    await rig.cycle()
+    for _ in range(2):
+        rig.clock.advance(61)
+        for n in range(3):
+            rig.store.beat(f"healthy{n}")
+        await rig.cycle()
+    assert len(rig.calls(PROC)) == 3
+    rig.clock.advance(61)
+    for n in range(3):
+        rig.store.beat(f"healthy{n}")
+    await rig.cycle()
+    assert len(rig.calls(PROC)) == 3  # the 4th restart within 30 minutes is held back
+    suppressed = rig.rows("a", AuditAction.SUPPRESSED)
+    assert len(suppressed) == 1
+    assert suppressed[0].outcome is Outcome.SKIPPED
+    assert suppressed[0].detail["process"] == "p1"
+    assert rig.state("a") is IncidentState.SUPPRESSED
+    rig.clock.advance(30 * 60)
+    for n in range(3):
+        rig.store.beat(f"healthy{n}")
+    report = await rig.cycle()
+    assert report.actions == [("a", PROC, 4)]
+    assert rig.state("a") is IncidentState.OPEN
+
+
+# ------------------------------------------------------------------------ flapping
+
+
+async def test_the_fourth_incident_within_an_hour_is_flapping() -> None:
+    rig = make_rig()
+    rig.store.add("a")
+    for _ in range(4):
+        rig.clock.advance(STALE)
+        await rig.cycle()
+        rig.store.beat("a")
+        await rig.cycle()
+    flapping = rig.rows("a", AuditAction.FLAPPING)
+    assert len(flapping) == 1
+    assert flapping[0].detail == {"incidents_in_window": 4}
+
+
+# ------------------------------------------------------------------ interrupted
+
+
+async def test_an_intent_without_outcome_is_reconciled_once_and_not_repeated() -> None:
+    rig = make_rig()
+    rig.store.add("a")
+    rig.clock.advance(STALE)
+    scan = await rig.store.scan()
+    incident = await rig.ledger.open_incident(scan.findings["a"], 0, None, scan.now)
+    retry_at = scan.now + timedelta(seconds=30)
+    # The watchdog dies between the intent and the outcome of attempt 1.
+    assert await rig.ledger.begin_action(incident, 1, API, scan.now, retry_at) is not None
+
+    rows = await rig.ledger.reconcile_interrupted()
+    assert [(r.action, r.outcome, r.attempt) for r in rows] == [
+        (AuditAction.API_RESTART, Outcome.INTERRUPTED, 1)
+    ]
+    assert await rig.ledger.reconcile_interrupted() == []
+    report = await rig.cycle()
+    assert report.actions == []  # attempt 1 was claimed: it is not silently repeated
+    rig.clock.advance(31)
+    assert (await rig.cycle()).actions == [("a", API, 2)]

@@ -1,0 +1,118 @@
+"""The engine's protections against making an outage worse, with the state they keep
+between cycles: grace after the watchdog's own database outage (and its start), the
+mass-failure brake, restart budgets and flapping. The rules themselves are pure
+functions in `safety.py`; this module applies them and writes down what they decided.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from watchdog.model import Incident, Scan
+from watchdog.ports import FleetState, Ledger
+from watchdog.safety import Restart, SafetyRules, brake_engaged, budget_returns_at, is_flapping
+
+log = logging.getLogger("watchdog.guards")
+
+
+class Guards:
+    def __init__(
+        self,
+        ledger: Ledger,
+        fleet: FleetState | None,
+        rules: SafetyRules,
+        *,
+        grace: float = 0.0,
+        startup_grace: bool = True,
+    ) -> None:
+        self._ledger = ledger
+        self._fleet = fleet
+        self._rules = rules
+        self._grace = grace
+        self._database_lost = startup_grace  # the start counts as an outage of our view
+        self.grace_until: datetime | None = None
+        self._brake: bool | None = None  # None: not yet read back from the store
+        self._history: list[Restart] | None = None
+
+    # ------------------------------------------------------------------- grace
+
+    def database_lost(self) -> None:
+        self._database_lost = True
+
+    def database_back(self, now: datetime) -> None:
+        """Heartbeat writers were blocked too: give everyone `grace` before judging."""
+        if self._database_lost and self._grace > 0:
+            self.grace_until = now + timedelta(seconds=self._grace)
+        self._database_lost = False
+
+    # ------------------------------------------------------------------- brake
+
+    async def brake(self, scan: Scan, *, record: bool) -> bool:
+        """Whether the mass-failure brake holds this cycle; audits engage and release."""
+        engaged = brake_engaged(len(scan.findings), scan.enabled_count, self._rules)
+        if not record or self._fleet is None:
+            return engaged
+        if self._brake is None:
+            stored = await self._fleet.brake()
+            self._brake = bool(stored and stored.get("engaged"))
+        if engaged != self._brake:
+            detail = {"unhealthy": len(scan.findings), "monitored": scan.enabled_count}
+            await self._fleet.set_brake(engaged, scan.now, detail)
+            self._brake = engaged
+        return engaged
+
+    @property
+    def braking(self) -> bool:
+        return bool(self._brake)
+
+    # ----------------------------------------------------------------- budgets
+
+    def new_cycle(self) -> None:
+        self._history = None  # read the restart history again when it is next needed
+
+    async def admit_restart(self, process: str, members: Sequence[Incident], now: datetime) -> bool:
+        """True when `process` may be restarted now (and count the restart); otherwise
+        suppress every incident waiting for it until the budget returns."""
+        if self._fleet is None:
+            return True
+        history = await self._restart_history(now)
+        returns_at = budget_returns_at(history, process, now, self._rules)
+        if returns_at is None:
+            history.append(Restart(process, now))
+            await self._fleet.record_restart(process, now, [m.instance_id for m in members])
+            return True
+        detail = self._budget_detail(process)
+        for incident in members:
+            await self._ledger.suppress(incident, returns_at, now, detail)
+        log.warning("restart of %s suppressed until %s: budget spent", process, returns_at)
+        return False
+
+    async def _restart_history(self, now: datetime) -> list[Restart]:
+        assert self._fleet is not None
+        if self._history is None:
+            longest = max(self._rules.process_restart_window, self._rules.fleet_restart_window)
+            self._history = await self._fleet.recent_restarts(now - timedelta(seconds=longest))
+        return self._history
+
+    def _budget_detail(self, process: str) -> dict[str, Any]:
+        r = self._rules
+        return {
+            "process": process,
+            "budget": f"{r.process_restarts_per_process} per {r.process_restart_window:g}s "
+            f"per process, {r.fleet_restarts} per {r.fleet_restart_window:g}s fleet-wide",
+        }
+
+    # ---------------------------------------------------------------- flapping
+
+    async def check_flapping(self, opened: Sequence[Incident], now: datetime) -> None:
+        if not opened:
+            return
+        since = now - timedelta(seconds=self._rules.flapping_window)
+        counts = await self._ledger.incident_counts([i.instance_id for i in opened], since)
+        for incident in opened:
+            count = counts.get(incident.instance_id, 0)
+            if is_flapping(count, self._rules):
+                await self._ledger.mark_flapping(incident, now, count)

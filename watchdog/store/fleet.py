@@ -1,0 +1,56 @@
+"""Fleet-wide state of the watchdog: the process restarts it started (for the restart
+budgets) and the mass-failure brake. Brake changes are audited in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from watchdog.model import AuditAction, AuditRow, Outcome
+from watchdog.ports import NewAudit
+from watchdog.safety import Restart
+from watchdog.store.database import Database
+from watchdog.store.ledger import SqlLedger
+from watchdog.store.schema import flags, restarts
+
+BRAKE = "brake"
+FLEET = "*"  # the instance column of fleet-wide audit rows
+
+
+class SqlFleetState:
+    def __init__(self, db: Database, ledger: SqlLedger) -> None:
+        self._db = db
+        self._ledger = ledger
+
+    async def recent_restarts(self, since: datetime) -> list[Restart]:
+        query = sa.select(restarts.c.process, restarts.c.at).where(restarts.c.at >= since)
+        async with self._db.connect("recent restarts") as conn:
+            return [Restart(r.process, r.at) for r in await conn.execute(query)]
+
+    async def record_restart(self, process: str, at: datetime, instances: Sequence[str]) -> None:
+        values = {"process": process, "at": at, "instances": json.dumps(list(instances))}
+        async with self._db.begin("record restart") as conn:
+            await conn.execute(sa.insert(restarts).values(values))
+
+    async def brake(self) -> dict[str, Any] | None:
+        """The brake's last recorded state: {"engaged": bool, ...} or None if never set."""
+        query = sa.select(flags.c.value).where(flags.c.name == BRAKE)
+        async with self._db.connect("read brake") as conn:
+            value = (await conn.execute(query)).scalar_one_or_none()
+        return None if value is None else dict(json.loads(value))
+
+    async def set_brake(self, engaged: bool, now: datetime, detail: Mapping[str, Any]) -> AuditRow:
+        value = json.dumps({"engaged": engaged, "since": now.isoformat(), **detail})
+        action = AuditAction.BRAKE_ENGAGED if engaged else AuditAction.BRAKE_RELEASED
+        spec = NewAudit(FLEET, action, Outcome.OK, detail=detail)
+        async with self._db.begin("set brake") as conn:
+            await conn.execute(sa.delete(flags).where(flags.c.name == BRAKE))
+            await conn.execute(sa.insert(flags).values(name=BRAKE, value=value, updated_at=now))
+            row = await self._ledger.insert_audit(conn, now, spec)
+        self._ledger.emit(row)
+        return row
