@@ -129,15 +129,20 @@ class Daemon:
             if on_started is not None:
                 await on_started()
             await self._stop.wait()
-        finally:
             scheduler.shutdown(wait=False)
+            return await self._finish()  # a second signal during this exits at once
+        finally:
+            if scheduler.running:
+                scheduler.shutdown(wait=False)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-        return await self._finish()
 
     async def _finish(self) -> int:
+        """Let the running cycle and in-flight actions finish, within one shared bound."""
+        deadline = asyncio.get_running_loop().time() + self._shutdown_timeout
         await self.cycles.idle(self._shutdown_timeout)
-        finished = await self._engine.drain(self._shutdown_timeout)
+        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+        finished = await self._engine.drain(remaining)
         if not finished:
             log.warning("actions_still_in_flight_at_shutdown")
         log.info("stopped", clean=finished)

@@ -1,12 +1,25 @@
-"""`watchdogctl run`: open the stores, check the schema, build the engine, run."""
+"""`watchdogctl run`: open the stores, check the schema, build the engine, run.
+
+The daemon never gives up on its database at start: while it is unreachable it logs
+once, waits and tries again (systemd sees no READY yet); a schema that is wrong is an
+operator's problem and exits 1 at once.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
 
 from watchdog.config import Settings
 from watchdog.daemon import Daemon, run_once
 from watchdog.engine import Engine
+from watchdog.errors import StoreUnavailable
+from watchdog.guards import Guards
 from watchdog.observability import emit_audit, get_logger
+from watchdog.safety import SafetyRules
 from watchdog.store import migrate
+from watchdog.store.fleet import SqlFleetState
 from watchdog.wiring import MonotonicClock, Runtime, open_recoveries, open_runtime
 
 log = get_logger(component="runner")
@@ -14,8 +27,10 @@ log = get_logger(component="runner")
 
 async def run_daemon(settings: Settings, *, once: bool, dry_run: bool) -> int:
     async with open_runtime(settings, emit_audit) as runtime:
-        await _prepare_schema(runtime)
-        await runtime.instances.check()
+        if once:
+            await _prepare(runtime, dry_run)
+        elif not await _wait_for_database(runtime, dry_run):
+            return 0  # stopped while waiting
         async with open_recoveries(runtime) as recoveries:
             engine = Engine(
                 runtime.instances,
@@ -25,6 +40,7 @@ async def run_daemon(settings: Settings, *, once: bool, dry_run: bool) -> int:
                 MonotonicClock(),
                 dry_run=dry_run,
                 max_concurrent_actions=settings.daemon.max_concurrent_actions,
+                guards=_guards(runtime, startup_grace=not once),
             )
             if once:
                 return await run_once(engine, settings.daemon.shutdown_timeout)
@@ -32,9 +48,55 @@ async def run_daemon(settings: Settings, *, once: bool, dry_run: bool) -> int:
             return await daemon.run()
 
 
-async def _prepare_schema(runtime: Runtime) -> None:
-    """SQLite upgrades itself; a shared PostgreSQL is upgraded by the operator."""
+def _guards(runtime: Runtime, *, startup_grace: bool) -> Guards:
+    settings = runtime.settings
+    safety = settings.safety.model_dump(exclude={"retry_attempts"})
+    grace = settings.detection.grace
+    return Guards(
+        runtime.ledger,
+        SqlFleetState(runtime.db, runtime.ledger),
+        SafetyRules(**safety),
+        grace=settings.detection.stale_after if grace is None else grace,
+        startup_grace=startup_grace,
+    )
+
+
+async def _prepare(runtime: Runtime, dry_run: bool) -> None:
+    """Schema (SQLite upgrades itself; PostgreSQL is upgraded by the operator), the mapped
+    table, and the outcomes of actions a previous run did not live to record."""
     if runtime.db.is_sqlite:
         await migrate.upgrade(runtime.db)
     else:
         await migrate.require_current(runtime.db)
+    await runtime.instances.check()
+    if not dry_run:
+        interrupted = await runtime.ledger.reconcile_interrupted()
+        if interrupted:
+            log.warning("interrupted_actions_reconciled", count=len(interrupted))
+
+
+async def _wait_for_database(runtime: Runtime, dry_run: bool) -> bool:
+    """Prepare, retrying while the database is unreachable; False if stopped meanwhile."""
+    interval = runtime.settings.detection.interval
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        logged = False
+        while not stop.is_set():
+            try:
+                await _prepare(runtime, dry_run)
+                if logged:
+                    log.info("database_available_again")
+                return True
+            except StoreUnavailable as exc:
+                if not logged:
+                    log.error("database_unavailable_at_start", error=str(exc))
+                    logged = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+        return False
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

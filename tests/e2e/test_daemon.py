@@ -252,7 +252,8 @@ def test_systemd_notifications_follow_the_cycles(
             while "STOPPING=1" not in received:
                 received.append(server.recv(4096).decode())
         finally:
-            proc.send_signal(signal.SIGTERM)
+            if proc.poll() is None and "STOPPING=1" not in received:
+                proc.send_signal(signal.SIGTERM)
             code = proc.wait(timeout=15)
     shutil.rmtree(sock_dir, ignore_errors=True)
     app.dispose()

@@ -174,7 +174,11 @@ console.log(JSON.stringify(asks.map(([user, id, unit, verb]) => {
 def test_polkit_rule_allows_only_restarting_the_app() -> None:
     node = shutil.which("node") or shutil.which("nodejs")
     if node is None:
-        pytest.skip("node is not installed: cannot evaluate the polkit rule's JavaScript")
+        pytest.fail(
+            "node is not installed (apt-get install nodejs): cannot evaluate the "
+            "polkit rule's JavaScript",
+            pytrace=False,
+        )
     manage = "org.freedesktop.systemd1.manage-units"
     asks = [
         ["watchdog", manage, "app.service", "restart"],
@@ -202,6 +206,10 @@ def test_sudoers_drop_in_parses_and_grants_one_command() -> None:
     assert rules == ["watchdog ALL=(root) NOPASSWD: /usr/bin/systemctl restart app.service"]
     visudo = shutil.which("visudo") or shutil.which("visudo", path="/usr/sbin:/sbin")
     if visudo is None:
-        pytest.skip("visudo is not installed (apt-get install sudo): syntax not checked")
+        pytest.fail(
+            "visudo is not installed (apt-get install sudo): cannot check the "
+            "sudoers line's syntax",
+            pytrace=False,
+        )
     result = subprocess.run([visudo, "-cf", str(SUDOERS)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
