@@ -22,6 +22,7 @@ from watchdog.model import AuditAction, IncidentState, Pause, Target
 from watchdog.observability import configure_logging, emit_audit
 from watchdog.ports import AuditQuery, ProcessLocator
 from watchdog.store import migrate
+from watchdog.store.fleet import SqlFleetState
 from watchdog.wiring import Runtime, login_user, open_runtime
 
 P = ParamSpec("P")
@@ -129,7 +130,11 @@ def status(ctx: Context, as_json: bool) -> None:
         incidents, pauses = await rt.ledger.load_open(), await rt.ledger.load_pauses(now)
         rules = rt.settings.escalation.rules()
         records = [render.status_record(t, rules, now) for t in render.tracked(incidents, pauses)]
-        click.echo(render.as_json(records) if as_json else render.status_table(records, now))
+        if as_json:
+            click.echo(render.as_json(records))
+            return
+        click.echo(render.brake_line(await SqlFleetState(rt.db, rt.ledger).brake()))
+        click.echo(render.status_table(records, now))
 
     with_runtime(ctx, work)
 

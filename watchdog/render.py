@@ -59,7 +59,7 @@ def status_record(item: Tracked, rules: EscalationRules, now: datetime) -> dict[
     state = "paused" if paused else (str(incident.state) if incident else "paused")
     next_action: str | None = None
     next_at: datetime | None = None
-    if incident is not None and incident.state is IncidentState.OPEN:
+    if incident is not None and incident.state in (IncidentState.OPEN, IncidentState.SUPPRESSED):
         step = step_for_attempt(rules, incident.attempt + 1)
         next_action = str(step.action) if step else "exhaust"
         next_at = incident.next_action_at
@@ -73,6 +73,7 @@ def status_record(item: Tracked, rules: EscalationRules, now: datetime) -> dict[
         "next_action_at": next_at.isoformat() if next_at else None,
         "paused_until": item.pause.until.isoformat() if item.pause and paused else None,
         "pause_reason": item.pause.reason if item.pause and paused else None,
+        "flapping": bool(incident and incident.flapping),
         "incident": incident.id if incident else None,
         "opened_at": incident.opened_at.isoformat() if incident else None,
     }
@@ -92,7 +93,7 @@ def status_table(records: Sequence[Mapping[str, Any]], now: datetime) -> str:
     rows = [
         (
             r["id"],
-            r["state"],
+            r["state"] + (" (flapping)" if r.get("flapping") else ""),
             r["reason"] or "-",
             str(r["attempt"]),
             r["next_action"] or "-",
@@ -147,3 +148,12 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def as_json(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=False, default=str)
+
+
+def brake_line(brake: Mapping[str, Any] | None) -> str:
+    if not brake or not brake.get("engaged"):
+        return "brake: released"
+    return (
+        f"brake: ENGAGED since {_short_time(brake.get('since'))} ({brake.get('unhealthy')} "
+        f"of {brake.get('monitored')} unhealthy): no db_flag or process_restart"
+    )

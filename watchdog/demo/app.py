@@ -74,7 +74,7 @@ class Spec:
 
 
 def default_scenario() -> list[Spec]:
-    """The built-in demo: two healthy instances and one of each kind of trouble."""
+    """The built-in demo: seven healthy instances and one of each kind of trouble."""
     return [
         Spec("wa-01"),
         Spec("wa-02"),
@@ -83,6 +83,9 @@ def default_scenario() -> list[Spec]:
         Spec("wa-05", fault="connecting", at=3.0, cured_by="process_restart"),
         Spec("wa-06", enabled=False, fault="freeze", at=0.0),
         Spec("wa-07", fault="banned", at=0.0),
+        # Enough healthy instances that three failures are not a fleet-wide failure
+        # (which would engage the watchdog's mass-failure brake).
+        *(Spec(f"wa-{n:02d}") for n in range(8, 13)),
     ]
 
 
