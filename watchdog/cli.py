@@ -22,6 +22,7 @@ from watchdog.model import AuditAction, IncidentState, Pause, Target
 from watchdog.observability import configure_logging, emit_audit
 from watchdog.ports import AuditQuery, ProcessLocator
 from watchdog.store import migrate
+from watchdog.store.breakers import SqlBreakerStore
 from watchdog.store.fleet import SqlFleetState
 from watchdog.wiring import Runtime, login_user, open_runtime
 
@@ -134,6 +135,8 @@ def status(ctx: Context, as_json: bool) -> None:
             click.echo(render.as_json(records))
             return
         click.echo(render.brake_line(await SqlFleetState(rt.db, rt.ledger).brake()))
+        click.echo(render.breaker_table(await SqlBreakerStore(rt.db).load()))
+        click.echo()
         click.echo(render.status_table(records, now))
 
     with_runtime(ctx, work)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from watchdog.circuit import BackendBreakers
 from watchdog.errors import RecoveryError, StoreError, WatchdogError
 from watchdog.guards import Guards
 from watchdog.model import Action, AuditAction, Incident, IncidentState, Outcome, Target
@@ -72,6 +73,7 @@ class Engine:
         jitter: Callable[[], float] = random.random,
         timeout_margin: float = 2.0,
         guards: Guards | None = None,
+        breakers: BackendBreakers | None = None,
     ) -> None:
         self._instances = instances
         self._ledger = ledger
@@ -83,6 +85,7 @@ class Engine:
         # The engine's bound is a backstop: adapters time out first, with a clearer message.
         self._timeout_margin = timeout_margin
         self._guards = guards or Guards(ledger, None, SafetyRules(), startup_grace=False)
+        self._breakers = breakers
         self._slots = asyncio.Semaphore(max_concurrent_actions)
         self._busy: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -126,6 +129,8 @@ class Engine:
             await self._audit_dry_run(decisions, incidents, report)
         else:
             await self._apply(decisions, dict(incidents), report, scan.now, mono0)
+            if self._breakers is not None:
+                await self._breakers.save(scan.now)
         return report
 
     async def drain(self, timeout: float | None = None) -> bool:
@@ -190,7 +195,9 @@ class Engine:
                 await self._claim(i, a, now, key) for i, a in zip(members, group, strict=True)
             ]
             jobs = [j for j in claimed if j is not None]
-            if jobs:
+            if jobs and self._breakers and not self._breakers.allows(action, now):
+                await self._skip_open_circuit(action, jobs, now, mono0)
+            elif jobs:
                 self._launch(action, jobs, now, mono0)
             report.actions += [(j.act.instance_id, j.act.action, j.act.attempt) for j in jobs]
         report.acted = len(report.actions)
@@ -224,12 +231,26 @@ class Engine:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _skip_open_circuit(
+        self, action: Action, jobs: list[_Job], now: datetime, mono0: float
+    ) -> None:
+        """The backend's breaker is open: the attempt is spent without a call; the ladder
+        goes on to its next rung after the usual wait."""
+        assert self._breakers is not None
+        detail = {"reason": "circuit_open", "breaker": self._breakers.name(action)}
+        for job in jobs:
+            await self._finish(job, Outcome.SKIPPED, detail, now, mono0)
+
     async def _run_group(
         self, action: Action, members: list[_Job], now: datetime, mono0: float
     ) -> None:
         try:
             async with self._slots:
                 outcome, detail = await self._call(action, members[0])
+            if self._breakers is not None:
+                at = now + timedelta(seconds=self._clock.monotonic() - mono0)
+                error = str(detail.get("error", ""))
+                await self._breakers.record(action, outcome is Outcome.OK, at, error)
             if len(members) > 1:
                 detail = {**detail, "shared_with": [m.act.instance_id for m in members]}
             for job in members:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+from watchdog.breaker import BreakerSnapshot
 from watchdog.model import (
     Action,
     ActionResult,
@@ -171,6 +172,14 @@ class FleetState(Protocol):
     async def set_brake(
         self, engaged: bool, now: datetime, detail: Mapping[str, Any]
     ) -> AuditRow: ...
+
+
+class BreakerStore(Protocol):
+    """Where the circuit breakers' state is kept between cycles and restarts."""
+
+    async def load(self) -> list[BreakerSnapshot]: ...
+
+    async def save(self, snapshots: Sequence[BreakerSnapshot], now: datetime) -> None: ...
 
 
 class Recovery(Protocol):

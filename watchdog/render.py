@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from watchdog.breaker import BreakerSnapshot
 from watchdog.model import AuditRow, Incident, IncidentState, Pause
 from watchdog.policy import EscalationRules, is_paused, step_for_attempt
 
@@ -157,3 +158,32 @@ def brake_line(brake: Mapping[str, Any] | None) -> str:
         f"brake: ENGAGED since {_short_time(brake.get('since'))} ({brake.get('unhealthy')} "
         f"of {brake.get('monitored')} unhealthy): no db_flag or process_restart"
     )
+
+
+def breaker_table(snapshots: Sequence[BreakerSnapshot]) -> str:
+    if not snapshots:
+        return "breakers: all closed (no calls yet)"
+    header = (
+        "BACKEND",
+        "BREAKER",
+        "FAILURES",
+        "TOTAL",
+        "FAILED",
+        "RATE",
+        "LAST FAILURE",
+        "NEXT ATTEMPT",
+    )
+    rows = [
+        (
+            s.name,
+            str(s.state),
+            str(s.failures),
+            str(s.total),
+            str(s.total_failures),
+            f"{s.failure_rate:.0%}",
+            s.last_failure_at.strftime("%Y-%m-%d %H:%M:%S") if s.last_failure_at else "-",
+            s.next_attempt_at.strftime("%Y-%m-%d %H:%M:%S") if s.next_attempt_at else "-",
+        )
+        for s in snapshots
+    ]
+    return table(header, rows)

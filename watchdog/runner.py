@@ -11,14 +11,18 @@ import asyncio
 import contextlib
 import signal
 
+from watchdog.breaker import BreakerRules
+from watchdog.circuit import BackendBreakers
 from watchdog.config import Settings
 from watchdog.daemon import Daemon, run_once
 from watchdog.engine import Engine
 from watchdog.errors import StoreUnavailable
 from watchdog.guards import Guards
+from watchdog.model import Action
 from watchdog.observability import emit_audit, get_logger
 from watchdog.safety import SafetyRules
 from watchdog.store import migrate
+from watchdog.store.breakers import SqlBreakerStore
 from watchdog.store.fleet import SqlFleetState
 from watchdog.wiring import MonotonicClock, Runtime, open_recoveries, open_runtime
 
@@ -41,6 +45,7 @@ async def run_daemon(settings: Settings, *, once: bool, dry_run: bool) -> int:
                 dry_run=dry_run,
                 max_concurrent_actions=settings.daemon.max_concurrent_actions,
                 guards=_guards(runtime, startup_grace=not once),
+                breakers=await _breakers(runtime),
             )
             if once:
                 return await run_once(engine, settings.daemon.shutdown_timeout)
@@ -59,6 +64,19 @@ def _guards(runtime: Runtime, *, startup_grace: bool) -> Guards:
         grace=settings.detection.stale_after if grace is None else grace,
         startup_grace=startup_grace,
     )
+
+
+async def _breakers(runtime: Runtime) -> BackendBreakers:
+    settings = runtime.settings
+    names = {
+        Action.API_RESTART: "api",
+        Action.DB_FLAG: "db_flag",
+        Action.PROCESS_RESTART: settings.process.backend,
+    }
+    rules = BreakerRules(**settings.breaker.model_dump())
+    breakers = BackendBreakers(rules, names, runtime.ledger, SqlBreakerStore(runtime.db))
+    await breakers.load()
+    return breakers
 
 
 async def _prepare(runtime: Runtime, dry_run: bool) -> None:

@@ -12,6 +12,8 @@ from datetime import timedelta
 
 import pytest
 
+from watchdog.breaker import BreakerRules
+from watchdog.circuit import BackendBreakers
 from watchdog.engine import CycleReport, Engine
 from watchdog.guards import Guards
 from watchdog.model import (
@@ -89,6 +91,7 @@ def make_rig(
     safety: SafetyRules | None = None,
     fleet: bool = False,
     grace: float = 0.0,
+    breakers: bool = False,
 ) -> Rig:
     clock = FakeClock()
     store = MemoryInstanceStore(clock, DetectionRules())
@@ -115,6 +118,9 @@ def make_rig(
             grace=grace,
             startup_grace=grace > 0,
         ),
+        breakers=BackendBreakers(BreakerRules(), {PROC: "supervisor"}, ledger)
+        if breakers
+        else None,
     )
     return Rig(clock, store, ledger, recs, engine)
 

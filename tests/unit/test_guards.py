@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from tests.unit.test_engine import API, PROC, STALE, drive, make_rig
+from tests.unit.test_engine import API, DB, PROC, STALE, drive, make_rig
 from watchdog.errors import StoreUnavailable
 from watchdog.model import AuditAction, IncidentState, Outcome, Scan
 from watchdog.policy import EscalationRules, LadderStep
@@ -200,3 +200,31 @@ async def test_an_intent_without_outcome_is_reconciled_once_and_not_repeated() -
     assert report.actions == []  # attempt 1 was claimed: it is not silently repeated
     rig.clock.advance(31)
     assert (await rig.cycle()).actions == [("a", API, 2)]
+
+
+# ------------------------------------------------------------------------ breakers
+
+
+async def test_an_open_breaker_skips_the_rung_and_the_ladder_goes_on() -> None:
+    ids = [f"i{n}" for n in range(6)]
+    rig = make_rig(breakers=True, safety=SafetyRules(brake_min_unhealthy=100))
+    rig.recoveries[API] = type(rig.recoveries[API])(API, fail=set(ids))
+    for instance_id in ids:
+        rig.store.add(instance_id)
+    rig.clock.advance(STALE)
+    await rig.cycle()  # six failing api_restart calls: the breaker opens after five
+    opened = [r for r in rig.ledger.rows if r.action is AuditAction.BREAKER_OPENED]
+    assert len(opened) == 1
+    assert opened[0].detail["backend"] == "api_restart"
+    assert len(rig.calls(API)) == 6
+    rig.clock.advance(46)
+    report = await rig.cycle()  # attempt 2 is api_restart again: not tried, but spent
+    assert len(rig.calls(API)) == 6
+    assert sorted(report.actions) == [(i, API, 2) for i in ids]
+    skipped = rig.rows("i0", AuditAction.API_RESTART)[-1]
+    assert (skipped.outcome, skipped.detail["reason"]) == (Outcome.SKIPPED, "circuit_open")
+    rig.clock.advance(70)
+    third = await rig.cycle()
+    assert sorted(third.actions) == [(i, DB, 3) for i in ids]  # the next rung is taken
+    snapshot = rig.engine._breakers.board.get("api_restart").snapshot()  # type: ignore[union-attr]
+    assert (snapshot.state, snapshot.total, snapshot.total_failures) == ("open", 6, 6)
