@@ -204,6 +204,44 @@ class SafetySettings(_Section):
     retry_attempts: Annotated[int, Field(ge=1, le=10)] = 3  # tries of one transient failure
 
 
+class HaSettings(_Section):
+    """Several replicas on one PostgreSQL database: exactly one acts."""
+
+    lock_key: int = 7_406_711_502  # the advisory lock the leader holds
+    node_id: str = ""  # "": host:pid
+
+
+class HealthSettings(_Section):
+    """The HTTP health endpoint (off by default; bound to loopback)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 9464
+    token_env: str = ""  # bearer token read from this variable; "": no auth
+    ready_max_age: Seconds = 60.0  # /readyz: the last good cycle is at most this old
+
+
+class SinkSettings(_Section):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    kind: Literal["json", "slack", "alertmanager"] = "json"
+    url: str
+    token_env: str = ""  # bearer token variable for the sink; "": none
+    timeout: Seconds = 5.0
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, url: str) -> str:
+        if not re.match(r"^https?://", url):
+            raise ValueError("must be an http:// or https:// URL")
+        return url
+
+
+class AlertSettings(_Section):
+    sinks: tuple[SinkSettings, ...] = ()
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 12
+    interval: Seconds = 2.0  # how often the outbox is drained
+
+
 class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     instances: InstancesSettings = InstancesSettings()
@@ -214,6 +252,9 @@ class Settings(_Section):
     daemon: DaemonSettings = DaemonSettings()
     breaker: BreakerSettings = BreakerSettings()
     safety: SafetySettings = SafetySettings()
+    ha: HaSettings = HaSettings()
+    health: HealthSettings = HealthSettings()
+    alerts: AlertSettings = AlertSettings()
 
     @model_validator(mode="after")
     def _interval_fits(self) -> Settings:
@@ -327,7 +368,15 @@ def redacted(settings: Settings, env: Mapping[str, str] | None = None) -> dict[s
     data["process"]["supervisor_url"] = redact_url(settings.process.supervisor_url)
     token_env = settings.api.token_env
     data["api"]["token"] = "(set)" if token_env and env.get(token_env) else "(unset)"
+    for sink in data["alerts"]["sinks"]:
+        sink["url"] = redact_webhook(sink["url"])  # a webhook URL is itself a credential
     return data
+
+
+def redact_webhook(url: str) -> str:
+    """Keep scheme and host of a webhook URL; its path and query often hold the secret."""
+    parts = redact_url(url).split("/", 3)
+    return "/".join(parts[:3]) + "/***" if len(parts) > 3 and parts[3] else "/".join(parts)
 
 
 def redact_url(url: str) -> str:

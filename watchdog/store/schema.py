@@ -117,3 +117,33 @@ flags = sa.Table(
     sa.Column("value", sa.Text, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
 )
+
+nodes = sa.Table(
+    "watchdog_nodes",
+    metadata,
+    sa.Column("node_id", sa.Text, primary_key=True),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("role", sa.Text, nullable=False),
+    sa.Column("version", sa.Text, nullable=False),
+    sa.Column("started_at", UtcDateTime, nullable=False),
+    sa.Column("last_good_cycle_at", UtcDateTime),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+)
+
+outbox = sa.Table(
+    "watchdog_outbox",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("event", sa.Text, nullable=False),
+    sa.Column("sink", sa.Text, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", UtcDateTime, nullable=False),
+    sa.Column("claimed_by", sa.Text),
+    sa.Column("claimed_until", UtcDateTime),
+    sa.Column("sent_at", UtcDateTime),
+    sa.Column("last_error", sa.Text),
+)
