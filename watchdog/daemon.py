@@ -17,6 +17,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from watchdog.engine import CycleReport, Engine
 from watchdog.errors import StoreError
+from watchdog.leadership import Leadership
 from watchdog.observability import get_logger
 from watchdog.sdnotify import Notifier, SystemdHeartbeat
 
@@ -26,9 +27,15 @@ log = get_logger(component="daemon")
 class CycleRunner:
     """Runs one cycle at a time and turns its failures into log lines, never crashes."""
 
-    def __init__(self, engine: Engine, heartbeat: SystemdHeartbeat | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        heartbeat: SystemdHeartbeat | None = None,
+        leadership: Leadership | None = None,
+    ) -> None:
         self._engine = engine
         self._heartbeat = heartbeat
+        self.leadership = leadership
         self._lock = asyncio.Lock()
         self._outage: str | None = None
         self.last_report: CycleReport | None = None
@@ -42,7 +49,11 @@ class CycleRunner:
 
     async def _run(self) -> bool:
         try:
+            if not await self._lead():
+                return self._standby_tick()
             report = await self._engine.run_cycle()
+            if self.leadership is not None:
+                await self.leadership.good_cycle()
         except StoreError as exc:
             self._enter_outage(str(exc))
             if self._heartbeat is not None:
@@ -64,6 +75,21 @@ class CycleRunner:
                 resolved=report.resolved,
                 exhausted=report.exhausted,
             )
+        return True
+
+    async def _lead(self) -> bool:
+        """True when this node acts; a standby only keeps its node row fresh."""
+        if self.leadership is None:
+            return True
+        if await self.leadership.ensure():
+            return True
+        await self.leadership.good_cycle()
+        return False
+
+    def _standby_tick(self) -> bool:
+        self._leave_outage()
+        if self._heartbeat is not None:
+            self._heartbeat.on_good_cycle()  # a healthy standby is ready, and alive
         return True
 
     def _enter_outage(self, error: str) -> None:
@@ -92,13 +118,14 @@ class Daemon:
         interval: float,
         shutdown_timeout: float,
         notifier: Notifier | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self._engine = engine
         self._interval = interval
         self._shutdown_timeout = shutdown_timeout
         self._stop = asyncio.Event()
         self._notifier = notifier or Notifier()
-        self.cycles = CycleRunner(engine, SystemdHeartbeat(self._notifier))
+        self.cycles = CycleRunner(engine, SystemdHeartbeat(self._notifier), leadership)
 
     def request_stop(self) -> None:
         if self._stop.is_set():
@@ -145,13 +172,23 @@ class Daemon:
         finished = await self._engine.drain(remaining)
         if not finished:
             log.warning("actions_still_in_flight_at_shutdown")
+        if self.cycles.leadership is not None:
+            await self.cycles.leadership.stop()
         log.info("stopped", clean=finished)
         return 0
 
 
-async def run_once(engine: Engine, drain_timeout: float) -> int:
-    """One cycle, wait for its actions, exit 0 when the cycle itself succeeded."""
-    runner = CycleRunner(engine)
+async def run_once(
+    engine: Engine, drain_timeout: float, leadership: Leadership | None = None
+) -> int:
+    """One cycle, wait for its actions, exit 0 when the cycle itself succeeded.
+
+    With another watchdog leading, this node only checks in and acts on nothing."""
+    runner = CycleRunner(engine, leadership=leadership)
     ok = await runner.tick()
     await engine.drain(drain_timeout)
+    if leadership is not None:
+        if not leadership.is_leader:
+            log.warning("another watchdog leads: this run took no action")
+        await leadership.stop()
     return 0 if ok else 1

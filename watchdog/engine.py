@@ -10,7 +10,7 @@ import asyncio
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -74,6 +74,7 @@ class Engine:
         timeout_margin: float = 2.0,
         guards: Guards | None = None,
         breakers: BackendBreakers | None = None,
+        fence: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._instances = instances
         self._ledger = ledger
@@ -86,6 +87,8 @@ class Engine:
         self._timeout_margin = timeout_margin
         self._guards = guards or Guards(ledger, None, SafetyRules(), startup_grace=False)
         self._breakers = breakers
+        # Asked before every action: is this node still the leader? (None: single node.)
+        self._fence = fence
         self._slots = asyncio.Semaphore(max_concurrent_actions)
         self._busy: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -187,6 +190,8 @@ class Engine:
     ) -> None:
         """Claim each group's attempts and launch its shared call; restarts pass the budget."""
         for (action, key), group in self._group(acts).items():
+            if not await self._still_leading():
+                return
             members = [incidents[a.instance_id] for a in group]
             budgeted = action is Action.PROCESS_RESTART and not key.startswith(_INVALID)
             if budgeted and not await self._guards.admit_restart(key, members, now):
@@ -231,6 +236,12 @@ class Engine:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _still_leading(self) -> bool:
+        if self._fence is None or await self._fence():
+            return True
+        log.error("no longer the leader: actions stop here")
+        return False
+
     async def _skip_open_circuit(
         self, action: Action, jobs: list[_Job], now: datetime, mono0: float
     ) -> None:
@@ -246,8 +257,11 @@ class Engine:
     ) -> None:
         try:
             async with self._slots:
-                outcome, detail = await self._call(action, members[0])
-            if self._breakers is not None:
+                if await self._still_leading():
+                    outcome, detail = await self._call(action, members[0])
+                else:
+                    outcome, detail = Outcome.SKIPPED, {"reason": "lost_leadership"}
+            if self._breakers is not None and outcome in (Outcome.OK, Outcome.FAILED):
                 at = now + timedelta(seconds=self._clock.monotonic() - mono0)
                 error = str(detail.get("error", ""))
                 await self._breakers.record(action, outcome is Outcome.OK, at, error)

@@ -47,6 +47,7 @@ class AuditAction(enum.StrEnum):
     BRAKE_RELEASED = "brake_released"
     BREAKER_OPENED = "breaker_opened"
     BREAKER_CLOSED = "breaker_closed"
+    LEADER_CHANGED = "leader_changed"  # this node took over acting for the fleet
 
 
 class Outcome(enum.StrEnum):

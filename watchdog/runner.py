@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
+import os
 import signal
+import socket
+from datetime import UTC, datetime
 
 from watchdog.breaker import BreakerRules
 from watchdog.circuit import BackendBreakers
@@ -18,13 +22,16 @@ from watchdog.daemon import Daemon, run_once
 from watchdog.engine import Engine
 from watchdog.errors import StoreUnavailable
 from watchdog.guards import Guards
+from watchdog.leadership import LeaderLock, Leadership, NodeIdentity
 from watchdog.model import Action
 from watchdog.observability import emit_audit, get_logger
 from watchdog.safety import SafetyRules
 from watchdog.store import migrate
 from watchdog.store.breakers import SqlBreakerStore
 from watchdog.store.fleet import SqlFleetState
-from watchdog.wiring import MonotonicClock, Runtime, open_recoveries, open_runtime
+from watchdog.store.locks import PgAdvisoryLock, SqliteFileLock
+from watchdog.store.nodes import Node, SqlNodes
+from watchdog.wiring import MonotonicClock, Runtime, open_recoveries, open_runtime, sqlite_path
 
 log = get_logger(component="runner")
 
@@ -35,6 +42,8 @@ async def run_daemon(settings: Settings, *, once: bool, dry_run: bool) -> int:
             await _prepare(runtime, dry_run)
         elif not await _wait_for_database(runtime, dry_run):
             return 0  # stopped while waiting
+        breakers = await _breakers(runtime)
+        leadership = await _leadership(runtime, breakers, dry_run)
         async with open_recoveries(runtime) as recoveries:
             engine = Engine(
                 runtime.instances,
@@ -45,12 +54,57 @@ async def run_daemon(settings: Settings, *, once: bool, dry_run: bool) -> int:
                 dry_run=dry_run,
                 max_concurrent_actions=settings.daemon.max_concurrent_actions,
                 guards=_guards(runtime, startup_grace=not once),
-                breakers=await _breakers(runtime),
+                breakers=breakers,
+                fence=leadership.fence,
             )
             if once:
-                return await run_once(engine, settings.daemon.shutdown_timeout)
-            daemon = Daemon(engine, settings.detection.interval, settings.daemon.shutdown_timeout)
+                return await run_once(engine, settings.daemon.shutdown_timeout, leadership)
+            daemon = Daemon(
+                engine,
+                settings.detection.interval,
+                settings.daemon.shutdown_timeout,
+                leadership=leadership,
+            )
             return await daemon.run()
+
+
+async def _leadership(runtime: Runtime, breakers: BackendBreakers, dry_run: bool) -> Leadership:
+    """Register this node; on SQLite refuse to start next to another daemon at once."""
+    settings = runtime.settings
+    me = NodeIdentity(
+        settings.ha.node_id or f"{socket.gethostname()}:{os.getpid()}",
+        socket.gethostname(),
+        os.getpid(),
+    )
+    path = sqlite_path(settings.database.url)
+    lock: LeaderLock
+    if runtime.db.is_sqlite and path is not None:
+        lock = SqliteFileLock(path)
+        await lock.acquire()  # raises ConfigError naming the other daemon's pid
+    else:
+        lock = PgAdvisoryLock(
+            settings.database.url, settings.ha.lock_key, settings.database.timeout
+        )
+    nodes = SqlNodes(runtime.db)
+    now = await runtime.instances.now()
+    await nodes.register(Node(me.node_id, me.host, me.pid, "standby", _version(), now), now)
+
+    async def on_lead() -> None:
+        # A predecessor may have died mid-action, and its breakers are ours now.
+        if not dry_run:
+            interrupted = await runtime.ledger.reconcile_interrupted()
+            if interrupted:
+                log.warning("interrupted_actions_reconciled", count=len(interrupted))
+        await breakers.load()
+
+    return Leadership(lock, nodes, runtime.ledger, me, lambda: datetime.now(UTC), on_lead)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("instance-watchdog")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _guards(runtime: Runtime, *, startup_grace: bool) -> Guards:
@@ -80,17 +134,13 @@ async def _breakers(runtime: Runtime) -> BackendBreakers:
 
 
 async def _prepare(runtime: Runtime, dry_run: bool) -> None:
-    """Schema (SQLite upgrades itself; PostgreSQL is upgraded by the operator), the mapped
-    table, and the outcomes of actions a previous run did not live to record."""
+    """Schema (SQLite upgrades itself; PostgreSQL is upgraded by the operator) and the
+    mapped table."""
     if runtime.db.is_sqlite:
         await migrate.upgrade(runtime.db)
     else:
         await migrate.require_current(runtime.db)
     await runtime.instances.check()
-    if not dry_run:
-        interrupted = await runtime.ledger.reconcile_interrupted()
-        if interrupted:
-            log.warning("interrupted_actions_reconciled", count=len(interrupted))
 
 
 async def _wait_for_database(runtime: Runtime, dry_run: bool) -> bool:

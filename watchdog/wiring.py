@@ -23,6 +23,7 @@ from watchdog.config import Settings
 from watchdog.errors import ConfigError, StoreError
 from watchdog.model import Action
 from watchdog.ports import Recovery
+from watchdog.resilience import RetryingRecovery
 from watchdog.store.database import Database
 from watchdog.store.instances import SqlInstanceStore
 from watchdog.store.ledger import AuditSink, SqlLedger, ignore_audit
@@ -81,7 +82,9 @@ async def open_recoveries(runtime: Runtime) -> AsyncIterator[dict[Action, Recove
     async with httpx.AsyncClient(timeout=settings.api.timeout) as client:
         recoveries: dict[Action, Recovery] = {}
         for action in settings.escalation.actions():
-            recoveries[action] = _build(action, settings, runtime, client)
+            recoveries[action] = RetryingRecovery(
+                _build(action, settings, runtime, client), attempts=settings.safety.retry_attempts
+            )
         yield recoveries
 
 

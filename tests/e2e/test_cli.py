@@ -85,7 +85,9 @@ def test_steering_an_incident(watchdogctl: str, config: Path) -> None:
     assert reset.returncode == 0, reset.stderr
     assert json.loads(ctl(watchdogctl, "--config", c, "status", "--json").stdout) == []
 
-    rows = json.loads(ctl(watchdogctl, "--config", c, "audit", "--json").stdout)
+    rows = json.loads(
+        ctl(watchdogctl, "--config", c, "audit", "--json", "--instance", "frozen").stdout
+    )
     assert [(r["action"], r["outcome"]) for r in rows] == [
         ("detected", "ok"),
         ("db_flag", "started"),

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from watchdog.errors import StoreError, StoreSchemaError, StoreUnavailable
 
+_CANCEL_GRACE = 0.25  # seconds a timed-out query gets to be cancelled before it is dropped
 _SCHEMA_HINTS = ("no such table", "no such column", "does not exist", "undefinedtable")
 
 
@@ -79,8 +80,11 @@ class Database:
     async def guard(self, what: str) -> AsyncIterator[None]:
         """Bound a piece of database work by the timeout and translate its errors."""
         try:
-            async with asyncio.timeout(self.timeout):
-                yield
+            # Cancelled once, psycopg asks the server to cancel the query and waits for it
+            # (seconds, against a frozen server); a second cancellation drops the connection.
+            async with asyncio.timeout(self.timeout + _CANCEL_GRACE):
+                async with asyncio.timeout(self.timeout):
+                    yield
         except TimeoutError:
             raise StoreUnavailable(
                 f"database did not answer within {self.timeout:g}s ({what}); "

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from watchdog.config import InstancesSettings
 from watchdog.model import Finding, Scan
 from watchdog.policy import DetectionRules, InstanceRow, classify, unmonitored_reason
+from watchdog.resilience import retry_transient
 from watchdog.store.database import Database, as_utc
 
 
@@ -86,6 +87,11 @@ class SqlInstanceStore:
         )
 
     async def scan(self) -> Scan:
+        """One detection query; a transient fault (SQLite busy, a dropped PostgreSQL
+        connection) gets one more try on a fresh connection."""
+        return await retry_transient(self._scan_once, 2, "detection query")
+
+    async def _scan_once(self) -> Scan:
         async with self._db.connect("detection query") as conn:
             rows = (await conn.execute(self._scan_query)).all()
         findings: dict[str, Finding] = {}

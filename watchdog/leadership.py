@@ -1,0 +1,105 @@
+"""Several replicas, one actor. The leader holds a lock (PostgreSQL advisory lock, or a
+file lock on SQLite); standbys try to take it every cycle. Before every action the
+engine asks `fence()`: a paused or partitioned former leader that lost its lock can
+never act. Changes of leader are audited.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from watchdog.errors import StoreError
+from watchdog.model import AuditAction, Outcome
+from watchdog.ports import Ledger, NewAudit
+
+log = logging.getLogger("watchdog.leadership")
+
+
+class LeaderLock(Protocol):
+    async def acquire(self) -> bool: ...
+
+    async def held(self) -> bool: ...
+
+    async def release(self) -> None: ...
+
+
+class NodeRegistry(Protocol):
+    async def update(
+        self, node_id: str, role: str, now: datetime, good_cycle: datetime | None = None
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NodeIdentity:
+    node_id: str
+    host: str
+    pid: int
+
+
+class Leadership:
+    def __init__(
+        self,
+        lock: LeaderLock,
+        nodes: NodeRegistry,
+        ledger: Ledger,
+        me: NodeIdentity,
+        clock: Callable[[], datetime],
+        on_lead: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._lock = lock
+        self._nodes = nodes
+        self._ledger = ledger
+        self._me = me
+        self._clock = clock
+        self._on_lead = on_lead
+        self.is_leader = False
+
+    @property
+    def role(self) -> str:
+        return "leader" if self.is_leader else "standby"
+
+    async def ensure(self) -> bool:
+        """Keep or take the lead; True when this node may act this cycle."""
+        if self.is_leader:
+            if await self._lock.held():
+                return True
+            self.is_leader = False
+            log.error("lost the leader lock: acting stops until it is won again")
+            await self._nodes.update(self._me.node_id, "standby", self._clock())
+            return False
+        if not await self._lock.acquire():
+            return False
+        await self._take_lead()
+        return True
+
+    async def _take_lead(self) -> None:
+        self.is_leader = True
+        detail = {"node": self._me.node_id, "host": self._me.host, "pid": self._me.pid}
+        await self._ledger.append(
+            NewAudit("*", AuditAction.LEADER_CHANGED, Outcome.OK, detail=detail)
+        )
+        await self._nodes.update(self._me.node_id, "leader", self._clock())
+        log.warning("this node leads now: %s", self._me.node_id)
+        if self._on_lead is not None:
+            await self._on_lead()
+
+    async def fence(self) -> bool:
+        """Still the leader, proven against the lock itself (asked before every action)."""
+        return self.is_leader and await self._lock.held()
+
+    async def good_cycle(self) -> None:
+        now = self._clock()
+        await self._nodes.update(self._me.node_id, self.role, now, good_cycle=now)
+
+    async def stop(self) -> None:
+        """Release the lock and mark this node gone (a clean stop)."""
+        self.is_leader = False
+        await self._lock.release()
+        try:
+            await self._nodes.update(self._me.node_id, "gone", self._clock())
+        except StoreError as exc:
+            log.warning("could not mark this node gone: %s", exc)

@@ -1,0 +1,88 @@
+"""The `watchdog_nodes` table: every running replica, its role and its last good cycle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from watchdog.store.database import Database
+from watchdog.store.schema import nodes
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    node_id: str
+    host: str
+    pid: int
+    role: str  # leader | standby | gone
+    version: str
+    started_at: datetime
+    last_good_cycle_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "node": self.node_id,
+            "host": self.host,
+            "pid": self.pid,
+            "role": self.role,
+            "version": self.version,
+            "started_at": self.started_at.isoformat(),
+            "last_good_cycle_at": self.last_good_cycle_at.isoformat()
+            if self.last_good_cycle_at
+            else None,
+            "updated_at": self.updated_at.isoformat() if self.updated_at else None,
+        }
+
+
+class SqlNodes:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def register(self, node: Node, now: datetime) -> None:
+        values = {**_values(node), "updated_at": now}
+        async with self._db.begin("register node") as conn:
+            await conn.execute(sa.delete(nodes).where(nodes.c.node_id == node.node_id))
+            await conn.execute(sa.insert(nodes).values(values))
+
+    async def update(
+        self, node_id: str, role: str, now: datetime, good_cycle: datetime | None = None
+    ) -> None:
+        values: dict[str, Any] = {"role": role, "updated_at": now}
+        if good_cycle is not None:
+            values["last_good_cycle_at"] = good_cycle
+        async with self._db.begin("update node") as conn:
+            await conn.execute(sa.update(nodes).where(nodes.c.node_id == node_id).values(values))
+
+    async def all(self) -> list[Node]:
+        query = sa.select(nodes).order_by(nodes.c.started_at)
+        async with self._db.connect("list nodes") as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            Node(
+                r.node_id,
+                r.host,
+                r.pid,
+                r.role,
+                r.version,
+                r.started_at,
+                r.last_good_cycle_at,
+                r.updated_at,
+            )
+            for r in rows
+        ]
+
+
+def _values(node: Node) -> dict[str, Any]:
+    return {
+        "node_id": node.node_id,
+        "host": node.host,
+        "pid": node.pid,
+        "role": node.role,
+        "version": node.version,
+        "started_at": node.started_at,
+        "last_good_cycle_at": node.last_good_cycle_at,
+    }
