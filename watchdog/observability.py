@@ -26,7 +26,8 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # not a line per cycle
+    for noisy in ("apscheduler", "alembic"):  # not a line per cycle or migration step
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
