@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -18,6 +19,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from watchdog.engine import CycleReport, Engine
 from watchdog.errors import StoreError
 from watchdog.leadership import Leadership
+from watchdog.monitor import DaemonMonitor
 from watchdog.observability import get_logger
 from watchdog.sdnotify import Notifier, SystemdHeartbeat
 
@@ -32,10 +34,12 @@ class CycleRunner:
         engine: Engine,
         heartbeat: SystemdHeartbeat | None = None,
         leadership: Leadership | None = None,
+        monitor: DaemonMonitor | None = None,
     ) -> None:
         self._engine = engine
         self._heartbeat = heartbeat
         self.leadership = leadership
+        self.monitor = monitor
         self._lock = asyncio.Lock()
         self._outage: str | None = None
         self.last_report: CycleReport | None = None
@@ -48,6 +52,9 @@ class CycleRunner:
             return await self._run()
 
     async def _run(self) -> bool:
+        started = time.monotonic()
+        if self.monitor is not None:
+            self.monitor.attempt()
         try:
             if not await self._lead():
                 return self._standby_tick()
@@ -63,6 +70,8 @@ class CycleRunner:
             log.exception("cycle_failed")
             return False
         self._leave_outage()
+        if self.monitor is not None:
+            self.monitor.good(report, time.monotonic() - started, self._engine, leader=True)
         self.last_report, self.good_cycles = report, self.good_cycles + 1
         if self._heartbeat is not None:
             self._heartbeat.on_good_cycle()
@@ -88,11 +97,15 @@ class CycleRunner:
 
     def _standby_tick(self) -> bool:
         self._leave_outage()
+        if self.monitor is not None:
+            self.monitor.good(None, 0.0, self._engine, leader=False)
         if self._heartbeat is not None:
             self._heartbeat.on_good_cycle()  # a healthy standby is ready, and alive
         return True
 
     def _enter_outage(self, error: str) -> None:
+        if self.monitor is not None:
+            self.monitor.outage(error)
         if self._outage is None:  # log the outage once, not once a cycle
             log.error("database_unavailable", error=error)
         self._outage = error
@@ -119,13 +132,14 @@ class Daemon:
         shutdown_timeout: float,
         notifier: Notifier | None = None,
         leadership: Leadership | None = None,
+        monitor: DaemonMonitor | None = None,
     ) -> None:
         self._engine = engine
         self._interval = interval
         self._shutdown_timeout = shutdown_timeout
         self._stop = asyncio.Event()
         self._notifier = notifier or Notifier()
-        self.cycles = CycleRunner(engine, SystemdHeartbeat(self._notifier), leadership)
+        self.cycles = CycleRunner(engine, SystemdHeartbeat(self._notifier), leadership, monitor)
 
     def request_stop(self) -> None:
         if self._stop.is_set():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -43,6 +43,8 @@ class CycleReport:
 
     now: datetime
     unhealthy: int
+    monitored: int = 0
+    open_by_state: dict[str, int] = field(default_factory=dict)
     opened: int = 0
     acted: int = 0
     exhausted: int = 0
@@ -101,6 +103,10 @@ class Engine:
     def guards(self) -> Guards:
         return self._guards
 
+    @property
+    def breakers(self) -> BackendBreakers | None:
+        return self._breakers
+
     async def run_cycle(self) -> CycleReport:
         try:
             scan = await self._instances.scan()
@@ -126,7 +132,12 @@ class Engine:
             grace_until=self._guards.grace_until,
             brake=await self._guards.brake(scan, record=not self._dry_run),
         )
-        report = CycleReport(now=scan.now, unhealthy=len(scan.findings))
+        report = CycleReport(
+            now=scan.now,
+            unhealthy=len(scan.findings),
+            monitored=scan.enabled_count,
+            open_by_state=dict(Counter(str(i.state) for i in incidents.values())),
+        )
         decisions = decide(self._rules, world, self._jitter)
         if self._dry_run:
             await self._audit_dry_run(decisions, incidents, report)

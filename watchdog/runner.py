@@ -9,21 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib.metadata
 import os
 import signal
 import socket
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
+from watchdog import render
 from watchdog.breaker import BreakerRules
 from watchdog.circuit import BackendBreakers
 from watchdog.config import Settings
 from watchdog.daemon import Daemon, run_once
 from watchdog.engine import Engine
-from watchdog.errors import StoreUnavailable
+from watchdog.errors import ConfigError, StoreUnavailable
 from watchdog.guards import Guards
+from watchdog.health import HealthServer
 from watchdog.leadership import LeaderLock, Leadership, NodeIdentity
-from watchdog.model import Action
+from watchdog.memory import MemoryWatch
+from watchdog.metrics import Metrics
+from watchdog.model import Action, AuditRow
+from watchdog.monitor import DaemonMonitor
 from watchdog.observability import emit_audit, get_logger
 from watchdog.safety import SafetyRules
 from watchdog.store import migrate
@@ -37,35 +45,104 @@ log = get_logger(component="runner")
 
 
 async def run_daemon(settings: Settings, *, once: bool, dry_run: bool) -> int:
-    async with open_runtime(settings, emit_audit) as runtime:
+    metrics = Metrics()
+
+    def emit(row: AuditRow) -> None:
+        emit_audit(row)
+        metrics.observe_audit(row)
+
+    async with open_runtime(settings, emit) as runtime:
         if once:
             await _prepare(runtime, dry_run)
-        elif not await _wait_for_database(runtime, dry_run):
-            return 0  # stopped while waiting
-        breakers = await _breakers(runtime)
-        leadership = await _leadership(runtime, breakers, dry_run)
-        async with open_recoveries(runtime) as recoveries:
-            engine = Engine(
-                runtime.instances,
-                runtime.ledger,
-                recoveries,
-                settings.escalation.rules(),
-                MonotonicClock(),
-                dry_run=dry_run,
-                max_concurrent_actions=settings.daemon.max_concurrent_actions,
-                guards=_guards(runtime, startup_grace=not once),
-                breakers=breakers,
-                fence=leadership.fence,
+            return await _run(runtime, once=True, dry_run=dry_run, monitor=None)
+        monitor = _monitor(runtime, metrics)
+        async with _health_server(settings, monitor):
+            if not await _wait_for_database(runtime, dry_run):
+                return 0  # stopped while waiting
+            return await _run(runtime, once=False, dry_run=dry_run, monitor=monitor)
+
+
+async def _run(
+    runtime: Runtime, *, once: bool, dry_run: bool, monitor: DaemonMonitor | None
+) -> int:
+    settings = runtime.settings
+    breakers = await _breakers(runtime)
+    leadership = await _leadership(runtime, breakers, dry_run)
+    async with open_recoveries(runtime) as recoveries:
+        engine = Engine(
+            runtime.instances,
+            runtime.ledger,
+            recoveries,
+            settings.escalation.rules(),
+            MonotonicClock(),
+            dry_run=dry_run,
+            max_concurrent_actions=settings.daemon.max_concurrent_actions,
+            guards=_guards(runtime, startup_grace=not once),
+            breakers=breakers,
+            fence=leadership.fence,
+        )
+        if once:
+            return await run_once(engine, settings.daemon.shutdown_timeout, leadership)
+        daemon = Daemon(
+            engine,
+            settings.detection.interval,
+            settings.daemon.shutdown_timeout,
+            leadership=leadership,
+            monitor=monitor,
+        )
+        return await daemon.run()
+
+
+def _monitor(runtime: Runtime, metrics: Metrics) -> DaemonMonitor:
+    settings = runtime.settings
+    return DaemonMonitor(
+        metrics,
+        MemoryWatch.from_megabytes(settings.daemon.memory_limit_mb),
+        interval=settings.detection.interval,
+        slack=settings.database.timeout * 3,
+        ready_max_age=settings.health.ready_max_age,
+        status=lambda: fleet_status(runtime),
+    )
+
+
+@contextlib.asynccontextmanager
+async def _health_server(settings: Settings, monitor: DaemonMonitor) -> AsyncIterator[None]:
+    """The health endpoint, when enabled: up before the database, so /readyz can say 503."""
+    if not settings.health.enabled:
+        yield
+        return
+    token = None
+    if settings.health.token_env:
+        token = os.environ.get(settings.health.token_env)
+        if not token:
+            raise ConfigError(
+                f"config error: health.token_env: environment variable "
+                f'{settings.health.token_env} is not set; export it or set token_env = ""'
             )
-            if once:
-                return await run_once(engine, settings.daemon.shutdown_timeout, leadership)
-            daemon = Daemon(
-                engine,
-                settings.detection.interval,
-                settings.daemon.shutdown_timeout,
-                leadership=leadership,
-            )
-            return await daemon.run()
+    server = HealthServer(settings.health, monitor, monitor.metrics, token)
+    await server.start()
+    log.info("health_endpoint", host=settings.health.host, port=server.port)
+    try:
+        yield
+    finally:
+        await server.stop()
+
+
+async def fleet_status(runtime: Runtime) -> dict[str, Any]:
+    """/status: nodes, breakers, brake and tracked instances, as JSON-ready data."""
+    now = await runtime.instances.now()
+    incidents = await runtime.ledger.load_open()
+    pauses = await runtime.ledger.load_pauses(now)
+    rules = runtime.settings.escalation.rules()
+    tracked = [render.status_record(t, rules, now) for t in render.tracked(incidents, pauses)]
+    breakers = await SqlBreakerStore(runtime.db).load()
+    return {
+        "now": now.isoformat(),
+        "nodes": [n.as_json() for n in await SqlNodes(runtime.db).all()],
+        "breakers": [dataclasses.asdict(b) for b in breakers],
+        "brake": await SqlFleetState(runtime.db, runtime.ledger).brake(),
+        "incidents": tracked,
+    }
 
 
 async def _leadership(runtime: Runtime, breakers: BackendBreakers, dry_run: bool) -> Leadership:

@@ -261,3 +261,63 @@ def test_systemd_notifications_follow_the_cycles(
     assert received[0] == "READY=1"
     assert received.count("WATCHDOG=1") >= 2
     assert received[-1] == "STOPPING=1"
+
+
+def test_health_endpoint_and_metrics_of_a_running_daemon(
+    tmp_path: Path, sqlite_url: str, watchdogctl: str
+) -> None:
+    import socket
+
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    app = AppTable(sqlite_url)
+    app.create()
+    app.add("frozen", heartbeat_ago=60)
+    for n in range(3):
+        app.add(f"ok{n}", heartbeat_ago=0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with restart_api(RestartApi()) as api, Beater(app, {"ok0", "ok1", "ok2"}):
+        config = write_config(tmp_path, sqlite_url, api.url(), tmp_path / "marker")
+        env = {
+            **os.environ,
+            "WATCHDOG_API_TOKEN": TOKEN,
+            "WATCHDOG_HEALTH__ENABLED": "true",
+            "WATCHDOG_HEALTH__PORT": str(port),
+            "WATCHDOG_HEALTH__TOKEN_ENV": "HEALTH_TOKEN",
+            "HEALTH_TOKEN": "health-secret",
+        }
+        with (tmp_path / "daemon.log").open("w") as log:
+            proc = subprocess.Popen(
+                [watchdogctl, "--config", str(config), "run"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        base, auth = f"http://127.0.0.1:{port}", {"Authorization": "Bearer health-secret"}
+        try:
+            wait_for(lambda: api.calls_for("frozen"), 30, "the first action")
+            with httpx.Client(base_url=base, headers=auth, timeout=5) as client:
+                wait_for(lambda: client.get("/readyz").status_code == 200, 15, "ready")
+                assert client.get("/healthz").json()["alive"] is True
+                assert httpx.get(base + "/healthz", timeout=5).status_code == 401
+                status = client.get("/status").json()
+                metrics_text = client.get("/metrics").text
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+    assert [n["role"] for n in status["nodes"]] == ["leader"]
+    assert [i["id"] for i in status["incidents"]] == ["frozen"]
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics_text)
+        for s in family.samples
+    }
+    assert samples[("watchdog_leader", ())] == 1
+    assert samples[("watchdog_instances", (("health", "unhealthy"),))] == 1
+    assert samples[("watchdog_instances", (("health", "healthy"),))] == 3
+    assert samples[("watchdog_actions_total", (("action", "detected"), ("outcome", "ok")))] == 1
+    assert samples[("watchdog_cycle_duration_seconds_count", ())] >= 1
+    app.dispose()
