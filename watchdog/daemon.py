@@ -12,7 +12,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -24,6 +24,9 @@ from watchdog.observability import get_logger
 from watchdog.sdnotify import Notifier, SystemdHeartbeat
 
 log = get_logger(component="daemon")
+
+# Wake this long after a deadline, so the instance is past its threshold, not on it.
+_PAST_THE_DEADLINE = 0.02
 
 
 class CycleRunner:
@@ -40,6 +43,8 @@ class CycleRunner:
         self._heartbeat = heartbeat
         self.leadership = leadership
         self.monitor = monitor
+        # Called with the seconds until the soonest healthy instance could turn stale.
+        self.wake: Callable[[float], None] | None = None
         self._lock = asyncio.Lock()
         self._outage: str | None = None
         self.last_report: CycleReport | None = None
@@ -69,10 +74,16 @@ class CycleRunner:
         except Exception:
             log.exception("cycle_failed")
             return False
+        self._after_good_cycle(report, time.monotonic() - started)
+        return True
+
+    def _after_good_cycle(self, report: CycleReport, duration: float) -> None:
         self._leave_outage()
         if self.monitor is not None:
-            self.monitor.good(report, time.monotonic() - started, self._engine, leader=True)
+            self.monitor.good(report, duration, self._engine, leader=True)
         self.last_report, self.good_cycles = report, self.good_cycles + 1
+        if self.wake is not None and report.next_deadline is not None:
+            self.wake(report.next_deadline + _PAST_THE_DEADLINE)
         if self._heartbeat is not None:
             self._heartbeat.on_good_cycle()
         if report.unhealthy or report.acted or report.resolved:
@@ -84,7 +95,6 @@ class CycleRunner:
                 resolved=report.resolved,
                 exhausted=report.exhausted,
             )
-        return True
 
     async def _lead(self) -> bool:
         """True when this node acts; a standby only keeps its node row fresh."""
@@ -165,6 +175,7 @@ class Daemon:
             id="cycle",
         )
         scheduler.start()
+        self.cycles.wake = lambda seconds: _wake_in(scheduler, seconds)
         log.info("started", interval=self._interval, pid=os.getpid())
         try:
             if on_started is not None:
@@ -206,3 +217,13 @@ async def run_once(
             log.warning("another watchdog leads: this run took no action")
         await leadership.stop()
     return 0 if ok else 1
+
+
+def _wake_in(scheduler: AsyncIOScheduler, seconds: float) -> None:
+    """Run the next cycle at the next deadline when that comes before the next tick."""
+    job = scheduler.get_job("cycle")
+    if job is None:
+        return
+    at = datetime.now(UTC) + timedelta(seconds=max(seconds, 0.05))
+    if job.next_run_time is None or at < job.next_run_time:
+        job.modify(next_run_time=at)

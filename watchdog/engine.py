@@ -44,6 +44,7 @@ class CycleReport:
     now: datetime
     unhealthy: int
     monitored: int = 0
+    next_deadline: float | None = None  # seconds until a healthy instance could turn stale
     open_by_state: dict[str, int] = field(default_factory=dict)
     opened: int = 0
     acted: int = 0
@@ -136,6 +137,7 @@ class Engine:
             now=scan.now,
             unhealthy=len(scan.findings),
             monitored=scan.enabled_count,
+            next_deadline=scan.next_deadline,
             open_by_state=dict(Counter(str(i.state) for i in incidents.values())),
         )
         decisions = decide(self._rules, world, self._jitter)

@@ -104,6 +104,7 @@ class Scan:
     now: datetime
     findings: Mapping[str, Finding]
     enabled_count: int = 0  # monitored instances: enabled, status not ignored
+    next_deadline: float | None = None  # seconds until the next healthy one could turn stale
 
 
 @dataclass(frozen=True, slots=True)

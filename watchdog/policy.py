@@ -75,6 +75,18 @@ def classify(row: InstanceRow, rules: DetectionRules) -> Finding | None:
     return None
 
 
+def time_to_threshold(row: InstanceRow, rules: DetectionRules) -> float | None:
+    """Seconds until a healthy, monitored `row` would cross a threshold if nothing changed."""
+    if not row.enabled or row.status in rules.ignored_statuses:
+        return None
+    age = row.status_age if row.heartbeat_age is None else row.heartbeat_age
+    left = [rules.stale_after - age]
+    if row.status in rules.connecting_statuses:
+        left.append(rules.connecting_after - row.status_age)
+    positive = [s for s in left if s > 0]
+    return min(positive) if positive else None
+
+
 def unmonitored_reason(
     enabled: bool | None, status: str | None, rules: DetectionRules
 ) -> str | None:

@@ -31,7 +31,13 @@ from watchdog.model import (
     Scan,
     Target,
 )
-from watchdog.policy import DetectionRules, InstanceRow, classify, unmonitored_reason
+from watchdog.policy import (
+    DetectionRules,
+    InstanceRow,
+    classify,
+    time_to_threshold,
+    unmonitored_reason,
+)
 from watchdog.ports import AuditQuery, NewAudit
 from watchdog.safety import Restart
 
@@ -125,12 +131,20 @@ class MemoryInstanceStore:
         self.scan_count += 1
         now = self.clock.now
         findings: dict[str, Finding] = {}
+        deadlines: list[float] = []
         for record in self.instances.values():
-            finding = classify(_instance_row(record, now), self.rules)
+            row = _instance_row(record, now)
+            finding = classify(row, self.rules)
             if finding is not None:
                 findings[finding.instance_id] = finding
-        enabled = sum(r.enabled for r in self.instances.values())
-        return Scan(now=now, findings=findings, enabled_count=enabled)
+            left = time_to_threshold(row, self.rules)
+            if left is not None:
+                deadlines.append(left)
+        monitored = sum(
+            r.enabled and r.status not in self.rules.ignored_statuses
+            for r in self.instances.values()
+        )
+        return Scan(now, findings, monitored, min(deadlines) if deadlines else None)
 
     async def set_force_reconnect(self, instance_id: str) -> bool:
         record = self.instances.get(instance_id)

@@ -321,3 +321,49 @@ def test_health_endpoint_and_metrics_of_a_running_daemon(
     assert samples[("watchdog_actions_total", (("action", "detected"), ("outcome", "ok")))] == 1
     assert samples[("watchdog_cycle_duration_seconds_count", ())] >= 1
     app.dispose()
+
+
+def test_the_daemon_wakes_at_the_next_deadline_not_the_next_tick(
+    tmp_path: Path, sqlite_url: str, watchdogctl: str
+) -> None:
+    """interval = 5 s, yet an instance that stops beating is detected right when it crosses
+    stale_after: each scan tells the daemon when the next healthy instance could turn stale."""
+    app = AppTable(sqlite_url)
+    app.create()
+    for name in ("soon", "ok0", "ok1", "ok2"):
+        app.add(name, heartbeat_ago=0)
+    alive = {"soon", "ok0", "ok1", "ok2"}
+    with restart_api(RestartApi()) as api, Beater(app, alive):
+        config = write_config(tmp_path, sqlite_url, api.url(), tmp_path / "marker")
+        env = {
+            **os.environ,
+            "WATCHDOG_API_TOKEN": TOKEN,
+            "WATCHDOG_DETECTION__INTERVAL": "5",
+            "WATCHDOG_DETECTION__STALE_AFTER": "5",
+            "WATCHDOG_DETECTION__GRACE": "0",
+        }
+        log_path = tmp_path / "daemon.log"
+        with log_path.open("w") as log:
+            proc = subprocess.Popen(
+                [watchdogctl, "--config", str(config), "run"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+        def detected() -> bool:
+            result = ctl(watchdogctl, config, "audit", "--json", "--instance", "soon")
+            return result.returncode == 0 and bool(json.loads(result.stdout))
+
+        try:
+            wait_for(lambda: '"started"' in log_path.read_text(), 20, "the daemon")
+            alive.discard("soon")  # it freezes now, at a moment unrelated to the ticks
+            wait_for(detected, 20, "detection")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+    first = audit(watchdogctl, config, "soon")[0]
+    assert first["action"] == "detected"
+    # Woken by the deadline, not by the next 5 s tick: far less than one interval late.
+    assert first["detail"]["overdue"] < 1.0  # type: ignore[index]
+    app.dispose()

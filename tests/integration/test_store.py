@@ -359,3 +359,22 @@ async def test_fleet_state_restarts_and_brake(db: Database) -> None:
     assert (await fleet.brake() or {})["engaged"] is True
     await fleet.set_brake(False, now, {"unhealthy": 0, "monitored": 6})
     assert (await fleet.brake() or {})["engaged"] is False
+
+
+async def test_the_scan_finds_the_next_deadline_like_the_pure_rule(
+    app: AppTable, db: Database
+) -> None:
+    from watchdog.policy import time_to_threshold
+
+    app.add("beating", heartbeat_ago=50)  # 40 s left
+    app.add("connecting", status="CONNECTING", heartbeat_ago=1, status_ago=100)  # 20 s left
+    app.add("never", heartbeat_ago=None, status_ago=60)  # 30 s left
+    app.add("stale", heartbeat_ago=300)  # already past: not a deadline
+    app.add("off", enabled=False, heartbeat_ago=85)  # not monitored
+    scan = await store(db).scan()
+    expected = min(
+        time_to_threshold(InstanceRow("c", True, "CONNECTING", 100, 1), RULES) or 1e9,
+        time_to_threshold(InstanceRow("n", True, "CONNECTED", 60, None), RULES) or 1e9,
+    )
+    assert expected == pytest.approx(20.0)
+    assert scan.next_deadline == pytest.approx(expected, abs=2.0)

@@ -76,15 +76,28 @@ class SqlInstanceStore:
             .where(*where)
             .subquery("candidates")
         )
-        fleet = sa.select(sa.func.count()).select_from(self._table).where(*monitored)
-        clock = sa.select(
-            self._db.now_expr().label("now"), fleet.scalar_subquery().label("monitored")
-        ).subquery("clock")
+        # The same pass counts the monitored fleet and finds the soonest deadline among
+        # the healthy (mirrors policy.time_to_threshold), so the daemon can wake for it.
+        beat_left = sa.case(
+            (heartbeat.is_(None), r.stale_after - st_age), else_=r.stale_after - hb_age
+        )
+        connect_left = sa.case(
+            (status.in_(sorted(r.connecting_statuses)), r.connecting_after - st_age)
+        )
+        fleet = (
+            sa.select(
+                sa.func.count().label("monitored"),
+                sa.func.min(sa.case((beat_left > 0, beat_left))).label("beat_left"),
+                sa.func.min(sa.case((connect_left > 0, connect_left))).label("connect_left"),
+            )
+            .select_from(self._table)
+            .where(*monitored)
+            .subquery("fleet")
+        )
+        clock = sa.select(self._db.now_expr().label("now"), *fleet.c).subquery("clock")
         # LEFT JOIN onto a one-row clock: one round trip returns the database's now even
         # when nothing is unhealthy.
-        return sa.select(clock.c.now, clock.c.monitored, candidates).select_from(
-            clock.outerjoin(candidates, sa.true())
-        )
+        return sa.select(clock, candidates).select_from(clock.outerjoin(candidates, sa.true()))
 
     async def scan(self) -> Scan:
         """One detection query; a transient fault (SQLite busy, a dropped PostgreSQL
@@ -101,7 +114,14 @@ class SqlInstanceStore:
             finding = classify(self._row(row), self._rules)
             if finding is not None:
                 findings[finding.instance_id] = finding
-        return Scan(now=as_utc(rows[0].now), findings=findings, enabled_count=rows[0].monitored)
+        first = rows[0]
+        deadlines = [d for d in (first.beat_left, first.connect_left) if d is not None]
+        return Scan(
+            now=as_utc(first.now),
+            findings=findings,
+            enabled_count=first.monitored,
+            next_deadline=float(min(deadlines)) if deadlines else None,
+        )
 
     @staticmethod
     def _row(row: sa.Row[Any]) -> InstanceRow:
