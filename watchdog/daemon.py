@@ -11,13 +11,14 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from watchdog.engine import CycleReport, Engine
-from watchdog.errors import StoreError
+from watchdog.errors import StoreError, WatchdogError
 from watchdog.leadership import Leadership
 from watchdog.monitor import DaemonMonitor
 from watchdog.observability import get_logger
@@ -86,7 +87,7 @@ class CycleRunner:
             self.wake(report.next_deadline + _PAST_THE_DEADLINE)
         if self._heartbeat is not None:
             self._heartbeat.on_good_cycle()
-        if report.unhealthy or report.acted or report.resolved:
+        if report.opened or report.acted or report.resolved or report.exhausted:
             log.info(
                 "cycle",
                 unhealthy=report.unhealthy,
@@ -134,6 +135,23 @@ class CycleRunner:
             log.warning("cycle_still_running_at_shutdown")
 
 
+@dataclass(frozen=True, slots=True)
+class SideJob:
+    """Periodic work beside the cycle (alert delivery); its failures are logged, never fatal."""
+
+    name: str
+    every: float
+    run: Callable[[], Awaitable[None]]
+
+    async def guarded(self) -> None:
+        try:
+            await self.run()
+        except WatchdogError as exc:
+            log.warning("side_job_failed", job=self.name, error=str(exc))
+        except Exception:
+            log.exception("side_job_crashed", job=self.name)
+
+
 class Daemon:
     def __init__(
         self,
@@ -143,8 +161,10 @@ class Daemon:
         notifier: Notifier | None = None,
         leadership: Leadership | None = None,
         monitor: DaemonMonitor | None = None,
+        side_jobs: Sequence[SideJob] = (),
     ) -> None:
         self._engine = engine
+        self._side_jobs = side_jobs
         self._interval = interval
         self._shutdown_timeout = shutdown_timeout
         self._stop = asyncio.Event()
@@ -174,6 +194,16 @@ class Daemon:
             misfire_grace_time=None,
             id="cycle",
         )
+        for job in self._side_jobs:
+            scheduler.add_job(
+                job.guarded,
+                "interval",
+                seconds=job.every,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+                id=job.name,
+            )
         scheduler.start()
         self.cycles.wake = lambda seconds: _wake_in(scheduler, seconds)
         log.info("started", interval=self._interval, pid=os.getpid())

@@ -59,6 +59,10 @@ class Leadership:
         self.is_leader = False
 
     @property
+    def node_id(self) -> str:
+        return self._me.node_id
+
+    @property
     def role(self) -> str:
         return "leader" if self.is_leader else "standby"
 

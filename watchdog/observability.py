@@ -26,7 +26,13 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("apscheduler", "alembic"):  # not a line per cycle or migration step
+    # httpx logs full URLs at INFO, and webhook URLs are credentials.
+    for noisy in (
+        "apscheduler",
+        "alembic",
+        "httpx",
+        "httpcore",
+    ):  # not a line per cycle or migration step
         logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.configure(
         processors=[

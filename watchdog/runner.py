@@ -18,11 +18,14 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
+
 from watchdog import render
+from watchdog.alerts.sender import AlertFeeder, AlertSender
 from watchdog.breaker import BreakerRules
 from watchdog.circuit import BackendBreakers
 from watchdog.config import Settings
-from watchdog.daemon import Daemon, run_once
+from watchdog.daemon import Daemon, SideJob, run_once
 from watchdog.engine import Engine
 from watchdog.errors import ConfigError, StoreUnavailable
 from watchdog.guards import Guards
@@ -68,7 +71,7 @@ async def _run(
     settings = runtime.settings
     breakers = await _breakers(runtime)
     leadership = await _leadership(runtime, breakers, dry_run)
-    async with open_recoveries(runtime) as recoveries:
+    async with open_recoveries(runtime) as recoveries, _alert_jobs(runtime, leadership) as jobs:
         engine = Engine(
             runtime.instances,
             runtime.ledger,
@@ -89,8 +92,36 @@ async def _run(
             settings.daemon.shutdown_timeout,
             leadership=leadership,
             monitor=monitor,
+            side_jobs=jobs,
         )
         return await daemon.run()
+
+
+@contextlib.asynccontextmanager
+async def _alert_jobs(runtime: Runtime, leadership: Leadership) -> AsyncIterator[list[SideJob]]:
+    """Alert feeding and delivery, on every replica (both are safe concurrently)."""
+    alerts = runtime.settings.alerts
+    if not alerts.sinks:
+        yield []
+        return
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        feeder = AlertFeeder(runtime.db, alerts.sinks)
+        sender = AlertSender(
+            runtime.db, alerts.sinks, leadership.node_id, client, alerts.max_attempts
+        )
+
+        await feeder.feed()  # set the cursor now: events from the first cycle on are alerted
+
+        async def send() -> None:
+            await sender.send_due()
+
+        async def feed() -> None:
+            await feeder.feed()
+
+        yield [
+            SideJob("alerts_feed", alerts.interval, feed),
+            SideJob("alerts_send", alerts.interval, send),
+        ]
 
 
 def _monitor(runtime: Runtime, metrics: Metrics) -> DaemonMonitor:

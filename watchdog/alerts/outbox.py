@@ -4,9 +4,10 @@ Feeding: the audit rows past the cursor (the flag "alert_cursor", {"audit_id": N
 outbox rows, one per sink, and the cursor moves IN THE SAME TRANSACTION by a conditional
 UPDATE on its old value, so two feeders enqueue every audit row exactly once.
 
-Sending: a sender claims due rows by a conditional UPDATE (pending, due, unclaimed or
-lease expired) whose returned rows are the ones it won; it then marks each row sent or
-failed only while its claim still stands. A claim whose owner died lapses with its lease.
+Sending: a sender claims each sink's oldest pending rows, in id order, by conditional
+UPDATEs (pending, due, unclaimed or lease expired) whose row counts say whether it won;
+it then marks each row sent or failed only while its claim still stands. A claim whose
+owner died lapses with its lease.
 """
 
 from __future__ import annotations
@@ -155,37 +156,62 @@ class SqlOutbox:
     async def claim(
         self, sinks: Sequence[str], node: str, now: datetime, until: datetime, per_sink: int
     ) -> list[Claimed]:
-        """Claim up to `per_sink` due rows of each sink for `node` until `until`.
+        """Claim for `node`, until `until`, the oldest pending rows of each sink, in order.
 
-        The UPDATE re-checks that each row is still due and unclaimed, so of two nodes
-        racing for a row exactly one gets it back."""
-        due = sa.and_(
-            outbox.c.state == PENDING,
-            outbox.c.next_attempt_at <= now,
-            sa.or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until <= now),
-        )
+        Each sink's rows go out in id order: claiming stops at the first row that is not
+        due (backing off) or is claimed by a live node. Every row is claimed by its own
+        conditional UPDATE, which re-checks that it is still due and unclaimed, so of two
+        nodes racing for a row exactly one gets it; the loser stops for that sink."""
         async with self._db.begin("claim alerts") as conn:
-            ids: list[int] = []
-            for sink in sinks:
-                query = (
-                    sa.select(outbox.c.id)
-                    .where(due, outbox.c.sink == sink)
-                    .order_by(outbox.c.next_attempt_at, outbox.c.id)
-                    .limit(per_sink)
-                )
-                ids.extend((await conn.execute(query)).scalars())
-            if not ids:
-                return []
+            claimed: list[Claimed] = []
+            for sink in sorted(set(sinks)):  # one lock order for every node: no deadlock
+                claimed += await self._claim_sink(conn, sink, node, now, until, per_sink)
+        return claimed
+
+    async def _claim_sink(
+        self,
+        conn: AsyncConnection,
+        sink: str,
+        node: str,
+        now: datetime,
+        until: datetime,
+        per_sink: int,
+    ) -> list[Claimed]:
+        query = (
+            sa.select(outbox)
+            .where(outbox.c.state == PENDING, outbox.c.sink == sink)
+            .order_by(outbox.c.id)
+            .limit(per_sink)
+        )
+        claimed: list[Claimed] = []
+        for row in (await conn.execute(query)).all():
+            if not _due(row.next_attempt_at, row.claimed_until, now):
+                break
             claim = (
                 sa.update(outbox)
-                .where(outbox.c.id.in_(ids), due)
+                .where(outbox.c.id == row.id, _due_sql(now))
                 .values(claimed_by=node, claimed_until=until)
-                .returning(
-                    outbox.c.id, outbox.c.event, outbox.c.sink, outbox.c.payload, outbox.c.attempts
-                )
             )
-            won = (await conn.execute(claim)).all()
-        return sorted((Claimed(*row) for row in won), key=lambda c: c.id)
+            if (await conn.execute(claim)).rowcount != 1:
+                break  # another node got there first: the rest of this sink is its
+            claimed.append(Claimed(row.id, row.event, row.sink, row.payload, row.attempts))
+        return claimed
+
+    async def release(self, rows: Sequence[Claimed], node: str) -> None:
+        """Give back claimed rows that were not tried; no attempt is counted."""
+        if not rows:
+            return
+        update = (
+            sa.update(outbox)
+            .where(
+                outbox.c.id.in_([r.id for r in rows]),
+                outbox.c.state == PENDING,
+                outbox.c.claimed_by == node,
+            )
+            .values(claimed_by=None, claimed_until=None)
+        )
+        async with self._db.begin("release alerts") as conn:
+            await conn.execute(update)
 
     async def mark_sent(self, row: Claimed, node: str, now: datetime) -> bool:
         """Record a delivery; False if the claim had lapsed and another node took the row."""
@@ -247,6 +273,18 @@ async def _read_cursor(conn: AsyncConnection) -> str | None:
     query = sa.select(flags.c.value).where(flags.c.name == CURSOR)
     value = (await conn.execute(query)).scalar_one_or_none()
     return None if value is None else str(value)
+
+
+def _due(next_attempt_at: datetime, claimed_until: datetime | None, now: datetime) -> bool:
+    return next_attempt_at <= now and (claimed_until is None or claimed_until <= now)
+
+
+def _due_sql(now: datetime) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        outbox.c.state == PENDING,
+        outbox.c.next_attempt_at <= now,
+        sa.or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until <= now),
+    )
 
 
 def _cursor_value(audit_id: int) -> str:

@@ -7,11 +7,12 @@ one; the feeder therefore only reads up to the highest id it saw at least `settl
 seconds ago (longer than any watchdog transaction may stay open), never skipping a row.
 
 AlertSender.send_due: claim due rows (a lease, not a lock: a crashed node's rows come
-back when it lapses), post them, mark each sent or failed. A run is bounded: at most
-`per_sink` rows per sink, sinks in parallel with `lanes` requests each, every request
-bounded by its sink's timeout; once a sink fails to answer, the rest of its rows in that
-run are not tried but counted as failed attempts with the same error. Errors are one
-line and never carry a webhook URL's path or query, nor a bearer token.
+back when it lapses), post them, mark each sent or failed. Each sink gets its rows in
+order, oldest first: after a failed attempt the sink's later rows wait (untried, no
+attempt counted) until the failed one is due again, sent, or given up. A run is bounded:
+at most `per_sink` rows per sink, up to `parallel` sinks at once, every request bounded by
+its sink's timeout, the whole run by `budget`. Errors are one line and never carry a
+webhook URL's path or query, nor a bearer token.
 """
 
 from __future__ import annotations
@@ -41,8 +42,12 @@ log = logging.getLogger("watchdog.alerts")
 TokenLookup = Callable[[str], str | None]
 BACKOFF_BASE = 2.0  # seconds before the 2nd attempt; doubles per failed attempt ...
 BACKOFF_CAP = 300.0  # ... up to 5 minutes
+# The sink understood the request and refused this body: the row fails at once. Any other
+# failure (no answer, 5xx, 429, 401/403/404: the sink or its configuration) is retried.
+REJECTED = frozenset({400, 413, 422})
 _ERROR_CHARS = 300
 _BODY_CHARS = 120
+_TOKEN = re.compile(r"[!-~]+")  # visible ASCII: anything else cannot go in a header
 _URL = re.compile(r"[a-z][a-z0-9+.-]*://[^\s'\"<>]+", re.IGNORECASE)
 
 
@@ -121,15 +126,16 @@ def _default_settle(db: Database) -> float:
 @dataclass(frozen=True, slots=True)
 class Failure:
     message: str  # one line, secrets removed
-    sink_down: bool  # no answer, 5xx or 429: the sink's other rows wait for the next run
+    rejected: bool = False  # the sink refused this body (400, 413, 422): retrying cannot help
 
 
 @dataclass
 class SendReport:
     claimed: int = 0
     sent: int = 0
-    retrying: int = 0
-    failed: int = 0  # gave up: max_attempts reached
+    retrying: int = 0  # failed attempts that will be retried
+    failed: int = 0  # given up: rejected, or max_attempts reached
+    deferred: int = 0  # not tried: an earlier row of their sink failed in this run
     lost: int = 0  # the claim lapsed before the row was marked (another node has it)
 
 
@@ -145,11 +151,11 @@ class AlertSender:
         max_attempts: int = 12,
         token: TokenLookup = _env_token,
         *,
-        per_sink: int = 20,
-        lanes: int = 2,
+        per_sink: int = 10,
+        parallel: int = 4,
     ) -> None:
-        if max_attempts < 1 or per_sink < 1 or lanes < 1:
-            raise ValueError("max_attempts, per_sink and lanes must be at least 1")
+        if max_attempts < 1 or per_sink < 1 or parallel < 1:
+            raise ValueError("max_attempts, per_sink and parallel must be at least 1")
         self._outbox = SqlOutbox(db)
         self._sinks: Mapping[str, SinkSettings] = {s.name: s for s in sinks}
         self._node = node_id
@@ -157,12 +163,14 @@ class AlertSender:
         self._max_attempts = max_attempts
         self._token = token
         self._per_sink = per_sink
-        self._lanes = lanes
+        self._parallel = parallel
         slowest = max((s.timeout for s in sinks), default=0.0)
-        # The longest one run may take: rounds of requests, each followed by its mark.
-        self.budget = math.ceil(per_sink / lanes) * (slowest + db.timeout) + db.timeout
-        # A claim outlives any run, so a live node never loses a row it is sending.
-        self.lease = 2 * self.budget + 10.0
+        rounds = math.ceil(len(self._sinks) / parallel) * per_sink
+        # The longest one run may take: each row's request and mark, one sink after another.
+        self.budget = rounds * (slowest + db.timeout) + db.timeout
+        # A claim outlives the run that made it, so a live node never loses a row it is
+        # sending; a dead node's claims lapse after this long.
+        self.lease = self.budget + 2 * db.timeout + 5.0
 
     async def pending_count(self) -> int:
         """Outbox rows still to be delivered (for the metrics)."""
@@ -179,36 +187,43 @@ class AlertSender:
         report.claimed = len(rows)
         if not rows:
             return report
+        gate = asyncio.Semaphore(self._parallel)
         try:
             async with asyncio.timeout(self.budget), asyncio.TaskGroup() as group:
                 for name, sink in self._sinks.items():
                     mine = [row for row in rows if row.sink == name]
                     if mine:
-                        group.create_task(self._drain(sink, mine, now, report))
+                        group.create_task(self._drain(gate, sink, mine, now, report))
         except TimeoutError:
             # Unmarked rows stay claimed; they are due again when the lease lapses.
             log.warning("alert delivery took over %.0fs; the rest is retried later", self.budget)
         return report
 
     async def _drain(
-        self, sink: SinkSettings, rows: Sequence[Claimed], now: datetime, report: SendReport
+        self,
+        gate: asyncio.Semaphore,
+        sink: SinkSettings,
+        rows: Sequence[Claimed],
+        now: datetime,
+        report: SendReport,
     ) -> None:
-        lane = asyncio.Semaphore(self._lanes)
-        down: list[str] = []
+        """One sink's rows, oldest first; a failure keeps the rest for a later run."""
+        async with gate:
+            for index, row in enumerate(rows):
+                failure = await self._deliver(sink, row)
+                marked = await self._record(sink, row, failure, now, report)
+                if marked and (failure is None or failure.rejected):
+                    continue
+                rest = rows[index + 1 :]
+                report.deferred += len(rest)
+                await self._release(sink, rest)
+                return
 
-        async def one(row: Claimed) -> None:
-            async with lane:
-                if down:
-                    failure: Failure | None = Failure(f"not tried, sink failing: {down[0]}", True)
-                else:
-                    failure = await self._deliver(sink, row)
-                    if failure is not None and failure.sink_down:
-                        down.append(failure.message)
-            await self._record(sink, row, failure, now, report)
-
-        async with asyncio.TaskGroup() as group:
-            for row in rows:
-                group.create_task(one(row))
+    async def _release(self, sink: SinkSettings, rows: Sequence[Claimed]) -> None:
+        try:
+            await self._outbox.release(rows, self._node)
+        except StoreError as exc:
+            log.warning("alerts to sink %s could not be released: %s", sink.name, exc)
 
     async def _record(
         self,
@@ -217,7 +232,8 @@ class AlertSender:
         failure: Failure | None,
         now: datetime,
         report: SendReport,
-    ) -> None:
+    ) -> bool:
+        """Mark the row; False if that was impossible (the row stays claimed or lost)."""
         try:
             if failure is None:
                 kept = await self._outbox.mark_sent(row, self._node, now)
@@ -227,35 +243,28 @@ class AlertSender:
         except StoreError as exc:
             # Delivered or not, the row stays claimed and is retried once the lease lapses.
             log.warning("alert %d to sink %s could not be marked: %s", row.id, sink.name, exc)
-            return
+            return False
         if not kept:
             report.lost += 1
             log.warning("alert %d to sink %s: claim lapsed before marking", row.id, sink.name)
+        return kept
 
     async def _fail(
         self, sink: SinkSettings, row: Claimed, failure: Failure, now: datetime, report: SendReport
     ) -> bool:
         attempts = row.attempts + 1
-        give_up = attempts >= self._max_attempts
+        give_up = failure.rejected or attempts >= self._max_attempts
         retry_at = now + timedelta(seconds=backoff(attempts))
         kept = await self._outbox.mark_failed(row, self._node, failure.message, retry_at, give_up)
+        what = f"alert {row.id} ({row.event}) to sink {sink.name}"
         if give_up:
             report.failed += int(kept)
-            log.error(
-                "alert %d (%s) to sink %s failed for good after %d attempts: %s",
-                row.id,
-                row.event,
-                sink.name,
-                attempts,
-                failure.message,
-            )
+            log.error("%s failed for good after %d attempt(s): %s", what, attempts, failure.message)
         else:
             report.retrying += int(kept)
             log.warning(
-                "alert %d (%s) to sink %s failed (attempt %d of %d), retry at %s: %s",
-                row.id,
-                row.event,
-                sink.name,
+                "%s failed (attempt %d of %d), retry at %s: %s",
+                what,
                 attempts,
                 self._max_attempts,
                 retry_at.isoformat(timespec="seconds"),
@@ -267,6 +276,9 @@ class AlertSender:
         """POST the stored body; None on 2xx. Bounded by the sink's timeout."""
         token = self._token(sink.token_env) if sink.token_env else None
         headers = {"Content-Type": "application/json"}
+        if token and _TOKEN.fullmatch(token) is None:
+            # Not sent, and not echoed: a header error would quote it.
+            return Failure(f"the token in {sink.token_env} must be visible ASCII without spaces")
         if token:
             headers["Authorization"] = f"Bearer {token}"
         url = formats.target_url(sink.kind, sink.url)
@@ -276,16 +288,16 @@ class AlertSender:
                     url, content=row.payload.encode(), headers=headers, timeout=sink.timeout
                 )
         except (TimeoutError, httpx.TimeoutException):
-            return Failure(f"no answer within {sink.timeout:g}s", True)
+            return Failure(f"no answer within {sink.timeout:g}s")
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             # Not chained or kept: the request inside the exception carries the headers.
-            return Failure(scrub(_describe(exc), sink, token), True)
+            return Failure(scrub(_describe(exc), sink, token))
         if response.is_success:
             return None
         code = response.status_code
         body = " ".join(response.text[: _BODY_CHARS * 4].split())[:_BODY_CHARS]
         message = f"HTTP {code}" + (f": {body}" if body else "")
-        return Failure(scrub(message, sink, token), code >= 500 or code == 429)
+        return Failure(scrub(message, sink, token), rejected=code in REJECTED)
 
 
 # --------------------------------------------------------------------------- secrets

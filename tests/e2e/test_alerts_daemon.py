@@ -1,0 +1,119 @@
+"""Alerts from the running daemon reach a real HTTP receiver, also across a restart of
+the watchdog while the receiver was failing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from tests.apptable import AppTable
+from tests.waiting import wait_for
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.status = 503
+        self.bodies: list[dict[str, object]] = []
+        self.attempts = 0
+        self.port = 0
+
+
+@contextmanager
+def receiver() -> Iterator[Receiver]:
+    state = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            state.attempts += 1
+            if state.status == 200:
+                state.bodies.append(json.loads(body))
+            self.send_response(state.status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_a_process_restart_alert_survives_a_watchdog_restart(
+    tmp_path: Path, sqlite_url: str, watchdogctl: str
+) -> None:
+    app = AppTable(sqlite_url)
+    app.create()
+    app.add("frozen", heartbeat_ago=600, process="p1")
+    for n in range(3):
+        app.add(f"ok{n}", heartbeat_ago=0)
+    with receiver() as sink:
+        config = tmp_path / "watchdog.toml"
+        config.write_text(f"""
+[database]
+url = "{sqlite_url}"
+[detection]
+interval = 0.3
+stale_after = 60.0
+grace = 0
+[escalation]
+ladder = [ {{ action = "process_restart", settle = 600 }} ]
+[process]
+backend = "command"
+command = ["{sys.executable}", "-c", "pass"]
+[alerts]
+interval = 0.3
+sinks = [ {{ name = "ops", kind = "json", url = "http://127.0.0.1:{sink.port}/hook" }} ]
+""")
+        env = {**os.environ, "WATCHDOG_API_TOKEN": "unused"}
+
+        def start(name: str) -> subprocess.Popen[bytes]:
+            with (tmp_path / name).open("w") as log:
+                return subprocess.Popen(
+                    [watchdogctl, "--config", str(config), "run"],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+
+        first = start("first.log")
+        try:
+            wait_for(lambda: sink.attempts >= 1, 30, "a first delivery attempt")
+        finally:
+            first.send_signal(signal.SIGTERM)
+            assert first.wait(timeout=30) == 0
+        assert sink.bodies == []  # the receiver failed: nothing delivered yet
+        sink.status = 200
+        second = start("second.log")
+        try:
+            wait_for(
+                lambda: any(b["event"] == "process_restart" for b in sink.bodies),
+                60,
+                "the alert after the restart",
+            )
+        finally:
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(timeout=30) == 0
+    events = [b["event"] for b in sink.bodies]
+    assert events.count("process_restart") == 1  # delivered once, not once per watchdog
+    alert = next(b for b in sink.bodies if b["event"] == "process_restart")
+    assert alert["instance"] == "frozen"
+    assert alert["attempt"] == 1
+    assert "process_restart" in str(alert["summary"])
+    app.dispose()
