@@ -134,3 +134,32 @@ def test_redact_url_leaves_plain_urls_alone() -> None:
     assert redact_url("sqlite:///watchdog.db") == "sqlite:///watchdog.db"
     assert redact_url("unix:///run/supervisor.sock") == "unix:///run/supervisor.sock"
     assert redact_url("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_webhook_urls_are_masked_like_secrets(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[alerts]\nsinks = [ { name = 'ops', kind = 'slack', "
+        "url = 'https://hooks.slack.com/services/T0/B0/s3cr3t' } ]\n",
+    )
+    shown = repr(redacted(load_settings(path, {}), {}))
+    assert "s3cr3t" not in shown
+    assert "https://hooks.slack.com/***" in shown
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        (
+            "[alerts]\nsinks = [ { name = 'x', kind = 'pager', url = 'http://h' } ]\n",
+            "alerts.sinks.0.kind",
+        ),
+        ("[alerts]\nsinks = [ { name = 'x', url = 'ftp://h' } ]\n", "alerts.sinks.0.url"),
+        ("[health]\nport = 0\n", "health.port"),
+        ("[breaker]\nmode = 'sometimes'\n", "breaker.mode"),
+        ("[safety]\nbrake_fraction = 1.5\n", "safety.brake_fraction"),
+    ],
+)
+def test_new_sections_validate_too(tmp_path: Path, text: str, names: str) -> None:
+    with pytest.raises(ConfigError, match=names.replace(".", r"\.")):
+        load_settings(write(tmp_path, text), {})
