@@ -24,6 +24,7 @@ from watchdog.ports import AuditQuery, ProcessLocator
 from watchdog.store import migrate
 from watchdog.store.breakers import SqlBreakerStore
 from watchdog.store.fleet import SqlFleetState
+from watchdog.store.nodes import SqlNodes
 from watchdog.wiring import Runtime, login_user, open_runtime
 
 P = ParamSpec("P")
@@ -134,6 +135,7 @@ def status(ctx: Context, as_json: bool) -> None:
         if as_json:
             click.echo(render.as_json(records))
             return
+        click.echo(render.nodes_table([n.as_json() for n in await SqlNodes(rt.db).all()], now))
         click.echo(render.brake_line(await SqlFleetState(rt.db, rt.ledger).brake()))
         click.echo(render.breaker_table(await SqlBreakerStore(rt.db).load()))
         click.echo()

@@ -32,6 +32,10 @@ class NodeRegistry(Protocol):
         self, node_id: str, role: str, now: datetime, good_cycle: datetime | None = None
     ) -> None: ...
 
+    async def demote_others(self, node_id: str, now: datetime) -> None:
+        """Other nodes still marked leader lost the lock: mark them `lost`."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class NodeIdentity:
@@ -86,6 +90,7 @@ class Leadership:
         await self._ledger.append(
             NewAudit("*", AuditAction.LEADER_CHANGED, Outcome.OK, detail=detail)
         )
+        await self._nodes.demote_others(self._me.node_id, self._clock())
         await self._nodes.update(self._me.node_id, "leader", self._clock())
         log.warning("this node leads now: %s", self._me.node_id)
         if self._on_lead is not None:

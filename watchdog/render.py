@@ -187,3 +187,29 @@ def breaker_table(snapshots: Sequence[BreakerSnapshot]) -> str:
         for s in snapshots
     ]
     return table(header, rows)
+
+
+def nodes_table(nodes: Sequence[Mapping[str, Any]], now: datetime) -> str:
+    """The watchdog replicas; the leader is the one that acts (`lost`: a former leader
+    whose lock a successor took)."""
+    live = [n for n in nodes if n["role"] != "gone"]
+    if not live:
+        return "nodes: none running"
+    header = ("NODE", "ROLE", "PID", "VERSION", "LAST GOOD CYCLE")
+    rows = [
+        (
+            str(n["node"]),
+            str(n["role"]).upper() if n["role"] == "leader" else str(n["role"]),
+            str(n["pid"]),
+            str(n["version"]),
+            _ago(n["last_good_cycle_at"], now),
+        )
+        for n in live
+    ]
+    return table(header, rows)
+
+
+def _ago(iso: str | None, now: datetime) -> str:
+    if iso is None:
+        return "-"
+    return human_delta((now - datetime.fromisoformat(iso)).total_seconds()) + " ago"

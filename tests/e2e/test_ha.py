@@ -161,6 +161,10 @@ def test_three_replicas_one_actor_and_failover(
                 30,
                 "the ladder to go on",
             )
+            table = ctl(watchdogctl, config, "status").stdout
+            assert table.count("LEADER") == 1
+            assert table.count("standby") == 1
+            assert table.count(" lost ") == 1  # the killed leader, demoted by its successor
             print(f"failover: a new leader {failover:.2f}s after kill -9 (interval {INTERVAL}s)")
         finally:
             for proc in procs:

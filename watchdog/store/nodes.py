@@ -57,6 +57,15 @@ class SqlNodes:
         async with self._db.begin("update node") as conn:
             await conn.execute(sa.update(nodes).where(nodes.c.node_id == node_id).values(values))
 
+    async def demote_others(self, node_id: str, now: datetime) -> None:
+        statement = (
+            sa.update(nodes)
+            .where(nodes.c.role == "leader", nodes.c.node_id != node_id)
+            .values(role="lost", updated_at=now)
+        )
+        async with self._db.begin("demote old leader") as conn:
+            await conn.execute(statement)
+
     async def all(self) -> list[Node]:
         query = sa.select(nodes).order_by(nodes.c.started_at)
         async with self._db.connect("list nodes") as conn:
