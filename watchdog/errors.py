@@ -6,7 +6,8 @@ and the retry policies only ever see our own types::
     WatchdogError                 base; `transient` says whether a retry may help
     ├── ConfigError               bad configuration (exit 2); permanent
     ├── StoreError                the database could not be read or written
-    │   ├── StoreUnavailable      connection lost, busy, timed out; transient
+    │   ├── StoreUnavailable      connection lost, busy; transient
+    │   │   └── StoreTimeout      no answer within the statement timeout
     │   └── StoreSchemaError      table or column missing; permanent
     ├── RecoveryError             a recovery action did not achieve its goal
     │   ├── TransientRecoveryError   refused, reset, 502/503/504, timed out
@@ -35,6 +36,10 @@ class StoreUnavailable(StoreError):
     """The database is unreachable, busy or slow: try again later."""
 
     transient = True
+
+
+class StoreTimeout(StoreUnavailable):
+    """The database did not answer within its timeout (the whole bound is spent)."""
 
 
 class StoreSchemaError(StoreError):

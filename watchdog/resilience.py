@@ -166,13 +166,15 @@ async def retry_transient(
     *,
     first_wait: float = READ_FIRST_WAIT,
     max_wait: float = READ_MAX_WAIT,
+    unless: type[BaseException] | None = None,
 ) -> T:
     """`await func()`, tried up to `attempts` times in all while it raises a transient
     `WatchdogError` (for the store: `StoreUnavailable`), with a short backoff.
 
     Only for idempotent work such as store reads; never for writes (see the module
     docstring). `what` names the work in log lines. The last error is raised with its
-    type kept and "(after N tries)" added to its message.
+    type kept and "(after N tries)" added to its message. Errors of type `unless` are
+    never retried (a timeout has already used the whole bound).
     """
     if attempts < 1:
         raise ValueError(f"retry attempts must be at least 1, got {attempts!r}")
@@ -186,7 +188,9 @@ async def retry_transient(
     retrying = AsyncRetrying(
         stop=stop_after_attempt(attempts),
         wait=_wait(first_wait, max_wait),
-        retry=retry_if_exception(_is_transient),
+        retry=retry_if_exception(
+            lambda exc: _is_transient(exc) and not (unless and isinstance(exc, unless))
+        ),
         before_sleep=_log_retry(what, attempts),
         reraise=True,
     )

@@ -4,7 +4,6 @@ the watchdog while the receiver was failing."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from tests.apptable import AppTable
+from tests.e2e.helpers import watchdog_env
 from tests.waiting import wait_for
 
 
@@ -81,7 +81,7 @@ command = ["{sys.executable}", "-c", "pass"]
 interval = 0.3
 sinks = [ {{ name = "ops", kind = "json", url = "http://127.0.0.1:{sink.port}/hook" }} ]
 """)
-        env = {**os.environ, "WATCHDOG_API_TOKEN": "unused"}
+        env = watchdog_env("unused")
 
         def start(name: str) -> subprocess.Popen[bytes]:
             with (tmp_path / name).open("w") as log:

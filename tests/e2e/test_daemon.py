@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.apptable import AppTable
+from tests.e2e.helpers import audit, ctl, watchdog_env
 from tests.httpapp import RestartApi, restart_api
 from tests.waiting import wait_for
 
@@ -81,26 +82,6 @@ timeout = 5.0
     return config
 
 
-def ctl(watchdogctl: str, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "WATCHDOG_API_TOKEN": TOKEN}
-    return subprocess.run(
-        [watchdogctl, "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
-
-
-def audit(watchdogctl: str, config: Path, instance_id: str) -> list[dict[str, object]]:
-    result = ctl(
-        watchdogctl, config, "audit", "--json", "--instance", instance_id, "--limit", "1000"
-    )
-    assert result.returncode == 0, result.stderr
-    rows: list[dict[str, object]] = json.loads(result.stdout)
-    return rows
-
-
 @pytest.fixture
 def daemon_log(tmp_path: Path) -> Path:
     return tmp_path / "daemon.log"
@@ -126,7 +107,7 @@ def test_a_frozen_instance_climbs_the_whole_ladder(
 
     with restart_api(RestartApi(on_restart=cure)) as api, Beater(app, alive):
         config = write_config(tmp_path, sqlite_url, api.url(), marker)
-        env = {**os.environ, "WATCHDOG_API_TOKEN": TOKEN}
+        env = watchdog_env(TOKEN)
         with daemon_log.open("w") as log:
             proc = subprocess.Popen(
                 [watchdogctl, "--config", str(config), "run"],
@@ -139,7 +120,8 @@ def test_a_frozen_instance_climbs_the_whole_ladder(
             alive.add("frozen")  # the restarted process brings the instance back
             wait_for(
                 lambda: any(
-                    r["action"] == "recovered" for r in audit(watchdogctl, config, "frozen")
+                    r["action"] == "recovered"
+                    for r in audit(watchdogctl, config, token=TOKEN, instance_id="frozen")
                 ),
                 15,
                 "the frozen instance to recover",
@@ -151,7 +133,7 @@ def test_a_frozen_instance_climbs_the_whole_ladder(
             code = proc.wait(timeout=15)
         assert code == 0, daemon_log.read_text()[-2000:]
 
-    frozen = audit(watchdogctl, config, "frozen")
+    frozen = audit(watchdogctl, config, token=TOKEN, instance_id="frozen")
     acts = [
         (r["action"], r["attempt"], r["outcome"])
         for r in frozen
@@ -172,10 +154,10 @@ def test_a_frozen_instance_climbs_the_whole_ladder(
     assert len(frozen_calls) == 2
     assert all(c.authorization == f"Bearer {TOKEN}" for c in frozen_calls)
 
-    cured = audit(watchdogctl, config, "cured-by-api")
+    cured = audit(watchdogctl, config, token=TOKEN, instance_id="cured-by-api")
     assert [r["action"] for r in cured] == ["detected", "api_restart", "api_restart", "recovered"]
     for untouched in ("healthy", "disabled", "banned"):
-        assert audit(watchdogctl, config, untouched) == []
+        assert audit(watchdogctl, config, token=TOKEN, instance_id=untouched) == []
         assert api.calls_for(untouched) == []
         assert app.row(untouched)["force_reconnect"] in (False, 0)
 
@@ -192,15 +174,15 @@ def test_dry_run_touches_nothing(tmp_path: Path, sqlite_url: str, watchdogctl: s
     app.add("frozen", heartbeat_ago=60)
     with restart_api(RestartApi()) as api:
         config = write_config(tmp_path, sqlite_url, api.url(), tmp_path / "marker")
-        result = ctl(watchdogctl, config, "run", "--once", "--dry-run")
+        result = ctl(watchdogctl, config, "run", "--once", "--dry-run", token=TOKEN)
         assert result.returncode == 0, result.stderr
         assert api.requests == []
-    rows = audit(watchdogctl, config, "frozen")
+    rows = audit(watchdogctl, config, token=TOKEN, instance_id="frozen")
     assert [(r["action"], r["outcome"]) for r in rows] == [
         ("detected", "skipped"),
         ("api_restart", "skipped"),
     ]
-    status = json.loads(ctl(watchdogctl, config, "status", "--json").stdout)
+    status = json.loads(ctl(watchdogctl, config, "status", "--json", token=TOKEN).stdout)
     assert status == []
     assert app.row("frozen")["force_reconnect"] in (False, 0)
     app.dispose()
@@ -352,7 +334,7 @@ def test_the_daemon_wakes_at_the_next_deadline_not_the_next_tick(
             )
 
         def detected() -> bool:
-            result = ctl(watchdogctl, config, "audit", "--json", "--instance", "soon")
+            result = ctl(watchdogctl, config, "audit", "--json", "--instance", "soon", token=TOKEN)
             return result.returncode == 0 and bool(json.loads(result.stdout))
 
         try:
@@ -362,7 +344,7 @@ def test_the_daemon_wakes_at_the_next_deadline_not_the_next_tick(
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0
-    first = audit(watchdogctl, config, "soon")[0]
+    first = audit(watchdogctl, config, token=TOKEN, instance_id="soon")[0]
     assert first["action"] == "detected"
     # Woken by the deadline, not by the next 5 s tick: far less than one interval late.
     assert first["detail"]["overdue"] < 1.0  # type: ignore[index]

@@ -17,6 +17,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from tests.apptable import AppTable
+from tests.e2e.helpers import ctl, watchdog_env
 from tests.httpapp import RestartApi, restart_api
 from tests.waiting import wait_for
 
@@ -71,17 +72,6 @@ timeout = 2.0
     return config
 
 
-def ctl(watchdogctl: str, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "WATCHDOG_API_TOKEN": TOKEN}
-    return subprocess.run(
-        [watchdogctl, "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
-
-
 def leader_pid(engine: sa.Engine) -> int | None:
     with engine.connect() as conn:
         row = conn.execute(
@@ -117,8 +107,8 @@ def test_three_replicas_one_actor_and_failover(
     engine = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
     with restart_api(RestartApi()) as api, BulkBeater(pg_url):
         config = write_config(tmp_path, pg_url, api.url())
-        assert ctl(watchdogctl, config, "db", "upgrade").returncode == 0
-        env = {**os.environ, "WATCHDOG_API_TOKEN": TOKEN}
+        assert ctl(watchdogctl, config, "db", "upgrade", token=TOKEN).returncode == 0
+        env = watchdog_env(TOKEN)
         procs = []
         for n in range(3):
             with (tmp_path / f"node{n}.log").open("w") as log:
@@ -161,7 +151,7 @@ def test_three_replicas_one_actor_and_failover(
                 30,
                 "the ladder to go on",
             )
-            table = ctl(watchdogctl, config, "status").stdout
+            table = ctl(watchdogctl, config, "status", token=TOKEN).stdout
             assert table.count("LEADER") == 1
             assert table.count("standby") == 1
             assert table.count(" lost ") == 1  # the killed leader, demoted by its successor
@@ -205,7 +195,7 @@ def test_a_second_daemon_on_one_sqlite_file_refuses(
     app.create()
     app.add("a", heartbeat_ago=0)
     config = write_config(tmp_path, sqlite_url, "http://127.0.0.1:9/{id}")
-    env = {**os.environ, "WATCHDOG_API_TOKEN": TOKEN}
+    env = watchdog_env(TOKEN)
     with (tmp_path / "first.log").open("w") as log:
         first = subprocess.Popen(
             [watchdogctl, "--config", str(config), "run"],
@@ -215,7 +205,7 @@ def test_a_second_daemon_on_one_sqlite_file_refuses(
         )
     try:
         wait_for(lambda: "started" in (tmp_path / "first.log").read_text(), 20, "first daemon")
-        second = ctl(watchdogctl, config, "run")
+        second = ctl(watchdogctl, config, "run", token=TOKEN)
         assert second.returncode == 2
         assert "another watchdog (pid " + str(first.pid) + ")" in second.stderr
         assert len(second.stderr.strip().splitlines()) == 1

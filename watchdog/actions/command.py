@@ -10,22 +10,16 @@ process's stdout and stderr (otherwise the command times out and the group is ki
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import errno
-import os
 import signal
 from collections.abc import Sequence
+from functools import partial
 
 from watchdog.actions.naming import check_placeholders, resolve_process, substitute
+from watchdog.actions.subprocesses import one_line, run_bounded, tail
 from watchdog.errors import PermanentRecoveryError, RecoveryError, TransientRecoveryError
 from watchdog.model import Action, ActionResult, Target
 
 EX_TEMPFAIL = 75  # sysexits.h: "temporary failure, try again later"
-_TAIL = 200  # characters of output kept for messages and the audit detail
-_REAP_GRACE = 2.0  # seconds to wait for pipes to close after a kill
-# exec failures that say the host is short of resources rather than misconfigured
-_TRANSIENT_ERRNOS = frozenset({errno.EAGAIN, errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
 
 class CommandRestart:
@@ -67,58 +61,16 @@ class CommandRestart:
     async def recover(self, target: Target) -> ActionResult:
         process = self.key(target)
         argv = self.argv_for(target)
-        code, stdout, stderr = await self._run(argv)
+        code, stdout, stderr = await run_bounded(
+            argv,
+            fix="check [process] command",
+            timeout_error=partial(_timeout_error, argv[0], self._timeout),
+            timeout=self._timeout,
+        )
         if code != 0:
             raise _exit_error(argv[0], code, stderr)
-        detail = {"argv": argv, "exit": 0, "process": process, "stdout": _tail(stdout)}
+        detail = {"argv": argv, "exit": 0, "process": process, "stdout": tail(stdout)}
         return ActionResult(detail=detail)
-
-    async def _run(self, argv: list[str]) -> tuple[int, bytes, bytes]:
-        proc = await _spawn(argv)
-        finished = False
-        try:
-            async with asyncio.timeout(self._timeout):
-                stdout, stderr = await proc.communicate()
-            finished = True
-        except TimeoutError:
-            raise _timeout_error(argv[0], self._timeout, proc.returncode) from None
-        finally:
-            # Also runs when the caller cancels us (the engine's own timeout).
-            if not finished:
-                await _kill_and_reap(proc)
-        assert proc.returncode is not None  # communicate() waits for the exit
-        return proc.returncode, stdout, stderr
-
-
-async def _spawn(argv: list[str]) -> asyncio.subprocess.Process:
-    try:
-        return await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # own process group, so a kill reaches its helpers too
-        )
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        message = f"cannot run {argv[0]}: {reason}; check [process] command"
-        if exc.errno in _TRANSIENT_ERRNOS:
-            raise TransientRecoveryError(message) from exc
-        raise PermanentRecoveryError(message) from exc
-
-
-async def _kill_and_reap(proc: asyncio.subprocess.Process) -> None:
-    """Kill the command's process group, drain its pipes and reap it."""
-    # The group id is the child's pid (start_new_session). We only get here before
-    # communicate() saw the exit and EOF, so the child or a helper holding its pipes is
-    # still in the group, which keeps the id from being reused by another process.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    # communicate() reads both pipes to EOF (closing our ends) and then waits for the exit.
-    # The bound covers a helper that escaped the group and still holds a pipe.
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(_REAP_GRACE):
-            await proc.communicate()
 
 
 def _timeout_error(program: str, timeout: float, code: int | None) -> RecoveryError:
@@ -137,9 +89,9 @@ def _timeout_error(program: str, timeout: float, code: int | None) -> RecoveryEr
 def _exit_error(program: str, code: int, stderr: bytes) -> RecoveryError:
     if code < 0:
         return PermanentRecoveryError(
-            f"command {program} was killed by {_signal_name(-code)}: {_one_line(_tail(stderr))}"
+            f"command {program} was killed by {_signal_name(-code)}: {one_line(tail(stderr))}"
         )
-    message = f"command {program} exited with {code}: {_one_line(_tail(stderr))}"
+    message = f"command {program} exited with {code}: {one_line(tail(stderr))}"
     if code == EX_TEMPFAIL:
         return TransientRecoveryError(message)
     return PermanentRecoveryError(message)
@@ -150,11 +102,3 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:  # real-time signals have no name
         return f"signal {number}"
-
-
-def _tail(output: bytes) -> str:
-    return output.decode("utf-8", "replace").strip()[-_TAIL:]
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split()) or "(no output)"

@@ -15,10 +15,6 @@ permission to restart the unit (deploy/polkit/50-watchdog.rules).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
-import os
-import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,6 +26,7 @@ from watchdog.actions.naming import (
     resolve_process,
     substitute,
 )
+from watchdog.actions.subprocesses import one_line, run_bounded, tail
 from watchdog.errors import PermanentRecoveryError, RecoveryError, TransientRecoveryError
 from watchdog.model import Action, ActionResult, Target
 
@@ -61,9 +58,6 @@ _PERMANENT_EXITS = {
     ),
     EXIT_NOTINSTALLED: ("unit not loaded", "check [process] unit or the process column"),
 }
-_TAIL = 200  # characters of stderr kept for messages
-_REAP_GRACE = 2.0  # seconds to wait for pipes to close after a kill
-_TRANSIENT_ERRNOS = frozenset({errno.EAGAIN, errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 _PLACEHOLDERS = ("{process}", "{id}")
 
 
@@ -191,7 +185,7 @@ def _parse_show(unit: str, stdout: bytes) -> UnitState:
     except (KeyError, ValueError):
         raise TransientRecoveryError(
             f"systemctl show {unit} printed no LoadState/MainPID "
-            f"({_one_line(_tail(stdout))}); check that systemctl is systemd's"
+            f"({one_line(tail(stdout))}); check that systemctl is systemd's"
         ) from None
 
 
@@ -227,48 +221,12 @@ def _check_new_pid(unit: str, old_pid: int, new_pid: int) -> None:
 
 async def _run(argv: Sequence[str], deadline: float, timeout: float) -> tuple[int, bytes, bytes]:
     """Run systemctl until it exits or `deadline` (loop time); kill its group on timeout."""
-    proc = await _spawn(argv)
-    finished = False
-    try:
-        async with asyncio.timeout_at(deadline):
-            stdout, stderr = await proc.communicate()
-        finished = True
-    except TimeoutError:
-        raise _timeout_error(argv, timeout) from None
-    finally:
-        # Also runs when the caller cancels us (the engine's own timeout).
-        if not finished:
-            await _kill_and_reap(proc)
-    assert proc.returncode is not None  # communicate() waits for the exit
-    return proc.returncode, stdout, stderr
-
-
-async def _spawn(argv: Sequence[str]) -> asyncio.subprocess.Process:
-    try:
-        return await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,  # never a tty: no password prompt, no pager
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # own process group, so a kill reaches its helpers too
-        )
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        message = f"cannot run {argv[0]}: {reason}; install systemd or check the systemctl path"
-        if exc.errno in _TRANSIENT_ERRNOS:
-            raise TransientRecoveryError(message) from exc
-        raise PermanentRecoveryError(message) from exc
-
-
-async def _kill_and_reap(proc: asyncio.subprocess.Process) -> None:
-    """Kill systemctl's process group, drain its pipes and reap it."""
-    # The group id is the child's pid (start_new_session); it has not been reaped yet, so
-    # the id cannot have been reused.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(_REAP_GRACE):
-            await proc.communicate()
+    return await run_bounded(
+        argv,
+        fix="install systemd or check the systemctl path",
+        timeout_error=lambda _code: _timeout_error(argv, timeout),
+        deadline=deadline,
+    )
 
 
 def _timeout_error(argv: Sequence[str], timeout: float) -> RecoveryError:
@@ -284,7 +242,7 @@ def _timeout_error(argv: Sequence[str], timeout: float) -> RecoveryError:
 
 
 def _exit_error(argv: Sequence[str], unit: str, code: int, stderr: bytes) -> RecoveryError:
-    output = _one_line(_tail(stderr))
+    output = one_line(tail(stderr))
     if code in _PERMANENT_EXITS:
         cause, fix = _PERMANENT_EXITS[code]
         return PermanentRecoveryError(
@@ -300,11 +258,3 @@ def _what(argv: Sequence[str]) -> str:
     """`systemctl restart app.service`: the program and its verb and unit, for messages."""
     words = [arg for arg in argv[1:] if not arg.startswith("-")]
     return " ".join([argv[0], words[0], words[-1]]) if words else argv[0]
-
-
-def _tail(output: bytes) -> str:
-    return output.decode("utf-8", "replace").strip()[-_TAIL:]
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split()) or "(no output)"

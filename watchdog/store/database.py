@@ -17,7 +17,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from watchdog.errors import StoreError, StoreSchemaError, StoreUnavailable
+from watchdog.errors import StoreError, StoreSchemaError, StoreTimeout, StoreUnavailable
 
 _CANCEL_GRACE = 0.25  # seconds a timed-out query gets to be cancelled before it is dropped
 _SCHEMA_HINTS = ("no such table", "no such column", "does not exist", "undefinedtable")
@@ -86,7 +86,7 @@ class Database:
                 async with asyncio.timeout(self.timeout):
                     yield
         except TimeoutError:
-            raise StoreUnavailable(
+            raise StoreTimeout(
                 f"database did not answer within {self.timeout:g}s ({what}); "
                 "check that it is up and not overloaded"
             ) from None

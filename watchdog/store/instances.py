@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from watchdog.config import InstancesSettings
+from watchdog.errors import StoreTimeout
 from watchdog.model import Finding, Scan
 from watchdog.policy import DetectionRules, InstanceRow, classify, unmonitored_reason
 from watchdog.resilience import retry_transient
@@ -101,8 +102,8 @@ class SqlInstanceStore:
 
     async def scan(self) -> Scan:
         """One detection query; a transient fault (SQLite busy, a dropped PostgreSQL
-        connection) gets one more try on a fresh connection."""
-        return await retry_transient(self._scan_once, 2, "detection query")
+        connection) gets one more try on a fresh connection, a timeout does not."""
+        return await retry_transient(self._scan_once, 2, "detection query", unless=StoreTimeout)
 
     async def _scan_once(self) -> Scan:
         async with self._db.connect("detection query") as conn:
