@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -22,6 +23,13 @@ class Reader:
     def __call__(self) -> int:
         self.reads += 1
         return self.value
+
+
+@pytest.fixture(autouse=True)
+def logs() -> Iterator[list[MutableMapping[str, Any]]]:
+    """Every test's log events, kept off whatever structlog configuration is current."""
+    with capture_logs() as captured:
+        yield captured
 
 
 def watch_at(reader: Reader, **kwargs: float) -> MemoryWatch:
@@ -127,12 +135,11 @@ def test_rejects_nonsense_settings(limit: int, kwargs: dict[str, float]) -> None
 # ------------------------------------------------------------------------- logging
 
 
-def test_logs_once_per_transition_not_every_check() -> None:
+def test_logs_once_per_transition_not_every_check(logs: list[MutableMapping[str, Any]]) -> None:
     reader = Reader()
     watch = watch_at(reader, hysteresis=0.0)
     readings = [100, 200, 850, 860, 870, 960, 990, 900, 880, 100, 50, 50]
-    with capture_logs() as logs:
-        list(levels(watch, reader, readings))
+    list(levels(watch, reader, readings))
     assert [(e["event"], e["log_level"]) for e in logs] == [
         ("memory_warning", "warning"),
         ("memory_critical", "error"),
@@ -142,12 +149,11 @@ def test_logs_once_per_transition_not_every_check() -> None:
     assert reader.reads == len(readings)
 
 
-def test_log_fields_describe_the_reading() -> None:
+def test_log_fields_describe_the_reading(logs: list[MutableMapping[str, Any]]) -> None:
     reader = Reader(205 * MIB)
     watch = MemoryWatch.from_megabytes(256, reader)
     assert watch.limit_bytes == 256 * MIB
-    with capture_logs() as logs:
-        assert watch.check() is MemoryLevel.WARNING
+    assert watch.check() is MemoryLevel.WARNING
     assert logs == [
         {
             "event": "memory_warning",
@@ -160,20 +166,18 @@ def test_log_fields_describe_the_reading() -> None:
     ]
 
 
-def test_a_healthy_start_logs_nothing() -> None:
+def test_a_healthy_start_logs_nothing(logs: list[MutableMapping[str, Any]]) -> None:
     reader = Reader(10)
     watch = watch_at(reader)
-    with capture_logs() as logs:
-        for _ in range(5):
-            watch.check()
+    for _ in range(5):
+        watch.check()
     assert logs == []
 
 
-def test_hovering_on_a_threshold_logs_once() -> None:
+def test_hovering_on_a_threshold_logs_once(logs: list[MutableMapping[str, Any]]) -> None:
     reader = Reader()
     watch = watch_at(reader)
-    with capture_logs() as logs:
-        list(levels(watch, reader, [801, 799, 801, 799, 801, 799]))
+    list(levels(watch, reader, [801, 799, 801, 799, 801, 799]))
     assert [e["event"] for e in logs] == ["memory_warning"]
 
 
