@@ -29,6 +29,8 @@ class RestartApi:
     status: int = 200
     requests: list[Recorded] = field(default_factory=list)
     port: int = 0
+    # When set, every call is held (recorded, unanswered) until the gate opens (30 s cap).
+    gate: threading.Event | None = None
 
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api/instances/{{id}}/restart"
@@ -46,6 +48,8 @@ def _handler(api: RestartApi) -> type[BaseHTTPRequestHandler]:
                 return
             instance_id = match.group(1)
             api.requests.append(Recorded("POST", instance_id, self.headers.get("Authorization")))
+            if api.gate is not None:
+                api.gate.wait(30)
             if api.status == 200:
                 api.on_restart(instance_id)
             body = b'{"ok": true}'

@@ -8,11 +8,11 @@ second signal exits at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -135,21 +135,69 @@ class CycleRunner:
             log.warning("cycle_still_running_at_shutdown")
 
 
-@dataclass(frozen=True, slots=True)
-class SideJob:
-    """Periodic work beside the cycle (alert delivery); its failures are logged, never fatal."""
+class StopSignals:
+    """SIGTERM and SIGINT for the whole life of the process, start-up included: the first
+    asks for a clean stop (listeners run, then `requested` is set); a second exits at once.
+    """
 
-    name: str
-    every: float
-    run: Callable[[], Awaitable[None]]
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self._listeners: list[Callable[[], object]] = []
+
+    def on_stop(self, listener: Callable[[], object]) -> None:
+        self._listeners.append(listener)
+
+    def request(self) -> None:
+        if self.requested.is_set():
+            log.warning("second_signal_exiting_now")
+            os._exit(1)
+        log.info("stopping")
+        for listener in self._listeners:
+            listener()
+        self.requested.set()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopSignals]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request)
+        try:
+            yield self
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+
+class SideJob:
+    """Periodic work beside the cycle (alert delivery); its failures are logged, never fatal.
+    A run in progress at shutdown is let finish, like a cycle (see `idle`)."""
+
+    def __init__(self, name: str, every: float, run: Callable[[], Awaitable[None]]) -> None:
+        self.name = name
+        self.every = every
+        self.run = run
+        self._running: asyncio.Task[object] | None = None
 
     async def guarded(self) -> None:
+        self._running = asyncio.current_task()
         try:
             await self.run()
         except WatchdogError as exc:
             log.warning("side_job_failed", job=self.name, error=str(exc))
         except Exception:
             log.exception("side_job_crashed", job=self.name)
+        finally:
+            self._running = None
+
+    async def idle(self, timeout: float) -> bool:
+        """Wait for the run in progress, if any; False if it outlasted `timeout`."""
+        running = self._running
+        if running is None:
+            return True
+        done, _pending = await asyncio.wait({running}, timeout=timeout)
+        if not done:
+            log.warning("side_job_still_running_at_shutdown", job=self.name)
+        return bool(done)
 
 
 class Daemon:
@@ -162,27 +210,44 @@ class Daemon:
         leadership: Leadership | None = None,
         monitor: DaemonMonitor | None = None,
         side_jobs: Sequence[SideJob] = (),
+        signals: StopSignals | None = None,
     ) -> None:
         self._engine = engine
         self._side_jobs = side_jobs
         self._interval = interval
         self._shutdown_timeout = shutdown_timeout
-        self._stop = asyncio.Event()
         self._notifier = notifier or Notifier()
+        self._own_signals = signals is None
+        self._signals = signals or StopSignals()
+        self._signals.on_stop(self._notifier.stopping)
+        self._signals.on_stop(engine.stop_acting)
         self.cycles = CycleRunner(engine, SystemdHeartbeat(self._notifier), leadership, monitor)
 
     def request_stop(self) -> None:
-        if self._stop.is_set():
-            log.warning("second_signal_exiting_now")
-            os._exit(1)
-        log.info("stopping", shutdown_timeout=self._shutdown_timeout)
-        self._notifier.stopping()
-        self._stop.set()
+        self._signals.request()
 
     async def run(self, on_started: Callable[[], Awaitable[None]] | None = None) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
+        with contextlib.ExitStack() as stack:
+            if self._own_signals:
+                stack.enter_context(self._signals.installed())
+            if self._signals.requested.is_set():
+                return await self._finish()  # asked to stop during start-up
+            scheduler = self._scheduler()
+            scheduler.start()
+            self.cycles.wake = lambda seconds: _wake_in(scheduler, seconds)
+            log.info("started", interval=self._interval, pid=os.getpid())
+            try:
+                if on_started is not None:
+                    await on_started()
+                await self._signals.requested.wait()
+                # No new runs; the cycle and side jobs in progress finish (not cancelled).
+                scheduler.pause()
+                return await self._finish()  # a second signal during this exits at once
+            finally:
+                # Cancels whatever outlasted the shutdown bound.
+                scheduler.shutdown(wait=False)
+
+    def _scheduler(self) -> AsyncIOScheduler:
         scheduler = AsyncIOScheduler(timezone=UTC)
         scheduler.add_job(
             self.cycles.tick,
@@ -204,27 +269,21 @@ class Daemon:
                 misfire_grace_time=None,
                 id=job.name,
             )
-        scheduler.start()
-        self.cycles.wake = lambda seconds: _wake_in(scheduler, seconds)
-        log.info("started", interval=self._interval, pid=os.getpid())
-        try:
-            if on_started is not None:
-                await on_started()
-            await self._stop.wait()
-            scheduler.shutdown(wait=False)
-            return await self._finish()  # a second signal during this exits at once
-        finally:
-            if scheduler.running:
-                scheduler.shutdown(wait=False)
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+        return scheduler
 
     async def _finish(self) -> int:
-        """Let the running cycle and in-flight actions finish, within one shared bound."""
-        deadline = asyncio.get_running_loop().time() + self._shutdown_timeout
-        await self.cycles.idle(self._shutdown_timeout)
-        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
-        finished = await self._engine.drain(remaining)
+        """Let the running cycle, side jobs and in-flight actions finish, within one
+        shared bound."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._shutdown_timeout
+
+        def remaining() -> float:
+            return max(0.0, deadline - loop.time())
+
+        await self.cycles.idle(remaining())
+        for job in self._side_jobs:
+            await job.idle(remaining())
+        finished = await self._engine.drain(remaining())
         if not finished:
             log.warning("actions_still_in_flight_at_shutdown")
         if self.cycles.leadership is not None:

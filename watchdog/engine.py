@@ -95,10 +95,18 @@ class Engine:
         self._slots = asyncio.Semaphore(max_concurrent_actions)
         self._busy: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Dry-run: what was last recorded per instance. Nothing changes in a dry run, so the
+        # same would-be decision comes back every cycle; it is audited once, not each time.
+        self._dry_run_seen: dict[str, tuple[object, ...]] = {}
+        self._stopping = False
 
     @property
     def busy(self) -> frozenset[str]:
         return frozenset(self._busy)
+
+    def stop_acting(self) -> None:
+        """Shutdown began: start no new action (in-flight ones finish; see `drain`)."""
+        self._stopping = True
 
     @property
     def guards(self) -> Guards:
@@ -203,6 +211,9 @@ class Engine:
     ) -> None:
         """Claim each group's attempts and launch its shared call; restarts pass the budget."""
         for (action, key), group in self._group(acts).items():
+            if self._stopping:
+                log.info("shutting down: due actions not started are left for the next leader")
+                return
             if not await self._still_leading():
                 return
             members = [incidents[a.instance_id] for a in group]
@@ -320,13 +331,23 @@ class Engine:
     async def _audit_dry_run(
         self, decisions: list[Decision], incidents: Mapping[str, Incident], report: CycleReport
     ) -> None:
-        """Record what would be done with outcome `skipped`, changing nothing else."""
+        """Record what would be done with outcome `skipped`, changing nothing else.
+
+        A decision already recorded for its instance (same action, attempt, incident and
+        reason) is not recorded again; an instance with no decision this cycle is forgotten,
+        so it is recorded afresh if it comes back."""
+        seen: dict[str, tuple[object, ...]] = {}
         for decision in decisions:
             row = _dry_run_row(decision, incidents)
-            await self._ledger.append(row)
+            signature = (row.action, row.incident_id, row.reason, row.attempt)
+            key = f"{row.instance_id}\0{row.action}"
+            seen[key] = signature
+            if self._dry_run_seen.get(key) != signature:
+                await self._ledger.append(row)
             if isinstance(decision, Act):
                 report.acted += 1
                 report.actions.append((decision.instance_id, decision.action, decision.attempt))
+        self._dry_run_seen = seen
 
 
 def _dry_run_row(decision: Decision, incidents: Mapping[str, Incident]) -> NewAudit:

@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import importlib.metadata
 import os
-import signal
 import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -25,7 +24,7 @@ from watchdog.alerts.sender import AlertFeeder, AlertSender
 from watchdog.breaker import BreakerRules
 from watchdog.circuit import BackendBreakers
 from watchdog.config import Settings
-from watchdog.daemon import Daemon, SideJob, run_once
+from watchdog.daemon import Daemon, SideJob, StopSignals, run_once
 from watchdog.engine import Engine
 from watchdog.errors import ConfigError, StoreUnavailable
 from watchdog.guards import Guards
@@ -54,19 +53,26 @@ async def run_daemon(settings: Settings, *, once: bool, dry_run: bool) -> int:
         emit_audit(row)
         metrics.observe_audit(row)
 
-    async with open_runtime(settings, emit) as runtime:
-        if once:
-            await _prepare(runtime, dry_run)
-            return await _run(runtime, once=True, dry_run=dry_run, monitor=None)
-        monitor = _monitor(runtime, metrics)
-        async with _health_server(settings, monitor):
-            if not await _wait_for_database(runtime, dry_run):
-                return 0  # stopped while waiting
-            return await _run(runtime, once=False, dry_run=dry_run, monitor=monitor)
+    # Signals are ours from here on: a SIGTERM during start-up is a clean stop too.
+    with StopSignals().installed() as signals:
+        async with open_runtime(settings, emit) as runtime:
+            if once:
+                await _prepare(runtime)
+                return await _run(runtime, signals, once=True, dry_run=dry_run, monitor=None)
+            monitor = _monitor(runtime, metrics)
+            async with _health_server(settings, monitor):
+                if not await _wait_for_database(runtime, signals):
+                    return 0  # stopped while waiting
+                return await _run(runtime, signals, once=False, dry_run=dry_run, monitor=monitor)
 
 
 async def _run(
-    runtime: Runtime, *, once: bool, dry_run: bool, monitor: DaemonMonitor | None
+    runtime: Runtime,
+    signals: StopSignals,
+    *,
+    once: bool,
+    dry_run: bool,
+    monitor: DaemonMonitor | None,
 ) -> int:
     settings = runtime.settings
     breakers = await _breakers(runtime)
@@ -85,6 +91,7 @@ async def _run(
             fence=leadership.fence,
         )
         if once:
+            signals.on_stop(engine.stop_acting)
             return await run_once(engine, settings.daemon.shutdown_timeout, leadership)
         daemon = Daemon(
             engine,
@@ -93,6 +100,7 @@ async def _run(
             leadership=leadership,
             monitor=monitor,
             side_jobs=jobs,
+            signals=signals,
         )
         return await daemon.run()
 
@@ -241,7 +249,7 @@ async def _breakers(runtime: Runtime) -> BackendBreakers:
     return breakers
 
 
-async def _prepare(runtime: Runtime, dry_run: bool) -> None:
+async def _prepare(runtime: Runtime) -> None:
     """Schema (SQLite upgrades itself; PostgreSQL is upgraded by the operator) and the
     mapped table."""
     if runtime.db.is_sqlite:
@@ -251,28 +259,20 @@ async def _prepare(runtime: Runtime, dry_run: bool) -> None:
     await runtime.instances.check()
 
 
-async def _wait_for_database(runtime: Runtime, dry_run: bool) -> bool:
+async def _wait_for_database(runtime: Runtime, signals: StopSignals) -> bool:
     """Prepare, retrying while the database is unreachable; False if stopped meanwhile."""
     interval = runtime.settings.detection.interval
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        logged = False
-        while not stop.is_set():
-            try:
-                await _prepare(runtime, dry_run)
-                if logged:
-                    log.info("database_available_again")
-                return True
-            except StoreUnavailable as exc:
-                if not logged:
-                    log.error("database_unavailable_at_start", error=str(exc))
-                    logged = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval)
-        return False
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+    logged = False
+    while not signals.requested.is_set():
+        try:
+            await _prepare(runtime)
+            if logged:
+                log.info("database_available_again")
+            return True
+        except StoreUnavailable as exc:
+            if not logged:
+                log.error("database_unavailable_at_start", error=str(exc))
+                logged = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(signals.requested.wait(), timeout=interval)
+    return False

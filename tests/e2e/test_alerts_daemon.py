@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -24,6 +25,8 @@ class Receiver:
         self.bodies: list[dict[str, object]] = []
         self.attempts = 0
         self.port = 0
+        # When set, each delivery is held (counted, unanswered) until the gate opens.
+        self.gate: threading.Event | None = None
 
 
 @contextmanager
@@ -34,6 +37,8 @@ def receiver() -> Iterator[Receiver]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             state.attempts += 1
+            if state.gate is not None:
+                state.gate.wait(30)
             if state.status == 200:
                 state.bodies.append(json.loads(body))
             self.send_response(state.status)
@@ -55,17 +60,16 @@ def receiver() -> Iterator[Receiver]:
         thread.join(5)
 
 
-def test_a_process_restart_alert_survives_a_watchdog_restart(
-    tmp_path: Path, sqlite_url: str, watchdogctl: str
-) -> None:
+def alerting_config(tmp_path: Path, sqlite_url: str, sink: Receiver) -> Path:
+    """One frozen instance whose process restart raises an alert to `sink`."""
     app = AppTable(sqlite_url)
     app.create()
     app.add("frozen", heartbeat_ago=600, process="p1")
     for n in range(3):
         app.add(f"ok{n}", heartbeat_ago=0)
-    with receiver() as sink:
-        config = tmp_path / "watchdog.toml"
-        config.write_text(f"""
+    app.dispose()
+    config = tmp_path / "watchdog.toml"
+    config.write_text(f"""
 [database]
 url = "{sqlite_url}"
 [detection]
@@ -81,18 +85,25 @@ command = ["{sys.executable}", "-c", "pass"]
 interval = 0.3
 sinks = [ {{ name = "ops", kind = "json", url = "http://127.0.0.1:{sink.port}/hook" }} ]
 """)
-        env = watchdog_env("unused")
+    return config
 
-        def start(name: str) -> subprocess.Popen[bytes]:
-            with (tmp_path / name).open("w") as log:
-                return subprocess.Popen(
-                    [watchdogctl, "--config", str(config), "run"],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
 
-        first = start("first.log")
+def start(watchdogctl: str, config: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("w") as log:
+        return subprocess.Popen(
+            [watchdogctl, "--config", str(config), "run"],
+            env=watchdog_env("unused"),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def test_a_process_restart_alert_survives_a_watchdog_restart(
+    tmp_path: Path, sqlite_url: str, watchdogctl: str
+) -> None:
+    with receiver() as sink:
+        config = alerting_config(tmp_path, sqlite_url, sink)
+        first = start(watchdogctl, config, tmp_path / "first.log")
         try:
             wait_for(lambda: sink.attempts >= 1, 30, "a first delivery attempt")
         finally:
@@ -100,7 +111,7 @@ sinks = [ {{ name = "ops", kind = "json", url = "http://127.0.0.1:{sink.port}/ho
             assert first.wait(timeout=30) == 0
         assert sink.bodies == []  # the receiver failed: nothing delivered yet
         sink.status = 200
-        second = start("second.log")
+        second = start(watchdogctl, config, tmp_path / "second.log")
         try:
             wait_for(
                 lambda: any(b["event"] == "process_restart" for b in sink.bodies),
@@ -116,4 +127,34 @@ sinks = [ {{ name = "ops", kind = "json", url = "http://127.0.0.1:{sink.port}/ho
     assert alert["instance"] == "frozen"
     assert alert["attempt"] == 1
     assert "process_restart" in str(alert["summary"])
-    app.dispose()
+
+
+def test_a_delivery_in_flight_at_sigterm_finishes_and_is_not_sent_again(
+    tmp_path: Path, sqlite_url: str, watchdogctl: str
+) -> None:
+    """Shutdown lets the delivery in progress finish and mark its row; it is not cut off
+    (which would leave the row claimed until its lease lapses, then send it twice)."""
+    with receiver() as sink:
+        sink.status, sink.gate = 200, threading.Event()
+        config = alerting_config(tmp_path, sqlite_url, sink)
+        log = tmp_path / "first.log"
+        first = start(watchdogctl, config, log)
+        try:
+            wait_for(lambda: sink.attempts >= 1, 30, "a delivery to be in flight")
+            first.send_signal(signal.SIGTERM)
+            wait_for(lambda: '"event": "stopping"' in log.read_text(), 10, "stopping")
+            assert first.poll() is None, "it exited with the delivery still in flight"
+        finally:
+            sink.gate.set()
+        assert first.wait(timeout=30) == 0, log.read_text()[-2000:]
+        assert sorted(b["event"] for b in sink.bodies) == ["leader_changed", "process_restart"]
+    # Marked sent before the exit, so no watchdog will claim it again.
+    path = sqlite_url.removeprefix("sqlite:///")
+    with closing(sqlite3.connect(path)) as conn:
+        rows = conn.execute(
+            "SELECT event, state, attempts FROM watchdog_outbox ORDER BY event"
+        ).fetchall()
+    assert rows == [
+        ("leader_changed", "sent", 0),
+        ("process_restart", "sent", 0),
+    ]

@@ -441,6 +441,25 @@ async def test_an_unkeyable_target_gets_its_own_call_and_fails_permanently() -> 
         assert "shared_with" not in failed.detail
 
 
+# ------------------------------------------------------------------------ shutdown
+
+
+async def test_after_stop_acting_no_new_action_is_started_but_detection_goes_on() -> None:
+    rig = make_rig()
+    rig.store.add("a")
+    rig.clock.advance(STALE)
+    await rig.cycle()
+    rig.store.add("b")
+    rig.clock.advance(STALE)  # "a" is due for attempt 2, "b" newly stale
+    rig.engine.stop_acting()
+    report = await rig.cycle()
+
+    assert report.actions == []
+    assert rig.calls(API) == ["a"]
+    assert rig.trail("b") == [("detected", "ok", 0)]  # its incident is open for the next start
+    assert rig.trail("a")[-1] == ("api_restart", "ok", 1)
+
+
 # ------------------------------------------------------------------------- dry run
 
 
@@ -458,11 +477,27 @@ async def test_dry_run_writes_only_skipped_rows_and_changes_nothing() -> None:
     assert [r.actions for r in reports] == [[("a", API, 1)]] * 3
     assert {r.outcome for r in rig.ledger.rows} == {Outcome.SKIPPED}
     assert all(r.detail.get("dry_run") is True for r in rig.ledger.rows)
-    assert rig.trail("a") == [("detected", "skipped", 0), ("api_restart", "skipped", 1)] * 3
+    # The same would-be decision every cycle is recorded once, not once a cycle.
+    assert rig.trail("a") == [("detected", "skipped", 0), ("api_restart", "skipped", 1)]
     assert rig.ledger.incidents == {}
     assert await rig.ledger.load_open() == {}
     assert all(r.calls == [] for r in rig.recoveries.values())
     assert rig.store.instances["a"].force_reconnect is False
+
+
+async def test_dry_run_records_an_instance_afresh_after_it_was_healthy() -> None:
+    rig = make_rig(dry_run=True)
+    rig.store.add("a")
+    rig.clock.advance(STALE)
+    await rig.cycle()
+    rig.store.beat("a")
+    await rig.cycle()  # healthy: nothing to record, and "a" is forgotten
+    rig.clock.advance(STALE)
+    await rig.cycle()
+    await rig.cycle()
+
+    once = [("detected", "skipped", 0), ("api_restart", "skipped", 1)]
+    assert rig.trail("a") == once * 2
 
 
 async def test_dry_run_leaves_existing_incidents_alone() -> None:
