@@ -97,7 +97,7 @@ class Engine:
         self._tasks: set[asyncio.Task[None]] = set()
         # Dry-run: what was last recorded per instance. Nothing changes in a dry run, so the
         # same would-be decision comes back every cycle; it is audited once, not each time.
-        self._dry_run_seen: dict[str, tuple[object, ...]] = {}
+        self._dry_run_seen: dict[tuple[str, type], tuple[object, ...]] = {}
         self._stopping = False
 
     @property
@@ -336,18 +336,31 @@ class Engine:
         A decision already recorded for its instance (same action, attempt, incident and
         reason) is not recorded again; an instance with no decision this cycle is forgotten,
         so it is recorded afresh if it comes back."""
-        seen: dict[str, tuple[object, ...]] = {}
+        seen: dict[tuple[str, type], tuple[object, ...]] = {}
         for decision in decisions:
-            row = _dry_run_row(decision, incidents)
-            signature = (row.action, row.incident_id, row.reason, row.attempt)
-            key = f"{row.instance_id}\0{row.action}"
+            key, signature = _dry_run_signature(decision)
             seen[key] = signature
             if self._dry_run_seen.get(key) != signature:
-                await self._ledger.append(row)
+                await self._ledger.append(_dry_run_row(decision, incidents))
             if isinstance(decision, Act):
                 report.acted += 1
                 report.actions.append((decision.instance_id, decision.action, decision.attempt))
         self._dry_run_seen = seen
+
+
+def _dry_run_signature(decision: Decision) -> tuple[tuple[str, type], tuple[object, ...]]:
+    """(instance, kind of decision) and what would be recorded for it, cheaply: a dry-run
+    daemon compares thousands of these a cycle and records only the changed ones."""
+    match decision:
+        case Dismiss(incident=incident) | Resolve(incident=incident):
+            return (incident.instance_id, type(decision)), (incident.id, incident.attempt)
+        case Open(finding=finding):
+            return (finding.instance_id, Open), (finding.reason, decision.carried_attempts)
+        case Exhaust(instance_id=instance_id, attempt=attempt):
+            return (instance_id, Exhaust), (attempt,)
+        case Act(instance_id=instance_id, action=action, attempt=attempt, finding=finding):
+            return (instance_id, Act), (action, attempt, finding.reason)
+    raise AssertionError(f"unknown decision {decision!r}")
 
 
 def _dry_run_row(decision: Decision, incidents: Mapping[str, Incident]) -> NewAudit:

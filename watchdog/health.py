@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import re
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, Final, Protocol
@@ -30,10 +29,10 @@ from aiohttp import web
 from watchdog.config import HealthSettings
 from watchdog.metrics import CONTENT_TYPE, Metrics
 from watchdog.observability import get_logger
+from watchdog.probes import redact
 
 log = get_logger(component="health")
 
-ALIVE_INTERVALS: Final = 3.0  # the loop is alive while its last attempt is this recent
 SHUTDOWN_TIMEOUT: Final = 5.0  # seconds stop() gives requests in progress
 _MAX_ERROR: Final = 200  # characters of an exception message shown in a 500 body
 
@@ -56,28 +55,6 @@ class HealthSource(Protocol):
     async def status(self) -> dict[str, Any]:
         """JSON-ready state: nodes, breakers, brake, incidents."""
         ...
-
-
-def liveness(since_attempt: float, interval: float, slack: float = 0.0) -> bool:
-    """Whether a loop whose last cycle attempt (or, before the first, its start) was
-    `since_attempt` seconds ago is alive. `slack` covers a cycle that may legitimately
-    block meanwhile, e.g. the database timeout."""
-    return since_attempt <= ALIVE_INTERVALS * interval + slack
-
-
-def readiness(
-    database_ok: bool, since_good: float | None, max_age: float, database_error: str = ""
-) -> tuple[bool, str]:
-    """`HealthSource.ready` from its two facts: the database answered the last cycle,
-    and the last good cycle was `since_good` seconds ago (None: none yet)."""
-    if not database_ok:
-        detail = f": {_redact(database_error)}" if database_error else ""
-        return False, f"database unreachable{detail}"
-    if since_good is None:
-        return False, "no good cycle yet"
-    if since_good > max_age:
-        return False, f"last good cycle {since_good:.0f}s ago (limit {max_age:g}s)"
-    return True, "ok"
 
 
 class HealthServer:
@@ -189,14 +166,6 @@ class HealthServer:
         return web.Response(body=self._metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 
-_CREDENTIALS = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]*):[^@/\s]*@", re.IGNORECASE)
-
-
-def _redact(text: str) -> str:
-    """Mask the password of every scheme://user:password@host URL in `text`."""
-    return _CREDENTIALS.sub(r"\1:***@", text)
-
-
 _dumps = partial(json.dumps, default=str)  # datetimes and enums as their text
 
 
@@ -207,7 +176,7 @@ def _json(
 
 
 def _one_line(path: str, exc: Exception) -> str:
-    message = _redact(" ".join(str(exc).split()))
+    message = redact(" ".join(str(exc).split()))
     if len(message) > _MAX_ERROR:
         message = message[: _MAX_ERROR - 3] + "..."
     text = f"{path} failed: {type(exc).__name__}"

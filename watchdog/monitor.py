@@ -10,9 +10,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from watchdog.engine import CycleReport, Engine
-from watchdog.health import liveness, readiness
 from watchdog.memory import MemoryWatch
 from watchdog.metrics import Metrics
+from watchdog.probes import liveness, readiness
 
 
 class DaemonMonitor:

@@ -17,7 +17,6 @@ from sqlalchemy.engine import make_url
 from watchdog.actions.api import ApiRestart
 from watchdog.actions.command import CommandRestart
 from watchdog.actions.db_flag import DbFlag
-from watchdog.actions.supervisor import SupervisorRestart
 from watchdog.actions.systemd import SystemdRestart
 from watchdog.config import Settings
 from watchdog.errors import ConfigError, StoreError
@@ -69,7 +68,12 @@ async def open_runtime(
     require_database_file(settings)
     db = Database(settings.database.url, settings.database.timeout)
     try:
-        instances = SqlInstanceStore(db, settings.instances, settings.detection.rules())
+        instances = SqlInstanceStore(
+            db,
+            settings.instances,
+            settings.detection.rules(),
+            lookahead=settings.detection.interval + 1.0,
+        )
         yield Runtime(settings, db, instances, SqlLedger(db, emit))
     finally:
         await db.dispose()
@@ -103,6 +107,9 @@ def _process_backend(settings: Settings) -> Recovery:
     process = settings.process
     try:
         if process.backend == "supervisor":
+            # Imported where chosen: the XML-RPC stack is resident memory nobody else needs.
+            from watchdog.actions.supervisor import SupervisorRestart
+
             return SupervisorRestart(
                 process.supervisor_url, process.program, process.timeout, process.stop_wait
             )

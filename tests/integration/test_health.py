@@ -17,9 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from watchdog.config import HealthSettings
-from watchdog.health import SHUTDOWN_TIMEOUT, HealthServer, liveness, readiness
+from watchdog.health import SHUTDOWN_TIMEOUT, HealthServer
 from watchdog.metrics import Metrics
 from watchdog.model import AuditAction, AuditRow, Outcome
+from watchdog.probes import liveness, readiness
 
 TOKEN = "s3cret-token-value"
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

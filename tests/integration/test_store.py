@@ -39,8 +39,10 @@ async def db(db_url: str) -> AsyncIterator[Database]:
     await database.dispose()
 
 
-def store(db: Database, mapping: InstancesSettings | None = None) -> SqlInstanceStore:
-    return SqlInstanceStore(db, mapping or InstancesSettings(), RULES)
+def store(
+    db: Database, mapping: InstancesSettings | None = None, lookahead: float = 6.0
+) -> SqlInstanceStore:
+    return SqlInstanceStore(db, mapping or InstancesSettings(), RULES, lookahead)
 
 
 # ------------------------------------------------------------------------- detection
@@ -371,10 +373,26 @@ async def test_the_scan_finds_the_next_deadline_like_the_pure_rule(
     app.add("never", heartbeat_ago=None, status_ago=60)  # 30 s left
     app.add("stale", heartbeat_ago=300)  # already past: not a deadline
     app.add("off", enabled=False, heartbeat_ago=85)  # not monitored
-    scan = await store(db).scan()
+    scan = await store(db, lookahead=60.0).scan()
     expected = min(
         time_to_threshold(InstanceRow("c", True, "CONNECTING", 100, 1), RULES) or 1e9,
         time_to_threshold(InstanceRow("n", True, "CONNECTED", 60, None), RULES) or 1e9,
     )
     assert expected == pytest.approx(20.0)
     assert scan.next_deadline == pytest.approx(expected, abs=2.0)
+    assert set(scan.findings) == {"stale"}
+
+
+async def test_the_scan_looks_ahead_only_as_far_as_asked(app: AppTable, db: Database) -> None:
+    """Healthy rows beyond the lookahead are not fetched: the next deadline among them
+    is found by a later cycle, when it is near."""
+    app.add("soon", heartbeat_ago=86)  # 4 s left
+    app.add("later", heartbeat_ago=50)  # 40 s left
+    app.add("stale", heartbeat_ago=300)
+    near = await store(db, lookahead=6.0).scan()
+    assert near.next_deadline == pytest.approx(4.0, abs=1.5)
+    app.beat("soon")
+    far = await store(db, lookahead=6.0).scan()
+    assert far.next_deadline is None
+    assert set(far.findings) == {"stale"}
+    assert far.enabled_count == 3

@@ -18,16 +18,32 @@ import sqlalchemy as sa
 from watchdog.config import InstancesSettings
 from watchdog.errors import StoreTimeout
 from watchdog.model import Finding, Scan
-from watchdog.policy import DetectionRules, InstanceRow, classify, unmonitored_reason
+from watchdog.policy import (
+    DetectionRules,
+    InstanceRow,
+    classify,
+    time_to_threshold,
+    unmonitored_reason,
+)
 from watchdog.resilience import retry_transient
 from watchdog.store.database import Database, as_utc
 
 
 class SqlInstanceStore:
-    def __init__(self, db: Database, mapping: InstancesSettings, rules: DetectionRules) -> None:
+    """`lookahead`: the scan also returns healthy rows this close (in seconds) to a
+    threshold, so the daemon can wake at the next deadline; pass about one interval."""
+
+    def __init__(
+        self,
+        db: Database,
+        mapping: InstancesSettings,
+        rules: DetectionRules,
+        lookahead: float = 6.0,
+    ) -> None:
         self._db = db
         self._map = mapping
         self._rules = rules
+        self._lookahead = max(1.0, lookahead)
         schema, _, name = mapping.table.rpartition(".")
         columns = [
             mapping.id,
@@ -52,50 +68,52 @@ class SqlInstanceStore:
             return sa.cast(days * 86400.0, sa.Float)
         return sa.cast(sa.extract("epoch", sa.func.now() - column), sa.Float)
 
+    def _older_than(self, column: sa.ColumnClause[Any], seconds: float) -> sa.ColumnElement[Any]:
+        """`column` lies more than `seconds` before the database's now. Written as a plain
+        comparison of the column (no per-row arithmetic on it): cheap on every row, and an
+        index on the column can serve it."""
+        if self._db.is_sqlite:  # text timestamps in more than one format: julianday()
+            return sa.func.julianday(column) < sa.func.julianday("now") - seconds / 86400.0
+        interval: sa.ColumnElement[Any] = sa.literal_column(f"interval '{seconds:.6f} seconds'")
+        return column < sa.func.now() - interval
+
     def _build_scan(self) -> sa.Select[Any]:
         m, r = self._map, self._rules
         status, heartbeat = self._col(m.status), self._col(m.heartbeat)
-        hb_age, st_age = self._age(heartbeat), self._age(self._col(m.status_changed_at))
+        changed = self._col(m.status_changed_at)
         process = self._col(m.process) if m.process else sa.null()
-        unhealthy = sa.or_(
-            sa.and_(heartbeat.is_(None), st_age > r.stale_after),
-            hb_age > r.stale_after,
-            sa.and_(status.in_(sorted(r.connecting_statuses)), st_age > r.connecting_after),
+        ahead = self._lookahead
+        # Unhealthy, or within `lookahead` of it: classify() picks the unhealthy ones and
+        # time_to_threshold() the next deadline among the rest (the rules live there).
+        near = sa.or_(
+            sa.and_(heartbeat.is_(None), self._older_than(changed, r.stale_after - ahead)),
+            self._older_than(heartbeat, r.stale_after - ahead),
+            sa.and_(
+                status.in_(sorted(r.connecting_statuses)),
+                self._older_than(changed, r.connecting_after - ahead),
+            ),
         )
         monitored = [self._col(m.enabled) == sa.true()]
         if r.ignored_statuses:
             monitored.append(status.not_in(sorted(r.ignored_statuses)))
-        where = [*monitored, unhealthy]
         candidates = (
             sa.select(
                 self._col(m.id).label("id"),
                 status.label("status"),
                 process.label("process"),
-                st_age.label("status_age"),
-                hb_age.label("heartbeat_age"),
+                self._age(changed).label("status_age"),
+                self._age(heartbeat).label("heartbeat_age"),
             )
-            .where(*where)
+            .where(*monitored, near)
             .subquery("candidates")
         )
-        # The same pass counts the monitored fleet and finds the soonest deadline among
-        # the healthy (mirrors policy.time_to_threshold), so the daemon can wake for it.
-        beat_left = sa.case(
-            (heartbeat.is_(None), r.stale_after - st_age), else_=r.stale_after - hb_age
-        )
-        connect_left = sa.case(
-            (status.in_(sorted(r.connecting_statuses)), r.connecting_after - st_age)
-        )
         fleet = (
-            sa.select(
-                sa.func.count().label("monitored"),
-                sa.func.min(sa.case((beat_left > 0, beat_left))).label("beat_left"),
-                sa.func.min(sa.case((connect_left > 0, connect_left))).label("connect_left"),
-            )
+            sa.select(sa.func.count().label("monitored"))
             .select_from(self._table)
             .where(*monitored)
             .subquery("fleet")
         )
-        clock = sa.select(self._db.now_expr().label("now"), *fleet.c).subquery("clock")
+        clock = sa.select(self._db.now_expr().label("now"), fleet.c.monitored).subquery("clock")
         # LEFT JOIN onto a one-row clock: one round trip returns the database's now even
         # when nothing is unhealthy.
         return sa.select(clock, candidates).select_from(clock.outerjoin(candidates, sa.true()))
@@ -109,19 +127,24 @@ class SqlInstanceStore:
         async with self._db.connect("detection query") as conn:
             rows = (await conn.execute(self._scan_query)).all()
         findings: dict[str, Finding] = {}
+        deadline: float | None = None
         for row in rows:
             if row.id is None:
                 continue
-            finding = classify(self._row(row), self._rules)
+            instance = self._row(row)
+            finding = classify(instance, self._rules)
             if finding is not None:
                 findings[finding.instance_id] = finding
+                continue
+            left = time_to_threshold(instance, self._rules)
+            if left is not None and (deadline is None or left < deadline):
+                deadline = left
         first = rows[0]
-        deadlines = [d for d in (first.beat_left, first.connect_left) if d is not None]
         return Scan(
             now=as_utc(first.now),
             findings=findings,
             enabled_count=first.monitored,
-            next_deadline=float(min(deadlines)) if deadlines else None,
+            next_deadline=deadline,
         )
 
     @staticmethod
@@ -154,7 +177,7 @@ class SqlInstanceStore:
     async def unmonitored(self, instance_ids: Collection[str]) -> dict[str, str]:
         m = self._map
         query = sa.select(self._col(m.id), self._col(m.enabled), self._col(m.status)).where(
-            self._col(m.id).in_(list(instance_ids))
+            self._db.among(self._col(m.id), instance_ids)
         )
         async with self._db.connect("instance states") as conn:
             rows = {str(r[0]): (bool(r[1]), str(r[2])) for r in await conn.execute(query)}
