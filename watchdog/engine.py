@@ -10,10 +10,10 @@ import asyncio
 import logging
 import random
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from watchdog.circuit import BackendBreakers
 from watchdog.errors import RecoveryError, StoreError, WatchdogError
@@ -30,7 +30,7 @@ from watchdog.policy import (
     World,
     decide,
 )
-from watchdog.ports import Clock, InstanceStore, Ledger, NewAudit, Recovery
+from watchdog.ports import Claim, Clock, InstanceStore, Ledger, NewAudit, Opening, Recovery
 from watchdog.safety import SafetyRules
 
 # The pure core logs through the standard library; observability routes it to stderr.
@@ -174,8 +174,18 @@ class Engine:
         now: datetime,
         mono0: float,
     ) -> None:
-        acts: list[Act] = []
+        # Opened first, together: an Exhaust or Act below may be for a new incident.
+        openings = [
+            Opening(d.finding, d.carried_attempts, d.continues)
+            for d in decisions
+            if isinstance(d, Open)
+        ]
         opened: list[Incident] = []
+        for chunk in _chunks(openings, _BATCH):
+            opened += await self._ledger.open_incidents(chunk, now)
+        incidents.update((i.instance_id, i) for i in opened)
+        report.opened += len(opened)
+        acts: list[Act] = []
         for decision in decisions:
             match decision:
                 case Resolve(incident=incident):
@@ -186,13 +196,6 @@ class Engine:
                     await self._ledger.close(
                         incident, IncidentState.DISMISSED, now, "watchdog", detail
                     )
-                case Open():
-                    incident = await self._ledger.open_incident(
-                        decision.finding, decision.carried_attempts, decision.continues, now
-                    )
-                    incidents[incident.instance_id] = incident
-                    opened.append(incident)
-                    report.opened += 1
                 case Exhaust(instance_id=instance_id):
                     await self._ledger.exhaust(incidents[instance_id], now)
                     report.exhausted += 1
@@ -209,26 +212,33 @@ class Engine:
         now: datetime,
         mono0: float,
     ) -> None:
-        """Claim each group's attempts and launch its shared call; restarts pass the budget."""
+        """Admit each group (restarts pass the budget), claim the attempts in batches whose
+        intent rows are committed before any of their calls, then launch each group's
+        shared call."""
+        if not acts or not await self._still_leading():
+            return
+        admitted: list[tuple[Action, str, list[_Job]]] = []
         for (action, key), group in self._group(acts).items():
-            if self._stopping:
-                log.info("shutting down: due actions not started are left for the next leader")
-                return
-            if not await self._still_leading():
-                return
             members = [incidents[a.instance_id] for a in group]
             budgeted = action is Action.PROCESS_RESTART and not key.startswith(_INVALID)
             if budgeted and not await self._guards.admit_restart(key, members, now):
                 continue
-            claimed = [
-                await self._claim(i, a, now, key) for i, a in zip(members, group, strict=True)
-            ]
-            jobs = [j for j in claimed if j is not None]
-            if jobs and self._breakers and not self._breakers.allows(action, now):
-                await self._skip_open_circuit(action, jobs, now, mono0)
-            elif jobs:
-                self._launch(action, jobs, now, mono0)
-            report.actions += [(j.act.instance_id, j.act.action, j.act.attempt) for j in jobs]
+            jobs = [_Job(i, a, 0.0) for i, a in zip(members, group, strict=True)]
+            admitted.append((action, key, jobs))
+        for chunk in _chunks(admitted, _BATCH):
+            if self._stopping:
+                log.info("shutting down: due actions not started are left for the next leader")
+                break
+            claims = [self._claim(job, now, key) for _action, key, jobs in chunk for job in jobs]
+            results = iter(await self._ledger.begin_actions(claims, now))
+            for action, _key, jobs in chunk:
+                mono = self._clock.monotonic()
+                won = [replace(j, started_mono=mono) for j in jobs if next(results) is not None]
+                if won and self._breakers and not self._breakers.allows(action, now):
+                    await self._skip_open_circuit(action, won, now, mono0)
+                elif won:
+                    self._launch(action, won, now, mono0)
+                report.actions += [(j.act.instance_id, j.act.action, j.act.attempt) for j in won]
         report.acted = len(report.actions)
 
     async def _resolve(self, incident: Incident, now: datetime) -> None:
@@ -243,15 +253,13 @@ class Engine:
             groups[(act.action, _key_or_own(self._recoveries.get(act.action), act))].append(act)
         return groups
 
-    async def _claim(self, incident: Incident, act: Act, now: datetime, key: str) -> _Job | None:
-        retry_at = now + timedelta(seconds=act.delay)
+    @staticmethod
+    def _claim(job: _Job, now: datetime, key: str) -> Claim:
+        act = job.act
         detail = {"target": key} if act.action is Action.PROCESS_RESTART else None
-        claimed = await self._ledger.begin_action(
-            incident, act.attempt, act.action, now, retry_at, detail
+        return Claim(
+            job.incident, act.attempt, act.action, now + timedelta(seconds=act.delay), detail
         )
-        if claimed is None:
-            return None
-        return _Job(incident, act, self._clock.monotonic())
 
     def _launch(self, action: Action, jobs: list[_Job], now: datetime, mono0: float) -> None:
         """Run one group's shared recovery call as a task; its instances are busy meanwhile."""
@@ -422,6 +430,13 @@ def _dry_run_row(decision: Decision, incidents: Mapping[str, Incident]) -> NewAu
 
 
 _INVALID = "invalid:"
+_T = TypeVar("_T")
+_BATCH = 100  # rows committed together: one commit per row stalls a mass freeze for seconds
+
+
+def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _key_or_own(recovery: Recovery | None, act: Act) -> str:

@@ -53,6 +53,26 @@ class InstanceStore(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Opening:
+    """An incident to open for `finding`, continuing an earlier one's attempt count."""
+
+    finding: Finding
+    carried: int = 0
+    continues: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Attempt `attempt` of `incident` with `action`; the next is due at `retry_at`."""
+
+    incident: Incident
+    attempt: int
+    action: Action
+    retry_at: datetime
+    detail: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class NewAudit:
     """An audit row to append; the store assigns its id and time."""
 
@@ -94,6 +114,11 @@ class Ledger(Protocol):
         self, finding: Finding, carried: int, continues: int | None, now: datetime
     ) -> Incident: ...
 
+    async def open_incidents(self, openings: Sequence[Opening], now: datetime) -> list[Incident]:
+        """`open_incident` for each, committed together (a mass freeze opens hundreds at
+        once; a commit each would hold the cycle up for seconds)."""
+        ...
+
     async def begin_action(
         self,
         incident: Incident,
@@ -107,6 +132,11 @@ class Ledger(Protocol):
 
         Returns the audit row id, or None when another writer claimed it first.
         """
+        ...
+
+    async def begin_actions(self, claims: Sequence[Claim], now: datetime) -> list[int | None]:
+        """`begin_action` for each, committed together before any of them is acted on;
+        one result per claim, in order."""
         ...
 
     async def finish_action(

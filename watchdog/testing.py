@@ -38,7 +38,7 @@ from watchdog.policy import (
     time_to_threshold,
     unmonitored_reason,
 )
-from watchdog.ports import AuditQuery, NewAudit
+from watchdog.ports import AuditQuery, Claim, NewAudit, Opening
 from watchdog.safety import Restart
 
 if TYPE_CHECKING:
@@ -261,6 +261,9 @@ class MemoryLedger:
         self._write(now, _row(incident, AuditAction.DETECTED, Outcome.OK, carried, detail))
         return incident
 
+    async def open_incidents(self, openings: Sequence[Opening], now: datetime) -> list[Incident]:
+        return [await self.open_incident(o.finding, o.carried, o.continues, now) for o in openings]
+
     async def begin_action(
         self,
         incident: Incident,
@@ -282,6 +285,12 @@ class MemoryLedger:
         )
         spec = _row(incident, AuditAction(str(action)), Outcome.STARTED, attempt, detail or {})
         return self._write(now, spec).id
+
+    async def begin_actions(self, claims: Sequence[Claim], now: datetime) -> list[int | None]:
+        return [
+            await self.begin_action(c.incident, c.attempt, c.action, now, c.retry_at, c.detail)
+            for c in claims
+        ]
 
     async def finish_action(
         self,

@@ -66,7 +66,10 @@ async def open_runtime(
     settings: Settings, emit: AuditSink = ignore_audit
 ) -> AsyncIterator[Runtime]:
     require_database_file(settings)
-    db = Database(settings.database.url, settings.database.timeout)
+    # A connection for each action in flight to record its outcome, and some for the cycle:
+    # a storm's outcome writes must not queue the next detection query behind them.
+    pool = settings.daemon.max_concurrent_actions + 4
+    db = Database(settings.database.url, settings.database.timeout, pool_size=pool)
     try:
         instances = SqlInstanceStore(
             db,

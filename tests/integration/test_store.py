@@ -182,6 +182,41 @@ async def _open(ledger: SqlLedger, instances: SqlInstanceStore, app: AppTable, i
     return await ledger.open_incident(scan.findings[iid], 0, None, scan.now), scan.now
 
 
+async def test_batches_open_and_claim_together_each_claim_still_conditional(
+    app: AppTable, db: Database
+) -> None:
+    from watchdog.ports import Claim, Opening
+
+    ledger, instances = SqlLedger(db), store(db)
+    for iid in ("a", "b", "c"):
+        app.add(iid, heartbeat_ago=200)
+    scan = await instances.scan()
+    opened = await ledger.open_incidents(
+        [Opening(scan.findings[i]) for i in ("a", "b", "c")], scan.now
+    )
+    assert [i.instance_id for i in opened] == ["a", "b", "c"]
+    assert set(await ledger.load_open()) == {"a", "b", "c"}
+    a, b, c = opened
+    api = Action.API_RESTART
+    results = await ledger.begin_actions(
+        [Claim(a, 1, api, scan.now), Claim(b, 2, api, scan.now), Claim(c, 1, api, scan.now)],
+        scan.now,
+    )
+    assert results[0] is not None
+    assert results[2] is not None
+    assert results[1] is None  # attempt 2 of "b" skips its first: refused, the others stand
+    trail = [(r.instance_id, r.action, r.outcome) for r in await ledger.audit(AuditQuery())]
+    assert trail == [
+        ("a", AuditAction.DETECTED, Outcome.OK),
+        ("b", AuditAction.DETECTED, Outcome.OK),
+        ("c", AuditAction.DETECTED, Outcome.OK),
+        ("a", AuditAction.API_RESTART, Outcome.STARTED),
+        ("c", AuditAction.API_RESTART, Outcome.STARTED),
+    ]
+    again = await ledger.begin_actions([Claim(a, 1, api, scan.now)], scan.now)
+    assert again == [None]  # claimed once
+
+
 async def test_an_attempt_is_claimed_once_and_audited_before_and_after(
     app: AppTable, db: Database
 ) -> None:

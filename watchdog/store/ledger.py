@@ -27,7 +27,7 @@ from watchdog.model import (
     Pause,
     Reason,
 )
-from watchdog.ports import AuditQuery, NewAudit
+from watchdog.ports import AuditQuery, Claim, NewAudit, Opening
 from watchdog.store.database import Database, as_utc
 from watchdog.store.schema import OPEN_STATES, audit, incidents, pauses
 
@@ -98,6 +98,24 @@ class SqlLedger:
     async def open_incident(
         self, finding: Finding, carried: int, continues: int | None, now: datetime
     ) -> Incident:
+        return (await self.open_incidents([Opening(finding, carried, continues)], now))[0]
+
+    async def open_incidents(self, openings: Sequence[Opening], now: datetime) -> list[Incident]:
+        opened: list[Incident] = []
+        rows: list[AuditRow] = []
+        async with self._db.begin("open incidents") as conn:
+            for opening in openings:
+                incident, row = await self._open(conn, opening, now)
+                opened.append(incident)
+                rows.append(row)
+        for row in rows:  # logged once committed
+            self._emit(row)
+        return opened
+
+    async def _open(
+        self, conn: AsyncConnection, opening: Opening, now: datetime
+    ) -> tuple[Incident, AuditRow]:
+        finding, carried, continues = opening.finding, opening.carried, opening.continues
         values = {
             "instance_id": finding.instance_id,
             "reason": str(finding.reason),
@@ -116,25 +134,20 @@ class SqlLedger:
             "overdue": round(finding.overdue, 3),
             **({"continues": continues, "carried_attempts": carried} if continues else {}),
         }
-        async with self._db.begin("open incident") as conn:
-            new_id = (
-                await conn.execute(sa.insert(incidents).values(values).returning(incidents.c.id))
-            ).scalar_one()
-            row = await self.insert_audit(
-                conn,
-                now,
-                NewAudit(
-                    finding.instance_id,
-                    AuditAction.DETECTED,
-                    Outcome.OK,
-                    new_id,
-                    str(finding.reason),
-                    carried,
-                    detail,
-                ),
-            )
-        self._emit(row)
-        return Incident(
+        new_id = (
+            await conn.execute(sa.insert(incidents).values(values).returning(incidents.c.id))
+        ).scalar_one()
+        detected = NewAudit(
+            finding.instance_id,
+            AuditAction.DETECTED,
+            Outcome.OK,
+            new_id,
+            str(finding.reason),
+            carried,
+            detail,
+        )
+        row = await self.insert_audit(conn, now, detected)
+        incident = Incident(
             new_id,
             finding.instance_id,
             finding.reason,
@@ -144,6 +157,7 @@ class SqlLedger:
             now,
             process=finding.process,
         )
+        return incident, row
 
     async def begin_action(
         self,
@@ -154,7 +168,26 @@ class SqlLedger:
         retry_at: datetime,
         detail: Mapping[str, Any] | None = None,
     ) -> int | None:
-        claim = (
+        claim = Claim(incident, attempt, action, retry_at, detail)
+        return (await self.begin_actions([claim], now))[0]
+
+    async def begin_actions(self, claims: Sequence[Claim], now: datetime) -> list[int | None]:
+        ids: list[int | None] = []
+        rows: list[AuditRow] = []
+        async with self._db.begin("claim attempts") as conn:
+            for claim in claims:
+                row = await self._claim(conn, claim, now)
+                ids.append(None if row is None else row.id)
+                if row is not None:
+                    rows.append(row)
+        for row in rows:  # logged once committed
+            self._emit(row)
+        return ids
+
+    async def _claim(self, conn: AsyncConnection, claim: Claim, now: datetime) -> AuditRow | None:
+        """The conditional update: only the writer that moves attempt N-1 to N acts."""
+        incident, attempt, action = claim.incident, claim.attempt, claim.action
+        update = (
             sa.update(incidents)
             .where(incidents.c.id == incident.id)
             .where(incidents.c.state.in_(_ACTIONABLE))
@@ -162,11 +195,13 @@ class SqlLedger:
             .values(
                 attempt=attempt,
                 last_action=str(action),
-                next_action_at=retry_at,
+                next_action_at=claim.retry_at,
                 updated_at=now,
                 state=str(IncidentState.OPEN),
             )
         )
+        if (await conn.execute(update)).rowcount != 1:
+            return None
         intent = NewAudit(
             incident.instance_id,
             AuditAction(str(action)),
@@ -174,14 +209,9 @@ class SqlLedger:
             incident.id,
             str(incident.reason),
             attempt,
-            detail or {},
+            claim.detail or {},
         )
-        async with self._db.begin("claim attempt") as conn:
-            if (await conn.execute(claim)).rowcount != 1:
-                return None
-            row = await self.insert_audit(conn, now, intent)
-        self._emit(row)
-        return row.id
+        return await self.insert_audit(conn, now, intent)
 
     async def finish_action(
         self,
