@@ -1,0 +1,241 @@
+"""Scenario 1 — cycle cost against fleet size, in-process, on PostgreSQL and SQLite.
+
+For each fleet: the engine in dry-run (`Engine.run_cycle`), the scan alone
+(`SqlInstanceStore.scan`) and the raw SQL of the same detection query run through the
+driver (psycopg / sqlite3), interleaved in one loop so they see the same caches.
+Statements are counted with a `before_cursor_execute` listener. A dry-run records each
+would-be decision once: the first cycle writes those `skipped` rows (timed and counted
+apart), the steady cycles after it write none unless something changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from bench import fleet
+from bench.common import Env, Results, median, pct
+from watchdog.config import DetectionSettings, EscalationSettings, InstancesSettings
+from watchdog.engine import Engine
+from watchdog.ports import NewAudit
+from watchdog.store.database import Database
+from watchdog.store.instances import SqlInstanceStore
+from watchdog.store.ledger import SqlLedger
+from watchdog.wiring import MonotonicClock
+
+NAME = "cycle"
+
+
+class TimedLedger(SqlLedger):
+    """SqlLedger that times its audit appends (what a dry-run cycle writes)."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self.seconds = 0.0
+        self.appends = 0
+        self.appending = False
+
+    async def append(self, row: NewAudit) -> Any:
+        started = time.perf_counter()
+        self.appending = True
+        try:
+            return await super().append(row)
+        finally:
+            self.appending = False
+            self.seconds += time.perf_counter() - started
+            self.appends += 1
+
+
+@dataclass
+class Counter:
+    ledger: TimedLedger
+    total: int = 0
+    audit: int = 0
+
+    def __call__(self, *_args: Any) -> None:
+        self.total += 1
+        if self.ledger.appending:
+            self.audit += 1
+
+
+@dataclass
+class Samples:
+    cycle: list[float] = field(default_factory=list)
+    audit: list[float] = field(default_factory=list)
+    scan: list[float] = field(default_factory=list)
+    raw: list[float] = field(default_factory=list)
+    statements: list[int] = field(default_factory=list)
+    audit_statements: list[int] = field(default_factory=list)
+    audit_rows: list[int] = field(default_factory=list)
+    first_cycle: float = 0.0
+    first_audit_rows: int = 0
+
+
+class RawQuery:
+    """The compiled detection query, run through the bare driver."""
+
+    def __init__(self, url: str, sql: str) -> None:
+        parsed = make_url(url)
+        self.sql = sql
+        if parsed.get_backend_name() == "sqlite":
+            self._conn: Any = sqlite3.connect(parsed.database)
+        else:
+            conninfo = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+            self._conn = psycopg.connect(conninfo, autocommit=True)
+
+    def run(self) -> int:
+        return len(self._conn.execute(self.sql).fetchall())
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def plan(quick: bool) -> list[tuple[int, int, float]]:
+    """(fleet size, max cycles, seconds budget per backend)."""
+    if quick:
+        return [(1_000, 3, 3.0)]
+    return [(1_000, 30, 12.0), (10_000, 20, 20.0), (100_000, 12, 40.0)]
+
+
+async def measure(url: str, n: int, cycles: int, budget: float) -> tuple[Samples, dict[str, Any]]:
+    db = Database(url, 5.0)
+    raw: RawQuery | None = None
+    try:
+        await fleet.build(db, n)
+        rules = DetectionSettings().rules()
+        store = SqlInstanceStore(db, InstancesSettings(), rules)
+        ledger = TimedLedger(db)
+        engine = Engine(
+            store, ledger, {}, EscalationSettings().rules(), MonotonicClock(), dry_run=True
+        )
+        sql = str(
+            store._scan_query.compile(
+                dialect=db.engine.dialect, compile_kwargs={"literal_binds": True}
+            )
+        )
+        raw = RawQuery(url, sql)
+        counter = Counter(ledger)
+        sa.event.listen(db.engine.sync_engine, "before_cursor_execute", counter)
+        samples = Samples()
+        t0 = time.perf_counter()
+        await engine.run_cycle()  # also the warm-up: connections, caches, compiled statements
+        samples.first_cycle = time.perf_counter() - t0
+        samples.first_audit_rows = ledger.appends
+        await store.scan()
+        raw.run()
+        started = time.monotonic()
+        scan_rows = raw_rows = 0
+        for i in range(cycles):
+            if i >= 3 and time.monotonic() - started > budget:
+                break
+            counter.total = counter.audit = 0
+            ledger.seconds, ledger.appends = 0.0, 0
+            t0 = time.perf_counter()
+            await engine.run_cycle()
+            samples.cycle.append(time.perf_counter() - t0)
+            samples.audit.append(ledger.seconds)
+            samples.statements.append(counter.total)
+            samples.audit_statements.append(counter.audit)
+            samples.audit_rows.append(ledger.appends)
+            t0 = time.perf_counter()
+            scan = await store.scan()
+            samples.scan.append(time.perf_counter() - t0)
+            scan_rows = len(scan.findings)
+            t0 = time.perf_counter()
+            raw_rows = raw.run()
+            samples.raw.append(time.perf_counter() - t0)
+        sa.event.remove(db.engine.sync_engine, "before_cursor_execute", counter)
+        info = {"unhealthy_found": scan_rows, "raw_rows": raw_rows, "monitored": n, "sql": sql}
+        return samples, info
+    finally:
+        if raw is not None:
+            raw.close()
+        await db.dispose()
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 2)
+
+
+def report(results: Results, backend: str, n: int, s: Samples, info: dict[str, Any]) -> None:
+    label = f"{NAME} {backend} {n // 1000}k"
+    cycle_med, raw_med = median(s.cycle), median(s.raw)
+    reads = [c - a for c, a in zip(s.cycle, s.audit, strict=True)]
+    ratio = cycle_med / raw_med if cycle_med and raw_med else None
+    target_cycle = backend == "pg" and n == 100_000
+    results.add(
+        label,
+        "cycle median (dry-run)",
+        _ms(cycle_med),
+        "ms",
+        "≤ 50 ms" if target_cycle else "",
+        (cycle_med is not None and cycle_med <= 0.05) if target_cycle else None,
+    )
+    results.add(label, "cycle p95 (dry-run)", _ms(pct(s.cycle, 95)), "ms")
+    results.add(label, "  of which dry-run audit writes", _ms(median(s.audit)), "ms")
+    results.add(label, "  cycle without audit writes", _ms(median(reads)), "ms")
+    results.add(label, "first cycle (records would-be decisions)", _ms(s.first_cycle), "ms")
+    results.add(label, "  audit rows it wrote", s.first_audit_rows, "")
+    results.add(label, "scan alone median", _ms(median(s.scan)), "ms")
+    results.add(label, "raw detection query median", _ms(raw_med), "ms")
+    results.add(
+        label,
+        "cycle / raw query",
+        None if ratio is None else round(ratio, 2),
+        "×",
+        "≤ 2×" if target_cycle else "",
+        (ratio <= 2) if target_cycle and ratio is not None else None,
+    )
+    scan_ratio = median(s.scan) / raw_med if raw_med and s.scan else None
+    results.add(
+        label, "scan / raw query", None if scan_ratio is None else round(scan_ratio, 2), "×"
+    )
+    results.add(label, "statements / cycle", median(s.statements), "")
+    results.add(label, "  of which dry-run audit", median(s.audit_statements), "")
+    results.add(label, "audit rows / cycle (dry-run)", median(s.audit_rows), "")
+    results.details.setdefault(NAME, {})[f"{backend}-{n}"] = {
+        "cycles": len(s.cycle),
+        "cycle_s": s.cycle,
+        "audit_s": s.audit,
+        "scan_s": s.scan,
+        "raw_s": s.raw,
+        "statements": s.statements,
+        "audit_statements": s.audit_statements,
+        "audit_rows": s.audit_rows,
+        "first_cycle_s": s.first_cycle,
+        "first_audit_rows": s.first_audit_rows,
+        **info,
+    }
+
+
+def run(env: Env, results: Results) -> None:
+    read_counts: dict[str, list[float]] = {}
+    for n, cycles, budget in plan(env.quick):
+        for backend in ("pg", "sqlite"):
+            name = f"bench_cycle_{n}"
+            url = env.cluster.create_database(name) if backend == "pg" else env.sqlite_url(name)
+            print(f"  {NAME}: {backend} {n} instances …", flush=True)
+            samples, info = asyncio.run(measure(url, n, cycles, budget))
+            report(results, backend, n, samples, info)
+            reads = [
+                t - a for t, a in zip(samples.statements, samples.audit_statements, strict=True)
+            ]
+            read_counts.setdefault(backend, []).append(median(reads) or 0)
+            if backend == "pg":
+                env.cluster.drop_database(name)
+    for backend, counts in read_counts.items():
+        results.add(
+            f"{NAME} {backend}",
+            "non-audit statements/cycle, smallest→largest fleet",
+            counts[-1] - counts[0],
+            "Δ",
+            "constant (Δ 0)",
+            counts[-1] == counts[0],
+        )
