@@ -100,3 +100,39 @@ def test_a_second_signal_exits_at_once_and_the_next_start_reconciles(
     # Never silently repeated: attempt 1 is not sent again.
     assert [a for _action, _outcome, a in trail].count(1) == 2
     assert len(api.calls_for("frozen")) == len({a for *_x, a in trail if a >= 1}), trail
+
+
+def test_sigterm_while_waiting_for_the_database_at_start_is_a_clean_stop(
+    tmp_path: Path, watchdogctl: str
+) -> None:
+    """Nothing listens on the database's port: the daemon waits (logging it once), and a
+    SIGTERM meanwhile exits 0, not by the default signal action (-15)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "watchdog.toml"
+    config.write_text(
+        f'[database]\nurl = "postgresql://watchdog@127.0.0.1:{port}/app"\ntimeout = 1.0\n'
+        "[detection]\ninterval = 0.2\n"
+    )
+    log = tmp_path / "daemon.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [watchdogctl, "--config", str(config), "run"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=watchdog_env(TOKEN),
+        )
+    try:
+        wait_for(lambda: "database_unavailable_at_start" in log.read_text(), 20, "waiting")
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    text = log.read_text()
+    assert code == 0, text[-2000:]
+    assert text.count("database_unavailable_at_start") == 1  # logged once, not per retry
