@@ -60,6 +60,18 @@ class Opening:
     carried: int = 0
     continues: int | None = None
 
+    def detail(self) -> dict[str, Any]:
+        """The `detected` audit row's detail: what was seen, and what carried over."""
+        finding = self.finding
+        carried = {"continues": self.continues, "carried_attempts": self.carried}
+        return {
+            "status": finding.status,
+            "age": round(finding.age, 3),
+            "threshold": finding.threshold,
+            "overdue": round(finding.overdue, 3),
+            **(carried if self.continues else {}),
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Claim:

@@ -251,13 +251,7 @@ class MemoryLedger:
             process=finding.process,
         )
         self.incidents[incident.id] = incident
-        detail = {
-            "status": finding.status,
-            "age": round(finding.age, 3),
-            "threshold": finding.threshold,
-            "overdue": round(finding.overdue, 3),
-            **({"continues": continues, "carried_attempts": carried} if continues else {}),
-        }
+        detail = Opening(finding, carried, continues).detail()
         self._write(now, _row(incident, AuditAction.DETECTED, Outcome.OK, carried, detail))
         return incident
 

@@ -16,15 +16,16 @@ import json
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from watchdog.errors import StoreError
-from watchdog.model import AuditAction, AuditRow, Outcome
+from watchdog.model import AuditRow
 from watchdog.store.database import Database, as_utc
+from watchdog.store.ledger import audit_row
 from watchdog.store.schema import audit, flags, outbox
 
 CURSOR = "alert_cursor"
@@ -137,7 +138,7 @@ class SqlOutbox:
             .order_by(audit.c.id)
             .limit(batch)
         )
-        rows = [_audit_row(r) for r in (await conn.execute(query)).all()]
+        rows = [audit_row(r) for r in (await conn.execute(query)).all()]
         new_cursor = rows[-1].id if len(rows) >= batch else horizon
         move = (
             sa.update(flags)
@@ -314,27 +315,3 @@ def _pending(alert: NewAlert, now: datetime) -> dict[str, Any]:
         "attempts": 0,
         "next_attempt_at": now,
     }
-
-
-def _action(text: str) -> AuditAction:
-    """The row's action; an action this version does not know stays its plain string."""
-    try:
-        return AuditAction(text)
-    except ValueError:
-        return cast(AuditAction, text)
-
-
-def _audit_row(row: sa.Row[Any]) -> AuditRow:
-    return AuditRow(
-        id=row.id,
-        at=row.at,
-        instance_id=row.instance_id,
-        action=_action(row.action),
-        outcome=Outcome(row.outcome),
-        incident_id=row.incident_id,
-        reason=row.reason,
-        attempt=row.attempt,
-        detail=json.loads(row.detail or "{}"),
-        duration=row.duration,
-        actor=row.actor,
-    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -80,7 +80,7 @@ class SqlLedger:
             select = select.where(audit.c.action.in_([str(a) for a in query.actions]))
         async with self._db.connect("read audit") as conn:
             rows = (await conn.execute(select)).all()
-        return [_audit_row(row) for row in reversed(rows)]
+        return [audit_row(row) for row in reversed(rows)]
 
     async def incident_history(self, instance_id: str, limit: int) -> Sequence[Incident]:
         query = (
@@ -127,13 +127,6 @@ class SqlLedger:
             "updated_at": now,
             "next_action_at": now,
         }
-        detail = {
-            "status": finding.status,
-            "age": round(finding.age, 3),
-            "threshold": finding.threshold,
-            "overdue": round(finding.overdue, 3),
-            **({"continues": continues, "carried_attempts": carried} if continues else {}),
-        }
         new_id = (
             await conn.execute(sa.insert(incidents).values(values).returning(incidents.c.id))
         ).scalar_one()
@@ -144,7 +137,7 @@ class SqlLedger:
             new_id,
             str(finding.reason),
             carried,
-            detail,
+            opening.detail(),
         )
         row = await self.insert_audit(conn, now, detected)
         incident = Incident(
@@ -502,12 +495,21 @@ def _incident(row: Sequence[Any]) -> Incident:
     )
 
 
-def _audit_row(row: sa.Row[Any]) -> AuditRow:
+def _action(text: str) -> AuditAction:
+    """The row's action; an action this version does not know stays its plain string."""
+    try:
+        return AuditAction(text)
+    except ValueError:
+        return cast(AuditAction, text)
+
+
+def audit_row(row: sa.Row[Any]) -> AuditRow:
+    """An audit row as read back (also by the alert feeder)."""
     return AuditRow(
         id=row.id,
         at=row.at,
         instance_id=row.instance_id,
-        action=AuditAction(row.action),
+        action=_action(row.action),
         outcome=Outcome(row.outcome),
         incident_id=row.incident_id,
         reason=row.reason,
