@@ -5,6 +5,7 @@ port, real child processes. Only the instance store is faked (its adapter lives 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import os
 import socket
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -148,6 +150,29 @@ async def test_api_restart_sends_quoted_id_and_bearer_token(
     assert result.detail == {"status": 200, "url": f"{api.base}/restart/{quoted}"}
     assert TOKEN not in repr(result)
     assert api.requests == [Seen("POST", f"/restart/{quoted}", f"Bearer {TOKEN}")]
+
+
+async def test_api_restart_imports_nothing_per_call(
+    api: FakeApi, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed import is retried (a path scan) every time: httpcore looks for sniffio
+    on every pool lock, so without it a restart storm spends its CPU in importlib."""
+    restart = ApiRestart(client, api.base + "/restart/{id}")
+    await restart.recover(Target("warm", None))  # lazy imports of the first call
+    failed: list[str] = []
+    real_import = builtins.__import__
+
+    def counting_import(name: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return real_import(name, *args, **kwargs)
+        except ImportError:
+            failed.append(name)
+            raise
+
+    monkeypatch.setattr(builtins, "__import__", counting_import)
+    for n in range(5):
+        await restart.recover(Target(f"w{n}", None))
+    assert failed == []
 
 
 async def test_api_restart_without_token_sends_no_authorization(
