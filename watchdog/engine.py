@@ -19,6 +19,7 @@ from watchdog.circuit import BackendBreakers
 from watchdog.errors import RecoveryError, StoreError, WatchdogError
 from watchdog.guards import Guards
 from watchdog.model import Action, AuditAction, Incident, IncidentState, Outcome, Target
+from watchdog.outcomes import OutcomeWriter
 from watchdog.policy import (
     Act,
     Decision,
@@ -30,7 +31,16 @@ from watchdog.policy import (
     World,
     decide,
 )
-from watchdog.ports import Claim, Clock, InstanceStore, Ledger, NewAudit, Opening, Recovery
+from watchdog.ports import (
+    Claim,
+    Clock,
+    Finished,
+    InstanceStore,
+    Ledger,
+    NewAudit,
+    Opening,
+    Recovery,
+)
 from watchdog.safety import SafetyRules
 
 # The pure core logs through the standard library; observability routes it to stderr.
@@ -95,6 +105,7 @@ class Engine:
         self._slots = asyncio.Semaphore(max_concurrent_actions)
         self._busy: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._outcomes = OutcomeWriter(ledger)
         # Dry-run: what was last recorded per instance. Nothing changes in a dry run, so the
         # same would-be decision comes back every cycle; it is audited once, not each time.
         self._dry_run_seen: dict[tuple[str, type], tuple[object, ...]] = {}
@@ -281,8 +292,7 @@ class Engine:
         goes on to its next rung after the usual wait."""
         assert self._breakers is not None
         detail = {"reason": "circuit_open", "breaker": self._breakers.name(action)}
-        for job in jobs:
-            await self._finish(job, Outcome.SKIPPED, detail, now, mono0)
+        await self._finish(jobs, Outcome.SKIPPED, detail, now, mono0)
 
     async def _run_group(
         self, action: Action, members: list[_Job], now: datetime, mono0: float
@@ -299,8 +309,17 @@ class Engine:
                 await self._breakers.record(action, outcome is Outcome.OK, at, error)
             if len(members) > 1:
                 detail = {**detail, "shared_with": [m.act.instance_id for m in members]}
-            for job in members:
-                await self._finish(job, outcome, detail, now, mono0)
+            await self._finish(members, outcome, detail, now, mono0)
+        except StoreError as exc:
+            ids = ", ".join(m.act.instance_id for m in members)
+            log.error(
+                "could not record the %s outcome of %s (attempt %d): %s; its intent row "
+                "stays and the next start audits it `interrupted`",
+                action,
+                ids,
+                members[0].act.attempt,
+                exc,
+            )
         finally:
             for job in members:
                 self._busy.discard(job.act.instance_id)
@@ -324,14 +343,29 @@ class Engine:
         return Outcome.OK, dict(result.detail)
 
     async def _finish(
-        self, job: _Job, outcome: Outcome, detail: dict[str, Any], now: datetime, mono0: float
+        self,
+        jobs: Sequence[_Job],
+        outcome: Outcome,
+        detail: dict[str, Any],
+        now: datetime,
+        mono0: float,
     ) -> None:
+        """Record the outcome of each job's attempt; returns once it is committed."""
         finished_mono = self._clock.monotonic()
-        duration = finished_mono - job.started_mono
         finished_at = now + timedelta(seconds=finished_mono - mono0)
-        next_at = finished_at + timedelta(seconds=job.act.delay)
-        await self._ledger.finish_action(
-            job.incident, job.act.attempt, job.act.action, outcome, detail, duration, next_at
+        await self._outcomes.write(
+            [
+                Finished(
+                    job.incident,
+                    job.act.attempt,
+                    job.act.action,
+                    outcome,
+                    detail,
+                    finished_mono - job.started_mono,
+                    finished_at + timedelta(seconds=job.act.delay),
+                )
+                for job in jobs
+            ]
         )
 
     # ------------------------------------------------------------------ dry run

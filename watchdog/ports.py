@@ -85,6 +85,19 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class Finished:
+    """The outcome of attempt `attempt`; the next attempt may follow at `next_action_at`."""
+
+    incident: Incident
+    attempt: int
+    action: Action
+    outcome: Outcome
+    detail: Mapping[str, Any]
+    duration: float
+    next_action_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class NewAudit:
     """An audit row to append; the store assigns its id and time."""
 
@@ -161,6 +174,11 @@ class Ledger(Protocol):
         duration: float,
         next_action_at: datetime,
     ) -> None: ...
+
+    async def finish_actions(self, finished: Sequence[Finished]) -> None:
+        """`finish_action` for each, committed together (outcomes of a storm of calls
+        arrive faster than one commit each)."""
+        ...
 
     async def exhaust(self, incident: Incident, now: datetime) -> None: ...
 

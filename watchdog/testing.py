@@ -38,7 +38,7 @@ from watchdog.policy import (
     time_to_threshold,
     unmonitored_reason,
 )
-from watchdog.ports import AuditQuery, Claim, NewAudit, Opening
+from watchdog.ports import AuditQuery, Claim, Finished, NewAudit, Opening
 from watchdog.safety import Restart
 
 if TYPE_CHECKING:
@@ -304,6 +304,12 @@ class MemoryLedger:
         current = self._open(incident)
         if current is not None and current.attempt == attempt:
             self.incidents[incident.id] = replace(current, next_action_at=next_action_at)
+
+    async def finish_actions(self, finished: Sequence[Finished]) -> None:
+        for f in finished:
+            await self.finish_action(
+                f.incident, f.attempt, f.action, f.outcome, f.detail, f.duration, f.next_action_at
+            )
 
     async def exhaust(self, incident: Incident, now: datetime) -> None:
         current = self._open(incident)

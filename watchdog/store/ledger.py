@@ -1,7 +1,7 @@
 """The watchdog's own tables: incidents, pauses and the append-only audit trail.
 
 Every state change of an incident and its audit row are written in one transaction.
-Claims are conditional UPDATEs whose row count says whether this writer won. Audit rows
+Claims are conditional UPDATEs whose RETURNING names the writer that won. Audit rows
 are only ever inserted; after each commit they are also handed to `emit` (the structlog
 event on stdout).
 """
@@ -27,9 +27,9 @@ from watchdog.model import (
     Pause,
     Reason,
 )
-from watchdog.ports import AuditQuery, Claim, NewAudit, Opening
+from watchdog.ports import AuditQuery, Claim, Finished, NewAudit, Opening
 from watchdog.store.database import Database, as_utc
-from watchdog.store.schema import OPEN_STATES, audit, incidents, pauses
+from watchdog.store.schema import OPEN_STATES, UtcDateTime, audit, incidents, pauses
 
 AuditSink = Callable[[AuditRow], None]
 
@@ -101,56 +101,53 @@ class SqlLedger:
         return (await self.open_incidents([Opening(finding, carried, continues)], now))[0]
 
     async def open_incidents(self, openings: Sequence[Opening], now: datetime) -> list[Incident]:
-        opened: list[Incident] = []
-        rows: list[AuditRow] = []
+        if not openings:
+            return []
+        data = [
+            (
+                o.finding.instance_id,
+                str(o.finding.reason),
+                str(IncidentState.OPEN),
+                o.carried,
+                o.finding.process,
+                o.continues,
+                now,
+                now,
+                now,
+                False,
+            )
+            for o in openings
+        ]
         async with self._db.begin("open incidents") as conn:
-            for opening in openings:
-                incident, row = await self._open(conn, opening, now)
-                opened.append(incident)
-                rows.append(row)
+            new_ids = await self._insert(conn, incidents, _OPENING_COLUMNS, data)
+            specs = [
+                NewAudit(
+                    o.finding.instance_id,
+                    AuditAction.DETECTED,
+                    Outcome.OK,
+                    new_id,
+                    str(o.finding.reason),
+                    o.carried,
+                    o.detail(),
+                )
+                for o, new_id in zip(openings, new_ids, strict=True)
+            ]
+            rows = await self.insert_audits(conn, now, specs)
         for row in rows:  # logged once committed
             self._emit(row)
-        return opened
-
-    async def _open(
-        self, conn: AsyncConnection, opening: Opening, now: datetime
-    ) -> tuple[Incident, AuditRow]:
-        finding, carried, continues = opening.finding, opening.carried, opening.continues
-        values = {
-            "instance_id": finding.instance_id,
-            "reason": str(finding.reason),
-            "state": str(IncidentState.OPEN),
-            "attempt": carried,
-            "process": finding.process,
-            "continues_id": continues,
-            "opened_at": now,
-            "updated_at": now,
-            "next_action_at": now,
-        }
-        new_id = (
-            await conn.execute(sa.insert(incidents).values(values).returning(incidents.c.id))
-        ).scalar_one()
-        detected = NewAudit(
-            finding.instance_id,
-            AuditAction.DETECTED,
-            Outcome.OK,
-            new_id,
-            str(finding.reason),
-            carried,
-            opening.detail(),
-        )
-        row = await self.insert_audit(conn, now, detected)
-        incident = Incident(
-            new_id,
-            finding.instance_id,
-            finding.reason,
-            IncidentState.OPEN,
-            carried,
-            now,
-            now,
-            process=finding.process,
-        )
-        return incident, row
+        return [
+            Incident(
+                new_id,
+                o.finding.instance_id,
+                o.finding.reason,
+                IncidentState.OPEN,
+                o.carried,
+                now,
+                now,
+                process=o.finding.process,
+            )
+            for o, new_id in zip(openings, new_ids, strict=True)
+        ]
 
     async def begin_action(
         self,
@@ -165,46 +162,41 @@ class SqlLedger:
         return (await self.begin_actions([claim], now))[0]
 
     async def begin_actions(self, claims: Sequence[Claim], now: datetime) -> list[int | None]:
-        ids: list[int | None] = []
-        rows: list[AuditRow] = []
-        async with self._db.begin("claim attempts") as conn:
-            for claim in claims:
-                row = await self._claim(conn, claim, now)
-                ids.append(None if row is None else row.id)
-                if row is not None:
-                    rows.append(row)
-        for row in rows:  # logged once committed
-            self._emit(row)
-        return ids
-
-    async def _claim(self, conn: AsyncConnection, claim: Claim, now: datetime) -> AuditRow | None:
-        """The conditional update: only the writer that moves attempt N-1 to N acts."""
-        incident, attempt, action = claim.incident, claim.attempt, claim.action
+        """One conditional UPDATE for the whole batch: a claim wins when its incident is
+        still actionable at attempt N-1 (RETURNING names the winners), then the intent
+        rows of the winners, in the same transaction."""
+        if not claims:
+            return []
+        by_id = {c.incident.id: c for c in claims}
+        if len(by_id) != len(claims):
+            raise ValueError("one claim per incident per batch")
+        claimed = self._db.rows(
+            "claims",
+            {"id": sa.Integer(), "prev": sa.Integer(), "action": sa.Text(), "due": UtcDateTime()},
+            [(c.incident.id, c.attempt - 1, str(c.action), c.retry_at) for c in claims],
+        )
         update = (
             sa.update(incidents)
-            .where(incidents.c.id == incident.id)
+            .where(incidents.c.id == claimed.c.id)
+            .where(incidents.c.attempt == claimed.c.prev)
             .where(incidents.c.state.in_(_ACTIONABLE))
-            .where(incidents.c.attempt == attempt - 1)
             .values(
-                attempt=attempt,
-                last_action=str(action),
-                next_action_at=claim.retry_at,
+                attempt=incidents.c.attempt + 1,
+                last_action=claimed.c.action,
+                next_action_at=claimed.c.due,
                 updated_at=now,
                 state=str(IncidentState.OPEN),
             )
+            .returning(incidents.c.id)
         )
-        if (await conn.execute(update)).rowcount != 1:
-            return None
-        intent = NewAudit(
-            incident.instance_id,
-            AuditAction(str(action)),
-            Outcome.STARTED,
-            incident.id,
-            str(incident.reason),
-            attempt,
-            claim.detail or {},
-        )
-        return await self.insert_audit(conn, now, intent)
+        async with self._db.begin("claim attempts") as conn:
+            won = set((await conn.execute(update)).scalars())
+            winners = [c for c in claims if c.incident.id in won]
+            rows = await self.insert_audits(conn, now, [_intent(c) for c in winners])
+        for row in rows:  # logged once committed
+            self._emit(row)
+        ids = {c.incident.id: row.id for c, row in zip(winners, rows, strict=True)}
+        return [ids.get(c.incident.id) for c in claims]
 
     async def finish_action(
         self,
@@ -216,31 +208,47 @@ class SqlLedger:
         duration: float,
         next_action_at: datetime,
     ) -> None:
-        update = (
-            sa.update(incidents)
-            .where(incidents.c.id == incident.id)
-            .where(incidents.c.attempt == attempt)
-            .where(incidents.c.state == str(IncidentState.OPEN))
-            .values(next_action_at=next_action_at)
+        await self.finish_actions(
+            [Finished(incident, attempt, action, outcome, detail, duration, next_action_at)]
         )
-        async with self._db.begin("record outcome") as conn:
-            at = await self._db_now(conn)
-            row = await self.insert_audit(
-                conn,
-                at,
-                NewAudit(
-                    incident.instance_id,
-                    AuditAction(str(action)),
-                    outcome,
-                    incident.id,
-                    str(incident.reason),
-                    attempt,
-                    detail,
-                    round(duration, 6),
-                ),
+
+    async def finish_actions(self, finished: Sequence[Finished]) -> None:
+        """The outcome rows (stamped with the database clock at commit) and each open
+        incident's next due time, all in one transaction."""
+        if not finished:
+            return
+        specs = [
+            NewAudit(
+                f.incident.instance_id,
+                AuditAction(str(f.action)),
+                f.outcome,
+                f.incident.id,
+                str(f.incident.reason),
+                f.attempt,
+                f.detail,
+                round(f.duration, 6),
             )
-            await conn.execute(update)
-        self._emit(row)
+            for f in finished
+        ]
+        due = self._db.rows(
+            "due",
+            {"id": sa.Integer(), "attempt": sa.Integer(), "at": UtcDateTime()},
+            [(f.incident.id, f.attempt, f.next_action_at) for f in finished],
+        )
+        # The next due time moves only where the attempt is still the incident's latest.
+        set_next_due = (
+            sa.update(incidents)
+            .where(incidents.c.id == due.c.id)
+            .where(incidents.c.attempt == due.c.attempt)
+            .where(incidents.c.state == str(IncidentState.OPEN))
+            .values(next_action_at=due.c.at)
+        )
+        async with self._db.begin("record outcomes") as conn:
+            at = await self._db_now(conn)
+            rows = await self.insert_audits(conn, at, specs)
+            await conn.execute(set_next_due)
+        for row in rows:
+            self._emit(row)
 
     async def exhaust(self, incident: Incident, now: datetime) -> None:
         update = (
@@ -425,36 +433,100 @@ class SqlLedger:
         return as_utc((await conn.execute(sa.select(self._db.now_expr()))).scalar_one())
 
     async def insert_audit(self, conn: AsyncConnection, at: datetime, spec: NewAudit) -> AuditRow:
-        values = {
-            "at": at,
-            "incident_id": spec.incident_id,
-            "instance_id": spec.instance_id,
-            "reason": spec.reason,
-            "attempt": spec.attempt,
-            "action": str(spec.action),
-            "outcome": str(spec.outcome),
-            "detail": json.dumps(dict(spec.detail), sort_keys=True, default=str),
-            "duration": spec.duration,
-            "actor": spec.actor,
-        }
-        new_id = (
-            await conn.execute(sa.insert(audit).values(values).returning(audit.c.id))
-        ).scalar_one()
-        return AuditRow(
-            new_id,
-            at,
-            spec.instance_id,
-            spec.action,
-            spec.outcome,
-            spec.incident_id,
-            spec.reason,
-            spec.attempt,
-            dict(spec.detail),
-            spec.duration,
-            spec.actor,
-        )
+        return (await self.insert_audits(conn, at, [spec]))[0]
+
+    async def insert_audits(
+        self, conn: AsyncConnection, at: datetime, specs: Sequence[NewAudit]
+    ) -> list[AuditRow]:
+        """Append rows in one statement; their ids follow the order of `specs`."""
+        if not specs:
+            return []
+        data = [
+            (
+                at,
+                spec.incident_id,
+                spec.instance_id,
+                spec.reason,
+                spec.attempt,
+                str(spec.action),
+                str(spec.outcome),
+                json.dumps(dict(spec.detail), sort_keys=True, default=str),
+                spec.duration,
+                spec.actor,
+            )
+            for spec in specs
+        ]
+        new_ids = await self._insert(conn, audit, _AUDIT_COLUMNS, data)
+        return [
+            AuditRow(
+                new_id,
+                at,
+                spec.instance_id,
+                spec.action,
+                spec.outcome,
+                spec.incident_id,
+                spec.reason,
+                spec.attempt,
+                dict(spec.detail),
+                spec.duration,
+                spec.actor,
+            )
+            for spec, new_id in zip(specs, new_ids, strict=True)
+        ]
+
+    async def _insert(
+        self,
+        conn: AsyncConnection,
+        table: sa.Table,
+        columns: Sequence[str],
+        data: Sequence[Sequence[Any]],
+    ) -> list[int]:
+        """Insert rows in one short statement; their new ids, in the order of `data`.
+
+        Rows go in in `n` order, so the ids (from one sequence, ascending) sort into it."""
+        rows = self._db.rows("batch", {c: table.c[c].type for c in columns}, data)
+        select = sa.select(*(rows.c[c] for c in columns)).order_by(rows.c.n)
+        insert = sa.insert(table).from_select(list(columns), select).returning(table.c.id)
+        return sorted((await conn.execute(insert)).scalars())
 
 
+def _intent(claim: Claim) -> NewAudit:
+    """The `started` row written before the call."""
+    return NewAudit(
+        claim.incident.instance_id,
+        AuditAction(str(claim.action)),
+        Outcome.STARTED,
+        claim.incident.id,
+        str(claim.incident.reason),
+        claim.attempt,
+        claim.detail or {},
+    )
+
+
+_OPENING_COLUMNS = (
+    "instance_id",
+    "reason",
+    "state",
+    "attempt",
+    "process",
+    "continues_id",
+    "opened_at",
+    "updated_at",
+    "next_action_at",
+    "flapping",
+)
+_AUDIT_COLUMNS = (
+    "at",
+    "incident_id",
+    "instance_id",
+    "reason",
+    "attempt",
+    "action",
+    "outcome",
+    "detail",
+    "duration",
+    "actor",
+)
 _ACTIONABLE = (str(IncidentState.OPEN), str(IncidentState.SUPPRESSED))
 
 

@@ -1,0 +1,83 @@
+"""Group commit of outcome rows: one write when idle, the rest together, errors to all."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import pytest
+
+from watchdog.errors import StoreUnavailable
+from watchdog.model import Action, Incident, IncidentState, Outcome, Reason
+from watchdog.outcomes import OutcomeWriter
+from watchdog.ports import Finished
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def finished(n: int) -> Finished:
+    incident = Incident(n, f"i{n}", Reason.STALE_HEARTBEAT, IncidentState.OPEN, 1, T0, T0)
+    return Finished(incident, 1, Action.API_RESTART, Outcome.OK, {}, 0.05, T0)
+
+
+class GatedLedger:
+    """finish_actions records each batch and waits for `gate` before it returns."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = asyncio.Event()
+        self.fail_next = False
+
+    async def finish_actions(self, rows: Sequence[Finished]) -> None:
+        self.batches.append([f.incident.id for f in rows])
+        await self.gate.wait()
+        if self.fail_next:
+            self.fail_next = False
+            raise StoreUnavailable("database unavailable (record outcomes): gone")
+
+
+async def test_outcomes_arriving_during_a_write_are_committed_together() -> None:
+    ledger = GatedLedger()
+    writer = OutcomeWriter(ledger)  # type: ignore[arg-type]
+    first = asyncio.create_task(writer.write([finished(1)]))
+    await asyncio.sleep(0)
+    later = [asyncio.create_task(writer.write([finished(n)])) for n in (2, 3, 4)]
+    await asyncio.sleep(0)
+    assert ledger.batches == [[1]]  # written at once, not after a linger
+    assert not first.done()  # a caller returns only once its row is committed
+    ledger.gate.set()
+    await asyncio.gather(first, *later)
+    assert ledger.batches == [[1], [2, 3, 4]]
+
+
+async def test_a_failed_write_reaches_its_callers_and_the_next_write_goes_on() -> None:
+    ledger = GatedLedger()
+    ledger.fail_next = True
+    ledger.gate.set()
+    writer = OutcomeWriter(ledger)  # type: ignore[arg-type]
+    with pytest.raises(StoreUnavailable):
+        await writer.write([finished(1), finished(2)])
+    await writer.write([finished(3)])
+    assert ledger.batches == [[1, 2], [3]]
+
+
+async def test_batches_are_bounded() -> None:
+    ledger = GatedLedger()
+    ledger.gate.set()
+    writer = OutcomeWriter(ledger, max_batch=2)  # type: ignore[arg-type]
+    await writer.write([finished(n) for n in range(5)])
+    assert ledger.batches == [[0, 1], [2, 3], [4]]
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_shared_write() -> None:
+    ledger = GatedLedger()
+    writer = OutcomeWriter(ledger)  # type: ignore[arg-type]
+    first = asyncio.create_task(writer.write([finished(1)]))
+    await asyncio.sleep(0)
+    first.cancel()
+    other = asyncio.create_task(writer.write([finished(2)]))
+    await asyncio.sleep(0)
+    ledger.gate.set()
+    await other
+    assert ledger.batches == [[1], [2]]
