@@ -6,6 +6,7 @@ never act. Changes of leader are audited.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ class Leadership:
         self._clock = clock
         self._on_lead = on_lead
         self.is_leader = False
+        self._fence_check: asyncio.Future[bool] | None = None
 
     @property
     def node_id(self) -> str:
@@ -97,8 +99,16 @@ class Leadership:
             await self._on_lead()
 
     async def fence(self) -> bool:
-        """Still the leader, proven against the lock itself (asked before every action)."""
-        return self.is_leader and await self._lock.held()
+        """Still the leader, proven against the lock itself (asked before every action).
+
+        Askers who come while a check is in flight share it rather than queue their own
+        behind it on the lock's one connection: its answer is at most one round trip old,
+        and a storm of concurrent actions costs one query per round trip, not one each."""
+        if not self.is_leader:
+            return False
+        if self._fence_check is None or self._fence_check.done():
+            self._fence_check = asyncio.ensure_future(self._lock.held())
+        return await asyncio.shield(self._fence_check)
 
     async def good_cycle(self) -> None:
         now = self._clock()
