@@ -185,18 +185,8 @@ class Engine:
         now: datetime,
         mono0: float,
     ) -> None:
-        # Opened first, together: an Exhaust or Act below may be for a new incident.
-        openings = [
-            Opening(d.finding, d.carried_attempts, d.continues)
-            for d in decisions
-            if isinstance(d, Open)
-        ]
-        opened: list[Incident] = []
-        for chunk in _chunks(openings, _BATCH):
-            opened += await self._ledger.open_incidents(chunk, now)
-        incidents.update((i.instance_id, i) for i in opened)
-        report.opened += len(opened)
         acts: list[Act] = []
+        exhausts: list[Exhaust] = []
         for decision in decisions:
             match decision:
                 case Resolve(incident=incident):
@@ -207,17 +197,33 @@ class Engine:
                     await self._ledger.close(
                         incident, IncidentState.DISMISSED, now, "watchdog", detail
                     )
-                case Exhaust(instance_id=instance_id):
-                    await self._ledger.exhaust(incidents[instance_id], now)
-                    report.exhausted += 1
+                case Exhaust():
+                    exhausts.append(decision)
                 case Act():
                     acts.append(decision)
-        await self._guards.check_flapping(opened, now)
-        await self._start(acts, incidents, report, now, mono0)
+        # Grouped over the whole cycle (one restart per process), then started as soon as
+        # every member has its incident: after a mass freeze the first calls go out once
+        # the first batch of incidents is open, not once all of them are.
+        waiting = self._group(acts)
+        await self._start(_ready(waiting, incidents), incidents, report, now, mono0)
+        openings = [
+            Opening(d.finding, d.carried_attempts, d.continues)
+            for d in decisions
+            if isinstance(d, Open)
+        ]
+        for chunk in _chunks(openings, _BATCH):
+            opened = await self._ledger.open_incidents(chunk, now)
+            incidents.update((i.instance_id, i) for i in opened)
+            report.opened += len(opened)
+            await self._guards.check_flapping(opened, now)
+            await self._start(_ready(waiting, incidents), incidents, report, now, mono0)
+        for exhaust in exhausts:  # may be for an incident opened just above
+            await self._ledger.exhaust(incidents[exhaust.instance_id], now)
+            report.exhausted += 1
 
     async def _start(
         self,
-        acts: list[Act],
+        groups: Mapping[tuple[Action, str], list[Act]],
         incidents: Mapping[str, Incident],
         report: CycleReport,
         now: datetime,
@@ -226,10 +232,10 @@ class Engine:
         """Admit each group (restarts pass the budget), claim the attempts in batches whose
         intent rows are committed before any of their calls, then launch each group's
         shared call."""
-        if not acts or not await self._still_leading():
+        if not groups or not await self._still_leading():
             return
         admitted: list[tuple[Action, str, list[_Job]]] = []
-        for (action, key), group in self._group(acts).items():
+        for (action, key), group in groups.items():
             members = [incidents[a.instance_id] for a in group]
             budgeted = action is Action.PROCESS_RESTART and not key.startswith(_INVALID)
             if budgeted and not await self._guards.admit_restart(key, members, now):
@@ -471,6 +477,20 @@ _BATCH = 100  # rows committed together: one commit per row stalls a mass freeze
 def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _ready(
+    waiting: dict[tuple[Action, str], list[Act]], incidents: Mapping[str, Incident]
+) -> dict[tuple[Action, str], list[Act]]:
+    """Take out of `waiting` the groups whose members all have an incident."""
+    ready = {
+        key: group
+        for key, group in waiting.items()
+        if all(a.instance_id in incidents for a in group)
+    }
+    for key in ready:
+        del waiting[key]
+    return ready
 
 
 def _key_or_own(recovery: Recovery | None, act: Act) -> str:

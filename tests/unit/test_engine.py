@@ -26,7 +26,7 @@ from watchdog.model import (
     Pause,
     Target,
 )
-from watchdog.policy import DetectionRules, EscalationRules
+from watchdog.policy import DetectionRules, EscalationRules, LadderStep
 from watchdog.ports import AuditQuery
 from watchdog.safety import SafetyRules
 from watchdog.testing import (
@@ -612,3 +612,55 @@ async def test_an_instance_leaving_our_care_is_dismissed_not_recovered(
     assert await rig.ledger.load_open() == {}
     closed = await rig.ledger.last_closed(["a"])
     assert closed["a"].state is IncidentState.DISMISSED
+
+
+# ------------------------------------------------------------------- mass freeze
+
+
+def record_ledger_calls(rig: Rig) -> list[tuple[str, int]]:
+    """(open|claim, batch size) of each batch write, in order."""
+    calls: list[tuple[str, int]] = []
+    open_incidents, begin_actions = rig.ledger.open_incidents, rig.ledger.begin_actions
+
+    async def opening(openings, now):  # type: ignore[no-untyped-def]
+        calls.append(("open", len(openings)))
+        return await open_incidents(openings, now)
+
+    async def claiming(claims, now):  # type: ignore[no-untyped-def]
+        calls.append(("claim", len(claims)))
+        return await begin_actions(claims, now)
+
+    rig.ledger.open_incidents = opening  # type: ignore[method-assign]
+    rig.ledger.begin_actions = claiming  # type: ignore[method-assign]
+    return calls
+
+
+async def test_a_mass_freeze_starts_calls_after_the_first_batch_is_open_not_all() -> None:
+    rig = make_rig()
+    for n in range(250):
+        rig.store.add(f"i{n:03d}")
+    rig.clock.advance(STALE)
+    calls = record_ledger_calls(rig)
+    report = await rig.cycle()
+    assert calls == [
+        ("open", 100),
+        ("claim", 100),
+        ("open", 100),
+        ("claim", 100),
+        ("open", 50),
+        ("claim", 50),
+    ]
+    assert sorted(rig.calls(API)) == [f"i{n:03d}" for n in range(250)]
+    assert report.opened == 250
+
+
+async def test_a_shared_restart_waits_until_every_member_is_open_and_runs_once() -> None:
+    restart_first = EscalationRules(ladder=(LadderStep(PROC, None, 120.0),))
+    rig = make_rig(rules=restart_first, safety=SafetyRules(brake_min_unhealthy=10_000))
+    for n in range(150):
+        rig.store.add(f"i{n:03d}", process="p1")
+    rig.clock.advance(STALE)
+    calls = record_ledger_calls(rig)
+    await rig.cycle()
+    assert calls == [("open", 100), ("open", 50), ("claim", 150)]
+    assert rig.recoveries[PROC].calls == [Target("i000", "p1")]  # one restart for all 150
