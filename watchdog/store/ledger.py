@@ -9,7 +9,9 @@ event on stdout).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -29,7 +31,14 @@ from watchdog.model import (
 )
 from watchdog.ports import AuditQuery, Claim, Finished, NewAudit, Opening
 from watchdog.store.database import Database, as_utc
-from watchdog.store.schema import OPEN_STATES, UtcDateTime, audit, incidents, pauses
+from watchdog.store.schema import (
+    OPEN_STATES,
+    UtcDateTime,
+    audit,
+    incidents,
+    pauses,
+    revisions,
+)
 
 AuditSink = Callable[[AuditRow], None]
 
@@ -38,18 +47,52 @@ def ignore_audit(_row: AuditRow) -> None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class _OpenCache:
+    revision: int
+    loaded_at: float  # monotonic
+    incidents: dict[str, Incident]
+
+
 class SqlLedger:
-    def __init__(self, db: Database, emit: AuditSink = ignore_audit) -> None:
+    """`max_cache_age`: open incidents are reloaded when their revision moved (every
+    writer here bumps it) and at least this often (seconds), for a writer that does not
+    (an older version mid-upgrade, a hand-made SQL fix)."""
+
+    def __init__(
+        self,
+        db: Database,
+        emit: AuditSink = ignore_audit,
+        *,
+        max_cache_age: float = 60.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._db = db
         self._emit = emit
+        self._max_cache_age = max_cache_age
+        self._monotonic = monotonic
+        self._open: _OpenCache | None = None
 
     # ---------------------------------------------------------------- reading
 
     async def load_open(self) -> dict[str, Incident]:
-        query = sa.select(*_INCIDENT_COLUMNS).where(incidents.c.state.in_(OPEN_STATES))
+        """One tiny read when nothing changed; the full set only after a change. The
+        revision is read first, so a cache is never labelled newer than its content."""
+        cached = self._open
         async with self._db.connect("load open incidents") as conn:
-            rows = (await conn.execute(query)).all()
-        return {row.instance_id: _incident(row) for row in rows}
+            revision = (await conn.execute(_READ_REVISION)).scalar_one_or_none()
+            fresh = (
+                cached is not None
+                and revision == cached.revision
+                and self._monotonic() - cached.loaded_at < self._max_cache_age
+            )
+            if cached is None or not fresh:
+                loaded_at = self._monotonic()
+                rows = (await conn.execute(_OPEN_INCIDENTS)).all()
+                loaded = {row.instance_id: _incident(row) for row in rows}
+                cached = _OpenCache(-1 if revision is None else revision, loaded_at, loaded)
+                self._open = cached if revision is not None else None
+        return dict(cached.incidents)
 
     async def last_closed(self, instance_ids: Collection[str]) -> dict[str, Incident]:
         latest = (
@@ -133,6 +176,7 @@ class SqlLedger:
                 for o, new_id in zip(openings, new_ids, strict=True)
             ]
             rows = await self.insert_audits(conn, now, specs)
+            await _bump(conn)
         for row in rows:  # logged once committed
             self._emit(row)
         return [
@@ -193,6 +237,8 @@ class SqlLedger:
             won = set((await conn.execute(update)).scalars())
             winners = [c for c in claims if c.incident.id in won]
             rows = await self.insert_audits(conn, now, [_intent(c) for c in winners])
+            if winners:
+                await _bump(conn)
         for row in rows:  # logged once committed
             self._emit(row)
         ids = {c.incident.id: row.id for c, row in zip(winners, rows, strict=True)}
@@ -247,6 +293,7 @@ class SqlLedger:
             at = await self._db_now(conn)
             rows = await self.insert_audits(conn, at, specs)
             await conn.execute(set_next_due)
+            await _bump(conn)
         for row in rows:
             self._emit(row)
 
@@ -423,6 +470,7 @@ class SqlLedger:
             if (await conn.execute(update)).rowcount != 1:
                 return
             row = await self.insert_audit(conn, now, spec)
+            await _bump(conn)
         self._emit(row)
 
     def emit(self, row: AuditRow) -> None:
@@ -490,6 +538,19 @@ class SqlLedger:
         return sorted((await conn.execute(insert)).scalars())
 
 
+async def _bump(conn: AsyncConnection) -> None:
+    """Mark the incidents changed; last in the transaction, so on PostgreSQL the row lock
+    it takes (serialising incident writers) is held only until the commit."""
+    await conn.execute(_BUMP_REVISION)
+
+
+_INCIDENTS_REVISION = revisions.c.name == "incidents"
+_READ_REVISION = sa.select(revisions.c.revision).where(_INCIDENTS_REVISION)
+_BUMP_REVISION = (
+    sa.update(revisions).where(_INCIDENTS_REVISION).values(revision=revisions.c.revision + 1)
+)
+
+
 def _intent(claim: Claim) -> NewAudit:
     """The `started` row written before the call."""
     return NewAudit(
@@ -544,6 +605,7 @@ _INCIDENT_COLUMNS = (
     incidents.c.process,
     incidents.c.flapping,
 )
+_OPEN_INCIDENTS = sa.select(*_INCIDENT_COLUMNS).where(incidents.c.state.in_(OPEN_STATES))
 # Dict lookups: an Enum call costs about twenty times as much.
 _REASONS = {str(r): r for r in Reason}
 _STATES = {str(s): s for s in IncidentState}

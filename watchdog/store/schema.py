@@ -147,3 +147,12 @@ outbox = sa.Table(
     sa.Column("sent_at", UtcDateTime),
     sa.Column("last_error", sa.Text),
 )
+
+# One row per changing table the daemon caches: every transaction that writes incidents
+# bumps `incidents` last, so a reader that sees the same number sees the same incidents.
+revisions = sa.Table(
+    "watchdog_revisions",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("revision", sa.BigInteger, nullable=False),
+)
