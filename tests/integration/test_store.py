@@ -19,6 +19,7 @@ from watchdog.store import migrate
 from watchdog.store.database import Database
 from watchdog.store.instances import SqlInstanceStore
 from watchdog.store.ledger import SqlLedger
+from watchdog.store.schema import incidents
 
 RULES = DetectionRules()
 
@@ -81,6 +82,52 @@ async def test_scan_returns_the_database_clock_when_all_is_healthy(
     scan = await instances.scan()
     assert scan.findings == {}
     assert abs((scan.now - await instances.now()).total_seconds()) < 5
+
+
+async def test_scan_of_an_empty_then_an_all_healthy_table(app: AppTable, db: Database) -> None:
+    """One aggregate row comes back either way: the clock, the count, no candidates."""
+    instances = store(db)
+    empty = await instances.scan()
+    assert (empty.enabled_count, empty.findings, empty.next_deadline) == (0, {}, None)
+    assert abs((empty.now - await instances.now()).total_seconds()) < 5
+    for n in range(3):
+        app.add(f"ok{n}", heartbeat_ago=1)
+    healthy = await instances.scan()
+    assert (healthy.enabled_count, healthy.findings, healthy.next_deadline) == (3, {}, None)
+    assert abs((healthy.now - await instances.now()).total_seconds()) < 5
+
+
+async def test_scan_reads_an_integer_id_as_text_and_a_null_process_as_none(
+    app: AppTable, db: Database
+) -> None:
+    ts = "TEXT" if app.is_sqlite else "timestamptz"
+    with app.engine.begin() as conn:  # the application's id column may be an integer
+        conn.execute(
+            sa.text(f"""
+            CREATE TABLE numbered (
+              id INTEGER PRIMARY KEY,
+              enabled BOOLEAN NOT NULL DEFAULT TRUE,
+              connection_status TEXT NOT NULL,
+              status_changed_at {ts} NOT NULL,
+              last_heartbeat_at {ts},
+              force_reconnect BOOLEAN NOT NULL DEFAULT FALSE,
+              process TEXT)""")
+        )
+    numbered = AppTable(app.url, InstancesSettings(table="numbered"))
+    try:
+        numbered.add("42", heartbeat_ago=300)
+        numbered.add("43", heartbeat_ago=1)
+        app.add("007", heartbeat_ago=300)  # an integer-like text id keeps its zeros
+        scan = await store(db, InstancesSettings(table="numbered")).scan()
+        texts = await store(db).scan()
+    finally:
+        numbered.dispose()
+    assert list(scan.findings) == ["42"]
+    assert scan.enabled_count == 2
+    assert scan.findings["42"].process is None
+    assert scan.findings["42"].reason is Reason.STALE_HEARTBEAT
+    assert list(texts.findings) == ["007"]
+    assert texts.findings["007"].process is None
 
 
 async def test_sql_predicate_agrees_with_the_pure_rule(app: AppTable, db: Database) -> None:
@@ -215,6 +262,74 @@ async def test_batches_open_and_claim_together_each_claim_still_conditional(
     ]
     again = await ledger.begin_actions([Claim(a, 1, api, scan.now)], scan.now)
     assert again == [None]  # claimed once
+
+
+async def test_a_batch_claims_and_finishes_each_incident_with_its_own_values(
+    app: AppTable, db: Database
+) -> None:
+    from watchdog.ports import Claim, Finished, Opening
+
+    ledger, instances = SqlLedger(db), store(db)
+    for iid in ("a", "b", "c"):
+        app.add(iid, heartbeat_ago=200)
+    scan = await instances.scan()
+    now = scan.now
+    a, b, c = await ledger.open_incidents([Opening(scan.findings[i]) for i in "abc"], now)
+    retry = {"a": now + timedelta(seconds=10), "b": now + timedelta(seconds=20)}
+    claims = [
+        Claim(a, 1, Action.API_RESTART, retry["a"]),
+        Claim(b, 1, Action.DB_FLAG, retry["b"], {"target": "k"}),
+    ]
+    assert None not in await ledger.begin_actions(claims, now)
+    loaded = await ledger.load_open()
+    assert (loaded["a"].last_action, loaded["a"].next_action_at) == (Action.API_RESTART, retry["a"])
+    assert (loaded["b"].last_action, loaded["b"].next_action_at) == (Action.DB_FLAG, retry["b"])
+    assert (loaded["c"].attempt, loaded["c"].last_action) == (0, None)  # not in the batch
+
+    later = now + timedelta(seconds=60)
+    await ledger.finish_actions(
+        [
+            Finished(a, 1, Action.API_RESTART, Outcome.OK, {"status": 200}, 0.1, later),
+            Finished(b, 1, Action.DB_FLAG, Outcome.FAILED, {"error": "x"}, 0.2, later),
+            # an outcome for an attempt that is no longer the latest moves nothing
+            Finished(c, 3, Action.DB_FLAG, Outcome.OK, {}, 0.3, later),
+        ]
+    )
+    loaded = await ledger.load_open()
+    assert loaded["a"].next_action_at == later
+    assert loaded["b"].next_action_at == later
+    assert loaded["c"].next_action_at == now
+    outcomes = await ledger.audit(AuditQuery(limit=3))
+    assert [(r.instance_id, r.outcome, r.attempt, r.duration) for r in outcomes] == [
+        ("a", Outcome.OK, 1, pytest.approx(0.1)),
+        ("b", Outcome.FAILED, 1, pytest.approx(0.2)),
+        ("c", Outcome.OK, 3, pytest.approx(0.3)),
+    ]
+    assert outcomes[0].id < outcomes[1].id < outcomes[2].id
+    assert outcomes[1].detail == {"error": "x"}
+
+
+async def test_open_incidents_are_reloaded_when_any_writer_changed_them(
+    app: AppTable, db: Database
+) -> None:
+    seconds = [0.0]
+    daemon = SqlLedger(db, max_cache_age=60.0, monotonic=lambda: seconds[0])
+    operator = SqlLedger(db)  # watchdogctl, or another node: its own ledger
+    instances = store(db)
+    incident, now = await _open(operator, instances, app, "x")
+    assert set(await daemon.load_open()) == {"x"}  # first load: from the table
+
+    await operator.close(incident, IncidentState.RESET, now, "ops", {})
+    assert await daemon.load_open() == {}  # seen at once: the writer bumped the revision
+
+    await _open(operator, instances, app, "y")
+    assert set(await daemon.load_open()) == {"y"}
+    # A change by hand that bumps nothing is picked up once the cache is max_cache_age old.
+    async with db.begin("test") as conn:
+        await conn.execute(sa.update(incidents).values(attempt=7))
+    assert (await daemon.load_open())["y"].attempt == 0
+    seconds[0] += 60.0
+    assert (await daemon.load_open())["y"].attempt == 7
 
 
 async def test_an_attempt_is_claimed_once_and_audited_before_and_after(

@@ -1,4 +1,6 @@
-"""The application's table, mapped from `[instances]`: one detection query per cycle.
+"""The application's table, mapped from `[instances]`: one detection query per cycle,
+one pass over the table (an aggregate returning the clock, the monitored count and the
+rows near a threshold as JSON; the count and the rows used to be two scans of it).
 
 The query's WHERE clause mirrors `policy.classify` (a test checks that they agree);
 the reason is then decided by `classify` itself on the ages the database computed, so
@@ -9,6 +11,7 @@ The only write is the force-reconnect flag.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 from datetime import datetime
 from typing import Any
@@ -96,27 +99,35 @@ class SqlInstanceStore:
         monitored = [self._col(m.enabled) == sa.true()]
         if r.ignored_statuses:
             monitored.append(status.not_in(sorted(r.ignored_statuses)))
-        candidates = (
-            sa.select(
-                self._col(m.id).label("id"),
-                status.label("status"),
-                process.label("process"),
-                self._age(changed).label("status_age"),
-                self._age(heartbeat).label("heartbeat_age"),
-            )
-            .where(*monitored, near)
-            .subquery("candidates")
+        fields = (
+            self._col(m.id),
+            status,
+            process,
+            self._age(changed),
+            self._age(heartbeat),
         )
-        fleet = (
-            sa.select(sa.func.count().label("monitored"))
+        # One aggregate, no GROUP BY: one pass over the table (the count and the candidates
+        # used to be two sequential scans of it), and exactly one row back even when the
+        # table is empty, so the database's now always comes back. The candidates come as
+        # one JSON array of [id, status, process, status_age, heartbeat_age] arrays.
+        near_rows: sa.ColumnElement[Any]
+        if self._db.is_sqlite:
+            grouped = sa.func.json_group_array(sa.func.json_array(*fields)).filter(near)
+            near_rows = sa.type_coerce(grouped, sa.Text)
+        else:
+            # As text: psycopg would decode a json column itself; text reads alike on both.
+            near_rows = sa.cast(
+                sa.func.json_agg(sa.func.json_build_array(*fields)).filter(near), sa.Text
+            )
+        return (
+            sa.select(
+                self._db.now_expr().label("now"),
+                sa.func.count().label("monitored"),
+                near_rows.label("near"),
+            )
             .select_from(self._table)
             .where(*monitored)
-            .subquery("fleet")
         )
-        clock = sa.select(self._db.now_expr().label("now"), fleet.c.monitored).subquery("clock")
-        # LEFT JOIN onto a one-row clock: one round trip returns the database's now even
-        # when nothing is unhealthy.
-        return sa.select(clock, candidates).select_from(clock.outerjoin(candidates, sa.true()))
 
     async def scan(self) -> Scan:
         """One detection query; a transient fault (SQLite busy, a dropped PostgreSQL
@@ -125,13 +136,12 @@ class SqlInstanceStore:
 
     async def _scan_once(self) -> Scan:
         async with self._db.connect("detection query") as conn:
-            rows = (await conn.execute(self._scan_query)).all()
+            row = (await conn.execute(self._scan_query)).one()
         findings: dict[str, Finding] = {}
         deadline: float | None = None
-        for row in rows:
-            if row.id is None:
-                continue
-            instance = self._row(row)
+        # NULL (PostgreSQL) or '[]' (SQLite) when no row is near a threshold.
+        for near in json.loads(row.near) if row.near else ():
+            instance = self._row(near)
             finding = classify(instance, self._rules)
             if finding is not None:
                 findings[finding.instance_id] = finding
@@ -139,23 +149,25 @@ class SqlInstanceStore:
             left = time_to_threshold(instance, self._rules)
             if left is not None and (deadline is None or left < deadline):
                 deadline = left
-        first = rows[0]
         return Scan(
-            now=as_utc(first.now),
+            now=as_utc(row.now),
             findings=findings,
-            enabled_count=first.monitored,
+            enabled_count=int(row.monitored),
             next_deadline=deadline,
         )
 
     @staticmethod
-    def _row(row: sa.Row[Any]) -> InstanceRow:
+    def _row(near: list[Any]) -> InstanceRow:
+        """One [id, status, process, status_age, heartbeat_age] array of the scan; the id
+        as text whatever the column's type (a JSON number for an integer id)."""
+        instance_id, status, process, status_age, heartbeat_age = near
         return InstanceRow(
-            instance_id=str(row.id),
+            instance_id=str(instance_id),
             enabled=True,
-            status=str(row.status),
-            status_age=float(row.status_age),
-            heartbeat_age=None if row.heartbeat_age is None else float(row.heartbeat_age),
-            process=row.process,
+            status=str(status),
+            status_age=float(status_age),
+            heartbeat_age=None if heartbeat_age is None else float(heartbeat_age),
+            process=None if process is None else str(process),
         )
 
     async def set_force_reconnect(self, instance_id: str) -> bool:
