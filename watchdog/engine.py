@@ -109,6 +109,8 @@ class Engine:
         # Dry-run: what was last recorded per instance. Nothing changes in a dry run, so the
         # same would-be decision comes back every cycle; it is audited once, not each time.
         self._dry_run_seen: dict[tuple[str, type], tuple[object, ...]] = {}
+        # Dry-run: incidents it would have closed (instance id → incident id).
+        self._dry_run_closed: dict[str, int] = {}
         self._stopping = False
 
     @property
@@ -137,6 +139,8 @@ class Engine:
         self._guards.database_back(scan.now)
         self._guards.new_cycle()
         incidents = await self._ledger.load_open()
+        if self._dry_run:
+            incidents = self._dry_run_view(incidents, scan.findings)
         new_ids = [i for i in scan.findings if i not in incidents]
         gone = [i for i in incidents if i not in scan.findings and i not in self._busy]
         unmonitored = await self._instances.unmonitored(gone) if gone else {}
@@ -162,6 +166,11 @@ class Engine:
         decisions = decide(self._rules, world, self._jitter)
         if self._dry_run:
             await self._audit_dry_run(decisions, incidents, report)
+            self._dry_run_closed.update(
+                (d.incident.instance_id, d.incident.id)
+                for d in decisions
+                if isinstance(d, Resolve | Dismiss)
+            )
         else:
             await self._apply(decisions, dict(incidents), report, scan.now, mono0)
             if self._breakers is not None:
@@ -375,6 +384,20 @@ class Engine:
         )
 
     # ------------------------------------------------------------------ dry run
+
+    def _dry_run_view(
+        self, incidents: dict[str, Incident], findings: Mapping[str, object]
+    ) -> dict[str, Incident]:
+        """The open incidents as a live daemon would have them: one this dry run would have
+        resolved or dismissed is out of view while its instance stays out of the findings
+        (a live daemon closed it), and back in view once the instance is unhealthy again
+        (the incident is in fact still open)."""
+        closed = self._dry_run_closed
+        for instance_id in [i for i in closed if i in findings or i not in incidents]:
+            del closed[instance_id]
+        if not closed:
+            return incidents
+        return {i: inc for i, inc in incidents.items() if closed.get(i) != inc.id}
 
     async def _audit_dry_run(
         self, decisions: list[Decision], incidents: Mapping[str, Incident], report: CycleReport

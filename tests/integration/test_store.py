@@ -460,6 +460,17 @@ async def test_unmonitored_says_why(app: AppTable, db: Database) -> None:
     assert found == {"off": "disabled", "banned": "status TOS_BLOCK", "gone": "deleted"}
 
 
+async def test_unmonitored_among_many_healthy_ids_names_only_the_one_that_left(
+    app: AppTable, db: Database
+) -> None:
+    healthy = [f"h{n:04d}" for n in range(300)]
+    for instance_id in healthy:
+        app.add(instance_id, heartbeat_ago=1)
+    app.add("off", enabled=False)
+    assert await store(db).unmonitored([*healthy, "off"]) == {"off": "disabled"}
+    assert await store(db).unmonitored(healthy) == {}
+
+
 async def test_scan_counts_the_monitored_fleet(app: AppTable, db: Database) -> None:
     app.add("a", heartbeat_ago=1)
     app.add("b", heartbeat_ago=500)

@@ -527,6 +527,37 @@ async def test_dry_run_leaves_existing_incidents_alone() -> None:
     assert live.calls(API) == ["a"]
 
 
+async def test_dry_run_treats_an_incident_it_would_close_as_closed_until_it_freezes_again() -> None:
+    live = make_rig()
+    live.store.add("a")
+    live.clock.advance(STALE)
+    await live.cycle()  # a real incident, open at attempt 1
+    dry = Engine(
+        live.store,
+        live.ledger,
+        live.recoveries,
+        EscalationRules(),
+        live.clock,
+        dry_run=True,
+        jitter=lambda: 0.0,
+    )
+    live.store.beat("a")
+    first = await dry.run_cycle()
+    assert first.open_by_state == {"open": 1}
+    live.store.set_enabled("a", False)  # a live daemon closed it above: no dismiss now
+    live.clock.advance(5)
+    later = await dry.run_cycle()
+    assert later.open_by_state == {}
+    assert [r.action for r in live.ledger.rows if r.outcome is Outcome.SKIPPED] == [
+        AuditAction.RECOVERED
+    ]
+    live.store.set_enabled("a", True)
+    live.clock.advance(STALE + 60)  # frozen again: the real incident is still open
+    again = await dry.run_cycle()
+    assert again.open_by_state == {"open": 1}
+    assert again.actions == [("a", API, 2)]
+
+
 # ------------------------------------------------------------- the fakes' contract
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, JSON
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -85,6 +85,15 @@ class Database:
             return column.in_(listed.scalar_subquery())
         array = sa.bindparam(None, list(values), ARRAY(sa.Text))
         return column == sa.func.any(array)
+
+    def listed(self, name: str, values: Collection[str]) -> sa.TableValuedAlias:
+        """`values` as a one-column derived table `name(value)`, sent as one JSON text:
+        thousands of ids cost one string to send, not an array to encode item by item."""
+        text = sa.bindparam(f"{name}_json", json.dumps(list(values)), sa.Text)
+        if self.is_sqlite:
+            return sa.func.json_each(text).table_valued("value", name=name)
+        elements = sa.func.json_array_elements_text(sa.cast(text, JSON))
+        return elements.table_valued("value", name=name)
 
     def rows(
         self,

@@ -92,13 +92,11 @@ class SqlInstanceStore:
             sa.and_(heartbeat.is_(None), self._older_than(changed, r.stale_after - ahead)),
             self._older_than(heartbeat, r.stale_after - ahead),
             sa.and_(
-                status.in_(sorted(r.connecting_statuses)),
+                status.in_(_inline(r.connecting_statuses)),
                 self._older_than(changed, r.connecting_after - ahead),
             ),
         )
-        monitored = [self._col(m.enabled) == sa.true()]
-        if r.ignored_statuses:
-            monitored.append(status.not_in(sorted(r.ignored_statuses)))
+        monitored = self._monitored()
         fields = (
             self._col(m.id),
             status,
@@ -128,6 +126,14 @@ class SqlInstanceStore:
             .select_from(self._table)
             .where(*monitored)
         )
+
+    def _monitored(self) -> list[sa.ColumnElement[bool]]:
+        """Enabled and not in an ignored status: the rows the watchdog looks after."""
+        monitored = [self._col(self._map.enabled) == sa.true()]
+        if self._rules.ignored_statuses:
+            ignored = _inline(self._rules.ignored_statuses)
+            monitored.append(self._col(self._map.status).not_in(ignored))
+        return monitored
 
     async def scan(self) -> Scan:
         """One detection query; a transient fault (SQLite busy, a dropped PostgreSQL
@@ -187,18 +193,29 @@ class SqlInstanceStore:
             return (await conn.execute(query)).first() is not None
 
     async def unmonitored(self, instance_ids: Collection[str]) -> dict[str, str]:
+        """Which of these instances left the watchdog's care, and why. The database
+        returns only the rows that may have (missing, or not certainly monitored), so
+        thousands of ids of healthy instances cost one short answer."""
         m = self._map
-        query = sa.select(self._col(m.id), self._col(m.enabled), self._col(m.status)).where(
-            self._db.among(self._col(m.id), instance_ids)
+        ids = self._db.listed("ids", instance_ids)
+        row_id = self._col(m.id)
+        certainly_monitored = sa.func.coalesce(sa.and_(*self._monitored()), sa.false())
+        query = (
+            sa.select(ids.c.value, row_id, self._col(m.enabled), self._col(m.status))
+            .select_from(ids.outerjoin(self._table, row_id == ids.c.value))
+            .where(sa.or_(row_id.is_(None), sa.not_(certainly_monitored)))
         )
         async with self._db.connect("instance states") as conn:
-            rows = {str(r[0]): (bool(r[1]), str(r[2])) for r in await conn.execute(query)}
+            rows = (await conn.execute(query)).all()
         result: dict[str, str] = {}
-        for instance_id in instance_ids:
-            enabled, status = rows.get(instance_id, (None, None))
+        for instance_id, found, enabled, status in rows:
+            if found is None:  # the row is gone
+                enabled, status = None, None
+            else:
+                enabled, status = bool(enabled), str(status)
             why = unmonitored_reason(enabled, status, self._rules)
             if why is not None:
-                result[instance_id] = why
+                result[str(instance_id)] = why
         return result
 
     async def now(self) -> datetime:
@@ -210,3 +227,10 @@ class SqlInstanceStore:
         probe = sa.select(*self._table.c).limit(1)
         async with self._db.connect("instances table check") as conn:
             await conn.execute(probe)
+
+
+def _inline(statuses: Collection[str]) -> sa.BindParameter[Any]:
+    """Configured statuses written into the SQL text as quoted literals, not parameters:
+    PostgreSQL then folds the list once, where a prepared statement's parameter list is
+    rebuilt for every one of the table's rows (a quarter of the query's time at 100k)."""
+    return sa.bindparam(None, sorted(statuses), expanding=True, literal_execute=True)
