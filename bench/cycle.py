@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,7 @@ NAME = "cycle"
 
 
 class TimedLedger(SqlLedger):
-    """SqlLedger that times its audit appends (what a dry-run cycle writes)."""
+    """SqlLedger that times its audit appends (what a dry-run cycle writes, in batches)."""
 
     def __init__(self, db: Database) -> None:
         super().__init__(db)
@@ -42,15 +43,15 @@ class TimedLedger(SqlLedger):
         self.appends = 0
         self.appending = False
 
-    async def append(self, row: NewAudit) -> Any:
+    async def append_all(self, rows: Sequence[NewAudit]) -> Any:
         started = time.perf_counter()
         self.appending = True
         try:
-            return await super().append(row)
+            return await super().append_all(rows)
         finally:
             self.appending = False
             self.seconds += time.perf_counter() - started
-            self.appends += 1
+            self.appends += len(rows)
 
 
 @dataclass

@@ -408,14 +408,17 @@ class Engine:
         reason) is not recorded again; an instance with no decision this cycle is forgotten,
         so it is recorded afresh if it comes back."""
         seen: dict[tuple[str, type], tuple[object, ...]] = {}
+        rows: list[NewAudit] = []
         for decision in decisions:
             key, signature = _dry_run_signature(decision)
             seen[key] = signature
             if self._dry_run_seen.get(key) != signature:
-                await self._ledger.append(_dry_run_row(decision, incidents))
+                rows.append(_dry_run_row(decision, incidents))
             if isinstance(decision, Act):
                 report.acted += 1
                 report.actions.append((decision.instance_id, decision.action, decision.attempt))
+        for chunk in _chunks(rows, _BATCH):
+            await self._ledger.append_all(chunk)
         self._dry_run_seen = seen
 
 

@@ -413,6 +413,9 @@ class MemoryLedger:
     async def append(self, row: NewAudit) -> AuditRow:
         return self._write(self.clock.now, row)
 
+    async def append_all(self, rows: Sequence[NewAudit]) -> list[AuditRow]:
+        return [self._write(self.clock.now, row) for row in rows]
+
     def _write(self, at: datetime, spec: NewAudit) -> AuditRow:
         values = {f.name: getattr(spec, f.name) for f in fields(spec)}  # AuditRow's, after `at`
         values["detail"] = json.loads(json.dumps(dict(spec.detail), sort_keys=True, default=str))

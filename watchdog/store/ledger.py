@@ -373,9 +373,15 @@ class SqlLedger:
         return True
 
     async def append(self, row: NewAudit) -> AuditRow:
+        return (await self.append_all([row]))[0]
+
+    async def append_all(self, rows: Sequence[NewAudit]) -> list[AuditRow]:
+        if not rows:
+            return []
         async with self._db.begin("append audit") as conn:
-            written = await self.insert_audit(conn, await self._db_now(conn), row)
-        self._emit(written)
+            written = await self.insert_audits(conn, await self._db_now(conn), rows)
+        for row in written:
+            self._emit(row)
         return written
 
     async def suppress(
