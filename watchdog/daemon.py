@@ -84,7 +84,9 @@ class CycleRunner:
             self.monitor.good(report, duration, self._engine, leader=True)
         self.last_report, self.good_cycles = report, self.good_cycles + 1
         if self.wake is not None and report.next_deadline is not None:
-            self.wake(report.next_deadline + _PAST_THE_DEADLINE)
+            # The deadline counts from the scan, near the cycle's start: a cycle slowed by
+            # a recovery storm must not push the wake back by its own length.
+            self.wake(report.next_deadline + _PAST_THE_DEADLINE - duration)
         if self._heartbeat is not None:
             self._heartbeat.on_good_cycle()
         if report.opened or report.acted or report.resolved or report.exhausted:
