@@ -1,0 +1,42 @@
+"""Audit rows as structlog JSON lines: failed outcomes at warning, the rest at info."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from watchdog.model import AuditAction, AuditRow, Outcome
+from watchdog.observability import configure_logging, emit_audit
+
+
+@pytest.fixture
+def stream() -> Iterator[io.StringIO]:
+    out = io.StringIO()
+    configure_logging("info", out)  # configured after the module's logger was made
+    try:
+        yield out
+    finally:
+        configure_logging("info")
+
+
+def row(outcome: Outcome) -> AuditRow:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    return AuditRow(7, at, "wa-1", AuditAction.API_RESTART, outcome, 3, "stale_heartbeat", 1)
+
+
+def test_audit_events_follow_the_configured_stream_and_levels(stream: io.StringIO) -> None:
+    emit_audit(row(Outcome.OK))
+    emit_audit(row(Outcome.FAILED))
+    ok, failed = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert (ok["event"], ok["level"], ok["audit_id"], ok["instance"]) == (
+        "audit",
+        "info",
+        7,
+        "wa-1",
+    )
+    assert (failed["level"], failed["outcome"]) == ("warning", "failed")
+    assert "at" not in ok  # the event's own timestamp stands for it
