@@ -162,7 +162,7 @@ class SqlLedger:
             for o in openings
         ]
         async with self._db.begin("open incidents") as conn:
-            new_ids = await self._insert(conn, incidents, _OPENING_COLUMNS, data)
+            new_ids = [i for i, _ in await self._insert(conn, incidents, _OPENING_COLUMNS, data)]
             specs = [
                 NewAudit(
                     o.finding.instance_id,
@@ -290,8 +290,7 @@ class SqlLedger:
             .values(next_action_at=due.c.at)
         )
         async with self._db.begin("record outcomes") as conn:
-            at = await self._db_now(conn)
-            rows = await self.insert_audits(conn, at, specs)
+            rows = await self.insert_audits(conn, None, specs)
             await conn.execute(set_next_due)
             await _bump(conn)
         for row in rows:
@@ -379,7 +378,7 @@ class SqlLedger:
         if not rows:
             return []
         async with self._db.begin("append audit") as conn:
-            written = await self.insert_audits(conn, await self._db_now(conn), rows)
+            written = await self.insert_audits(conn, None, rows)
         for row in written:
             self._emit(row)
         return written
@@ -490,14 +489,16 @@ class SqlLedger:
         return (await self.insert_audits(conn, at, [spec]))[0]
 
     async def insert_audits(
-        self, conn: AsyncConnection, at: datetime, specs: Sequence[NewAudit]
+        self, conn: AsyncConnection, at: datetime | None, specs: Sequence[NewAudit]
     ) -> list[AuditRow]:
-        """Append rows in one statement; their ids follow the order of `specs`."""
+        """Append rows in one statement; their ids follow the order of `specs`. `at` None:
+        stamped with the database clock (on PostgreSQL inside the INSERT, no extra trip)."""
         if not specs:
             return []
+        if at is None and self._db.is_sqlite:
+            at = await self._db_now(conn)  # in-process: no round trip to save
         data = [
             (
-                at,
                 spec.incident_id,
                 spec.instance_id,
                 spec.reason,
@@ -510,11 +511,12 @@ class SqlLedger:
             )
             for spec in specs
         ]
-        new_ids = await self._insert(conn, audit, _AUDIT_COLUMNS, data)
+        stamp = sa.func.now() if at is None else sa.literal(at, UtcDateTime())
+        written = await self._insert(conn, audit, _AUDIT_COLUMNS, data, at=stamp)
         return [
             AuditRow(
                 new_id,
-                at,
+                as_utc(stamped),
                 spec.instance_id,
                 spec.action,
                 spec.outcome,
@@ -525,7 +527,7 @@ class SqlLedger:
                 spec.duration,
                 spec.actor,
             )
-            for spec, new_id in zip(specs, new_ids, strict=True)
+            for spec, (new_id, stamped) in zip(specs, written, strict=True)
         ]
 
     async def _insert(
@@ -534,14 +536,23 @@ class SqlLedger:
         table: sa.Table,
         columns: Sequence[str],
         data: Sequence[Sequence[Any]],
-    ) -> list[int]:
-        """Insert rows in one short statement; their new ids, in the order of `data`.
+        *,
+        at: sa.ColumnElement[Any] | None = None,
+    ) -> list[tuple[int, Any]]:
+        """Insert rows in one short statement: (new id, `at`) of each, in the order of
+        `data`. `at`, when given, fills the column of that name in every row.
 
         Rows go in in `n` order, so the ids (from one sequence, ascending) sort into it."""
         rows = self._db.rows("batch", {c: table.c[c].type for c in columns}, data)
-        select = sa.select(*(rows.c[c] for c in columns)).order_by(rows.c.n)
-        insert = sa.insert(table).from_select(list(columns), select).returning(table.c.id)
-        return sorted((await conn.execute(insert)).scalars())
+        fields: list[sa.ColumnElement[Any]] = [rows.c[c] for c in columns]
+        names = list(columns)
+        if at is not None:
+            fields.append(at)
+            names.append("at")
+        select = sa.select(*fields).order_by(rows.c.n)
+        stamp = table.c.at if at is not None else sa.null()
+        insert = sa.insert(table).from_select(names, select).returning(table.c.id, stamp)
+        return sorted((row[0], row[1]) for row in await conn.execute(insert))
 
 
 async def _bump(conn: AsyncConnection) -> None:
@@ -582,8 +593,7 @@ _OPENING_COLUMNS = (
     "next_action_at",
     "flapping",
 )
-_AUDIT_COLUMNS = (
-    "at",
+_AUDIT_COLUMNS = (  # and "at", stamped apart
     "incident_id",
     "instance_id",
     "reason",
