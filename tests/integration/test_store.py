@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from tests.apptable import AppTable
 from watchdog.config import InstancesSettings
-from watchdog.errors import StoreSchemaError
+from watchdog.errors import StoreError, StoreSchemaError
 from watchdog.model import Action, AuditAction, IncidentState, Outcome, Pause, Reason
 from watchdog.policy import DetectionRules, InstanceRow, classify
 from watchdog.ports import AuditQuery
@@ -557,3 +557,17 @@ async def test_the_scan_looks_ahead_only_as_far_as_asked(app: AppTable, db: Data
     assert far.next_deadline is None
     assert set(far.findings) == {"stale"}
     assert far.enabled_count == 3
+
+
+@pytest.mark.parametrize("part", ["username", "database"])
+async def test_a_refused_connection_names_the_url_not_the_schema(pg_server: str, part: str) -> None:
+    wrong = sa.engine.make_url(pg_server).set(**{part: "no_such_name"})
+    db = Database(wrong.render_as_string(hide_password=False), timeout=5.0)
+    try:
+        with pytest.raises(StoreError) as raised:
+            await store(db).scan()
+    finally:
+        await db.dispose()
+    assert type(raised.value) is StoreError  # permanent: not waited for, not a schema fix
+    assert "[database] url" in str(raised.value)
+    assert "no_such_name" in str(raised.value)

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from watchdog.errors import StoreError, StoreSchemaError, StoreTimeout, StoreUnavailable
 
 _CANCEL_GRACE = 0.25  # seconds a timed-out query gets to be cancelled before it is dropped
+_REFUSED_HINTS = ("does not exist", "authentication failed", "no pg_hba.conf entry")
 _SCHEMA_HINTS = ("no such table", "no such column", "does not exist", "undefinedtable")
 
 
@@ -170,7 +171,14 @@ class Database:
 def translate(error: exc.DBAPIError, what: str) -> StoreError:
     """Turn a driver error into a transient or permanent store error, one line long."""
     message = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
-    if any(hint in message.lower() for hint in _SCHEMA_HINTS):
+    lowered = message.lower()
+    if "fatal:" in lowered and any(hint in lowered for hint in _REFUSED_HINTS):
+        # Not a missing table: the server refused who we are or where we want to go.
+        return StoreError(
+            f"database refused the connection ({what}): {message}; check the user, password "
+            "and database name in [database] url"
+        )
+    if any(hint in lowered for hint in _SCHEMA_HINTS):
         return StoreSchemaError(
             f"database schema problem ({what}): {message}; check [instances] table and column "
             "names, and run `watchdogctl db upgrade` for the watchdog's own tables"
