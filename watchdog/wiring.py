@@ -76,6 +76,8 @@ async def open_runtime(
             settings.instances,
             settings.detection.rules(),
             lookahead=settings.detection.interval + 1.0,
+            # The monitored count is exact whenever the brake could turn on it.
+            exact_share=settings.safety.brake_fraction / 2,
         )
         yield Runtime(settings, db, instances, SqlLedger(db, emit))
     finally:

@@ -571,3 +571,31 @@ async def test_a_refused_connection_names_the_url_not_the_schema(pg_server: str,
     assert type(raised.value) is StoreError  # permanent: not waited for, not a schema fix
     assert "[database] url" in str(raised.value)
     assert "no_such_name" in str(raised.value)
+
+
+async def test_the_monitored_count_is_refreshed_each_minute_and_exact_when_it_matters(
+    app: AppTable, db: Database
+) -> None:
+    seconds = [0.0]
+    instances = SqlInstanceStore(
+        db, InstancesSettings(), RULES, exact_share=0.25, monotonic=lambda: seconds[0]
+    )
+    for n in range(8):
+        app.add(f"h{n}", heartbeat_ago=1)
+    first = await instances.scan()
+    assert (first.enabled_count, first.findings) == (8, {})
+
+    app.add("new", heartbeat_ago=1)
+    app.add("frozen", heartbeat_ago=500)  # 1 unhealthy of 8 counted: under a quarter
+    cached = await instances.scan()
+    assert set(cached.findings) == {"frozen"}  # found by the cheaper query too
+    assert cached.enabled_count == 8  # the count of a moment ago
+
+    seconds[0] += 60.0
+    assert (await instances.scan()).enabled_count == 10  # a minute on: counted again
+
+    app.add("frozen2", heartbeat_ago=500)
+    app.add("frozen3", heartbeat_ago=500)  # 3 unhealthy of 10 counted: the share matters
+    exact = await instances.scan()
+    assert set(exact.findings) == {"frozen", "frozen2", "frozen3"}
+    assert exact.enabled_count == 12  # counted at once, not a minute later

@@ -12,7 +12,8 @@ The only write is the force-reconnect flag.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+import time
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Any
 
@@ -34,7 +35,13 @@ from watchdog.store.database import Database, as_utc
 
 class SqlInstanceStore:
     """`lookahead`: the scan also returns healthy rows this close (in seconds) to a
-    threshold, so the daemon can wake at the next deadline; pass about one interval."""
+    threshold, so the daemon can wake at the next deadline; pass about one interval.
+
+    The monitored count (`Scan.enabled_count`) is a full pass over the table, and most
+    cycles only need the rows near a threshold: it is counted at least every
+    `count_every` seconds, and at once whenever the unhealthy are at least `exact_share`
+    of the last count, so a ratio that matters (the mass-failure brake) is always exact.
+    """
 
     def __init__(
         self,
@@ -42,11 +49,19 @@ class SqlInstanceStore:
         mapping: InstancesSettings,
         rules: DetectionRules,
         lookahead: float = 6.0,
+        *,
+        count_every: float = 60.0,
+        exact_share: float = 0.25,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._db = db
         self._map = mapping
         self._rules = rules
         self._lookahead = max(1.0, lookahead)
+        self._count_every = count_every
+        self._exact_share = exact_share
+        self._monotonic = monotonic
+        self._counted: tuple[int, float] | None = None  # (monitored, when: monotonic)
         schema, _, name = mapping.table.rpartition(".")
         columns = [
             mapping.id,
@@ -59,7 +74,11 @@ class SqlInstanceStore:
         if mapping.process:
             columns.append(mapping.process)
         self._table = sa.table(name, *(sa.column(c) for c in columns), schema=schema or None)
-        self._scan_query = self._build_scan()
+        self._scan_query = self._build_scan(counting=True)
+        self._near_query = self._build_scan(counting=False)
+        self._count_query = (
+            sa.select(sa.func.count()).select_from(self._table).where(*self._monitored())
+        )
 
     def _col(self, name: str) -> sa.ColumnClause[Any]:
         return self._table.c[name]
@@ -80,7 +99,12 @@ class SqlInstanceStore:
         interval: sa.ColumnElement[Any] = sa.literal_column(f"interval '{seconds:.6f} seconds'")
         return column < sa.func.now() - interval
 
-    def _build_scan(self) -> sa.Select[Any]:
+    @property
+    def detection_query(self) -> sa.Select[Any]:
+        """The query most cycles run (the benchmark times it raw)."""
+        return self._near_query
+
+    def _build_scan(self, *, counting: bool) -> sa.Select[Any]:
         m, r = self._map, self._rules
         status, heartbeat = self._col(m.status), self._col(m.heartbeat)
         changed = self._col(m.status_changed_at)
@@ -104,28 +128,27 @@ class SqlInstanceStore:
             self._age(changed),
             self._age(heartbeat),
         )
-        # One aggregate, no GROUP BY: one pass over the table (the count and the candidates
-        # used to be two sequential scans of it), and exactly one row back even when the
-        # table is empty, so the database's now always comes back. The candidates come as
-        # one JSON array of [id, status, process, status_age, heartbeat_age] arrays.
+        # One aggregate, no GROUP BY: one pass over the table, and exactly one row back
+        # even when nothing matches, so the database's now always comes back. The
+        # candidates come as one JSON array of [id, status, process, status_age,
+        # heartbeat_age] arrays. Counting, every monitored row is visited (and counted);
+        # otherwise the cheap timestamp comparisons come first and rule out almost all.
         near_rows: sa.ColumnElement[Any]
         if self._db.is_sqlite:
-            grouped = sa.func.json_group_array(sa.func.json_array(*fields)).filter(near)
-            near_rows = sa.type_coerce(grouped, sa.Text)
+            grouped = sa.func.json_group_array(sa.func.json_array(*fields))
+            near_rows = sa.type_coerce(grouped.filter(near) if counting else grouped, sa.Text)
         else:
             # As text: psycopg would decode a json column itself; text reads alike on both.
-            near_rows = sa.cast(
-                sa.func.json_agg(sa.func.json_build_array(*fields)).filter(near), sa.Text
-            )
-        return (
-            sa.select(
-                self._db.now_expr().label("now"),
-                sa.func.count().label("monitored"),
-                near_rows.label("near"),
-            )
-            .select_from(self._table)
-            .where(*monitored)
-        )
+            aggregated = sa.func.json_agg(sa.func.json_build_array(*fields))
+            near_rows = sa.cast(aggregated.filter(near) if counting else aggregated, sa.Text)
+        clock = self._db.now_expr().label("now")
+        if counting:
+            counted = sa.func.count().label("monitored")
+            query = sa.select(clock, counted, near_rows.label("near")).where(*monitored)
+        else:
+            query = sa.select(clock, sa.null().label("monitored"), near_rows.label("near"))
+            query = query.where(near, *monitored)
+        return query.select_from(self._table)
 
     def _monitored(self) -> list[sa.ColumnElement[bool]]:
         """Enabled and not in an ignored status: the rows the watchdog looks after."""
@@ -141,12 +164,36 @@ class SqlInstanceStore:
         return await retry_transient(self._scan_once, 2, "detection query", unless=StoreTimeout)
 
     async def _scan_once(self) -> Scan:
+        counted = self._counted
+        counting = counted is None or self._monotonic() - counted[1] >= self._count_every
         async with self._db.connect("detection query") as conn:
-            row = (await conn.execute(self._scan_query)).one()
+            query = self._scan_query if counting else self._near_query
+            row = (await conn.execute(query)).one()
+            findings, deadline = self._judge(row.near)
+            if counting:
+                monitored = int(row.monitored)
+            else:
+                assert counted is not None
+                monitored = counted[0]
+                if len(findings) >= self._exact_share * monitored:  # a ratio may matter
+                    monitored = int((await conn.execute(self._count_query)).scalar_one())
+                    counting = True
+        if counting:
+            self._counted = (monitored, self._monotonic())
+        return Scan(
+            now=as_utc(row.now),
+            findings=findings,
+            enabled_count=monitored,
+            next_deadline=deadline,
+        )
+
+    def _judge(self, near_rows: str | None) -> tuple[dict[str, Finding], float | None]:
+        """The findings among the rows near a threshold, and the soonest deadline among
+        the healthy rest (seconds)."""
         findings: dict[str, Finding] = {}
         deadline: float | None = None
         # NULL (PostgreSQL) or '[]' (SQLite) when no row is near a threshold.
-        for near in json.loads(row.near) if row.near else ():
+        for near in json.loads(near_rows) if near_rows else ():
             instance = self._row(near)
             finding = classify(instance, self._rules)
             if finding is not None:
@@ -155,12 +202,7 @@ class SqlInstanceStore:
             left = time_to_threshold(instance, self._rules)
             if left is not None and (deadline is None or left < deadline):
                 deadline = left
-        return Scan(
-            now=as_utc(row.now),
-            findings=findings,
-            enabled_count=int(row.monitored),
-            next_deadline=deadline,
-        )
+        return findings, deadline
 
     @staticmethod
     def _row(near: list[Any]) -> InstanceRow:
