@@ -133,21 +133,25 @@ class SqlInstanceStore:
         # candidates come as one JSON array of [id, status, process, status_age,
         # heartbeat_age] arrays. Counting, every monitored row is visited (and counted);
         # otherwise the cheap timestamp comparisons come first and rule out almost all.
+        # Counting, every monitored row is visited and the near ones aggregated; otherwise
+        # only the near rows are (the planner would test the status list on every row
+        # first if it sat in the WHERE clause, so it filters the aggregate instead).
+        keep = near if counting else sa.and_(*monitored)
         near_rows: sa.ColumnElement[Any]
         if self._db.is_sqlite:
-            grouped = sa.func.json_group_array(sa.func.json_array(*fields))
-            near_rows = sa.type_coerce(grouped.filter(near) if counting else grouped, sa.Text)
+            grouped = sa.func.json_group_array(sa.func.json_array(*fields)).filter(keep)
+            near_rows = sa.type_coerce(grouped, sa.Text)
         else:
             # As text: psycopg would decode a json column itself; text reads alike on both.
-            aggregated = sa.func.json_agg(sa.func.json_build_array(*fields))
-            near_rows = sa.cast(aggregated.filter(near) if counting else aggregated, sa.Text)
+            aggregated = sa.func.json_agg(sa.func.json_build_array(*fields)).filter(keep)
+            near_rows = sa.cast(aggregated, sa.Text)
         clock = self._db.now_expr().label("now")
         if counting:
             counted = sa.func.count().label("monitored")
             query = sa.select(clock, counted, near_rows.label("near")).where(*monitored)
         else:
-            query = sa.select(clock, sa.null().label("monitored"), near_rows.label("near"))
-            query = query.where(near, *monitored)
+            missing = sa.null().label("monitored")
+            query = sa.select(clock, missing, near_rows.label("near")).where(near)
         return query.select_from(self._table)
 
     def _monitored(self) -> list[sa.ColumnElement[bool]]:
