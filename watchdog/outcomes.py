@@ -4,20 +4,30 @@ After a mass freeze, recovery calls finish faster than one transaction each can 
 committed. Every caller still waits until its own outcome is committed (so an instance
 stops being busy only once its outcome is on record), but outcomes that arrive while a
 write is in progress go together in the next one: one commit when idle, few under load.
+Under load (the last write carried more than one outcome) the next write waits `linger`
+seconds more for company: a few milliseconds of delay for far fewer commits.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from watchdog.ports import Finished, Ledger
 
 
 class OutcomeWriter:
-    def __init__(self, ledger: Ledger, max_batch: int = 200) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        max_batch: int = 200,
+        linger: float = 0.01,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self._ledger = ledger
         self._max_batch = max_batch
+        self._linger = linger
+        self._sleep = sleep
         self._pending: list[tuple[Finished, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -34,7 +44,10 @@ class OutcomeWriter:
         await asyncio.shield(asyncio.gather(*waits))
 
     async def _drain(self) -> None:
+        busy = False
         while self._pending:
+            if busy and self._linger > 0 and len(self._pending) < self._max_batch:
+                await self._sleep(self._linger)
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
             try:
@@ -47,3 +60,4 @@ class OutcomeWriter:
                 for _f, wait in batch:
                     if not wait.done():
                         wait.set_result(None)
+            busy = len(batch) > 1

@@ -81,3 +81,31 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_write() -> None:
     ledger.gate.set()
     await other
     assert ledger.batches == [[1], [2]]
+
+
+async def test_under_load_the_next_write_lingers_for_company() -> None:
+    ledger = GatedLedger()
+    lingering = asyncio.Event()
+    go_on = asyncio.Event()
+    lingered: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        lingered.append(seconds)
+        lingering.set()
+        await go_on.wait()
+
+    writer = OutcomeWriter(ledger, linger=0.01, sleep=sleep)  # type: ignore[arg-type]
+    first = asyncio.create_task(writer.write([finished(1), finished(2)]))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(writer.write([finished(3)]))  # while [1, 2] is written
+    await asyncio.sleep(0)
+    ledger.gate.set()
+    await asyncio.wait_for(
+        lingering.wait(), 5
+    )  # the first batch carried two: the writer waits before the next
+    late = asyncio.create_task(writer.write([finished(4)]))
+    await asyncio.sleep(0)
+    go_on.set()
+    await asyncio.gather(first, second, late)
+    assert ledger.batches == [[1, 2], [3, 4]]
+    assert lingered == [0.01]
