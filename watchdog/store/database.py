@@ -160,9 +160,10 @@ class Database:
 
     @asynccontextmanager
     async def connect(self, what: str) -> AsyncIterator[AsyncConnection]:
-        """A read-only connection bounded by the timeout."""
+        """A read-only connection bounded by the timeout. In autocommit: each read is a
+        statement of its own, without the BEGIN and ROLLBACK round trips around it."""
         async with self.guard(what), self.engine.connect() as conn:
-            yield conn
+            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
 
     async def dispose(self) -> None:
         await self.engine.dispose()
