@@ -12,9 +12,18 @@ import sqlalchemy as sa
 from tests.apptable import AppTable
 from watchdog.config import InstancesSettings
 from watchdog.errors import StoreError, StoreSchemaError
-from watchdog.model import Action, AuditAction, IncidentState, Outcome, Pause, Reason
+from watchdog.model import (
+    Action,
+    AuditAction,
+    Incident,
+    IncidentState,
+    Outcome,
+    Pause,
+    Reason,
+    Scan,
+)
 from watchdog.policy import DetectionRules, InstanceRow, classify
-from watchdog.ports import AuditQuery
+from watchdog.ports import AuditQuery, Claim, Finished, Opening
 from watchdog.store import migrate
 from watchdog.store.database import Database
 from watchdog.store.instances import SqlInstanceStore
@@ -229,18 +238,20 @@ async def _open(ledger: SqlLedger, instances: SqlInstanceStore, app: AppTable, i
     return await ledger.open_incident(scan.findings[iid], 0, None, scan.now), scan.now
 
 
+async def _open_abc(ledger: SqlLedger, db: Database, app: AppTable) -> tuple[list[Incident], Scan]:
+    """Instances a, b and c frozen, and their incidents opened in one batch."""
+    for iid in ("a", "b", "c"):
+        app.add(iid, heartbeat_ago=200)
+    scan = await store(db).scan()
+    openings = [Opening(scan.findings[i]) for i in ("a", "b", "c")]
+    return await ledger.open_incidents(openings, scan.now), scan
+
+
 async def test_batches_open_and_claim_together_each_claim_still_conditional(
     app: AppTable, db: Database
 ) -> None:
-    from watchdog.ports import Claim, Opening
-
-    ledger, instances = SqlLedger(db), store(db)
-    for iid in ("a", "b", "c"):
-        app.add(iid, heartbeat_ago=200)
-    scan = await instances.scan()
-    opened = await ledger.open_incidents(
-        [Opening(scan.findings[i]) for i in ("a", "b", "c")], scan.now
-    )
+    ledger = SqlLedger(db)
+    opened, scan = await _open_abc(ledger, db, app)
     assert [i.instance_id for i in opened] == ["a", "b", "c"]
     assert set(await ledger.load_open()) == {"a", "b", "c"}
     a, b, c = opened
@@ -267,14 +278,9 @@ async def test_batches_open_and_claim_together_each_claim_still_conditional(
 async def test_a_batch_claims_and_finishes_each_incident_with_its_own_values(
     app: AppTable, db: Database
 ) -> None:
-    from watchdog.ports import Claim, Finished, Opening
-
-    ledger, instances = SqlLedger(db), store(db)
-    for iid in ("a", "b", "c"):
-        app.add(iid, heartbeat_ago=200)
-    scan = await instances.scan()
+    ledger = SqlLedger(db)
+    (a, b, c), scan = await _open_abc(ledger, db, app)
     now = scan.now
-    a, b, c = await ledger.open_incidents([Opening(scan.findings[i]) for i in "abc"], now)
     retry = {"a": now + timedelta(seconds=10), "b": now + timedelta(seconds=20)}
     claims = [
         Claim(a, 1, Action.API_RESTART, retry["a"]),

@@ -500,12 +500,9 @@ async def test_dry_run_records_an_instance_afresh_after_it_was_healthy() -> None
     assert rig.trail("a") == once * 2
 
 
-async def test_dry_run_leaves_existing_incidents_alone() -> None:
-    live = make_rig()
-    live.store.add("a")
-    live.clock.advance(STALE)
-    await live.cycle()
-    dry = Engine(
+def dry_engine(live: Rig) -> Engine:
+    """A dry-run engine beside `live`, on the same store, ledger and clock."""
+    return Engine(
         live.store,
         live.ledger,
         live.recoveries,
@@ -514,6 +511,14 @@ async def test_dry_run_leaves_existing_incidents_alone() -> None:
         dry_run=True,
         jitter=lambda: 0.0,
     )
+
+
+async def test_dry_run_leaves_existing_incidents_alone() -> None:
+    live = make_rig()
+    live.store.add("a")
+    live.clock.advance(STALE)
+    await live.cycle()
+    dry = dry_engine(live)
     before = dict(live.ledger.incidents)
     live.clock.advance(30)
     due = await dry.run_cycle()
@@ -532,15 +537,7 @@ async def test_dry_run_treats_an_incident_it_would_close_as_closed_until_it_free
     live.store.add("a")
     live.clock.advance(STALE)
     await live.cycle()  # a real incident, open at attempt 1
-    dry = Engine(
-        live.store,
-        live.ledger,
-        live.recoveries,
-        EscalationRules(),
-        live.clock,
-        dry_run=True,
-        jitter=lambda: 0.0,
-    )
+    dry = dry_engine(live)
     live.store.beat("a")
     first = await dry.run_cycle()
     assert first.open_by_state == {"open": 1}

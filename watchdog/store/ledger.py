@@ -264,16 +264,7 @@ class SqlLedger:
         if not finished:
             return
         specs = [
-            NewAudit(
-                f.incident.instance_id,
-                AuditAction(str(f.action)),
-                f.outcome,
-                f.incident.id,
-                str(f.incident.reason),
-                f.attempt,
-                f.detail,
-                round(f.duration, 6),
-            )
+            _action_row(f.incident, f.action, f.outcome, f.attempt, f.detail, f.duration)
             for f in finished
         ]
         due = self._db.rows(
@@ -570,14 +561,28 @@ _BUMP_REVISION = (
 
 def _intent(claim: Claim) -> NewAudit:
     """The `started` row written before the call."""
+    c = claim
+    return _action_row(c.incident, c.action, Outcome.STARTED, c.attempt, c.detail or {})
+
+
+def _action_row(
+    incident: Incident,
+    action: Action,
+    outcome: Outcome,
+    attempt: int,
+    detail: Mapping[str, Any],
+    duration: float | None = None,
+) -> NewAudit:
+    """An attempt's audit row: its intent (`started`) or its outcome."""
     return NewAudit(
-        claim.incident.instance_id,
-        AuditAction(str(claim.action)),
-        Outcome.STARTED,
-        claim.incident.id,
-        str(claim.incident.reason),
-        claim.attempt,
-        claim.detail or {},
+        incident.instance_id,
+        AuditAction(str(action)),
+        outcome,
+        incident.id,
+        str(incident.reason),
+        attempt,
+        detail,
+        None if duration is None else round(duration, 6),
     )
 
 
