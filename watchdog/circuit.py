@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from watchdog.breaker import BreakerBoard, BreakerRules, Transition
+from watchdog.breaker import BreakerBoard, BreakerRules, BreakerState, Transition
 from watchdog.model import Action, AuditAction, Outcome
 from watchdog.ports import BreakerStore, Ledger, NewAudit
 
@@ -34,6 +34,13 @@ class BackendBreakers:
     async def load(self) -> None:
         if self._store is not None:
             self.board.load(await self._store.load())
+
+    def refuses(self, action: Action, now: datetime) -> bool:
+        """The backend's breaker is open: a call now would be skipped. Unlike `allows`,
+        asking takes no half-open trial slot."""
+        breaker = self.board.get(self.name(action))
+        breaker.poll(now)
+        return breaker.state is BreakerState.OPEN
 
     def allows(self, action: Action, now: datetime) -> bool:
         breaker = self.board.get(self.name(action))

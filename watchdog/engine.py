@@ -246,7 +246,12 @@ class Engine:
         admitted: list[tuple[Action, str, list[_Job]]] = []
         for (action, key), group in groups.items():
             members = [incidents[a.instance_id] for a in group]
-            budgeted = action is Action.PROCESS_RESTART and not key.startswith(_INVALID)
+            # A restart that an open breaker will skip spends no restart budget.
+            budgeted = (
+                action is Action.PROCESS_RESTART
+                and not key.startswith(_INVALID)
+                and not (self._breakers is not None and self._breakers.refuses(action, now))
+            )
             if budgeted and not await self._guards.admit_restart(key, members, now):
                 continue
             jobs = [_Job(i, a, 0.0) for i, a in zip(members, group, strict=True)]

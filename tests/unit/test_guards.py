@@ -228,3 +228,25 @@ async def test_an_open_breaker_skips_the_rung_and_the_ladder_goes_on() -> None:
     assert sorted(third.actions) == [(i, DB, 3) for i in ids]  # the next rung is taken
     snapshot = rig.engine._breakers.board.get("api_restart").snapshot()  # type: ignore[union-attr]
     assert (snapshot.state, snapshot.total, snapshot.total_failures) == ("open", 6, 6)
+
+
+async def test_a_restart_an_open_breaker_skips_spends_no_restart_budget() -> None:
+    restart_first = EscalationRules(ladder=(LadderStep(PROC, None, 10.0),))
+    safety = SafetyRules(brake_min_unhealthy=100, fleet_restarts=6)
+    rig = make_rig(rules=restart_first, safety=safety, fleet=True, breakers=True)
+    ids = [f"i{n}" for n in range(5)]
+    rig.recoveries[PROC] = type(rig.recoveries[PROC])(PROC, key_by="process", fail=set(ids))
+    for n, instance_id in enumerate(ids):
+        rig.store.add(instance_id, process=f"p{n}")
+    rig.clock.advance(STALE)
+    await rig.cycle()  # five failing restarts of five processes: the breaker opens
+    fleet = rig.engine.guards._fleet  # type: ignore[attr-defined]
+    assert len(fleet.restarts) == 5
+    rig.clock.advance(11)  # attempt 2 is due; the breaker stays open for 60 s
+    report = await rig.cycle()  # attempt 2 of each: skipped by the open breaker
+    assert sorted(report.actions) == [(i, PROC, 2) for i in ids]
+    assert all(
+        rig.rows(i, AuditAction.PROCESS_RESTART)[-1].detail["reason"] == "circuit_open" for i in ids
+    )
+    assert len(fleet.restarts) == 5  # the budget (6 an hour) is not spent on skips
+    assert not [r for r in rig.ledger.rows if r.action is AuditAction.SUPPRESSED]
