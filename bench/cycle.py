@@ -14,6 +14,7 @@ apart), the steady cycles after it write none unless something changed.
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -136,6 +137,7 @@ async def measure(url: str, n: int, cycles: int, budget: float) -> tuple[Samples
         t0 = time.perf_counter()
         await engine.run_cycle()  # also the warm-up: connections, caches, compiled statements
         samples.first_cycle = time.perf_counter() - t0
+        gc.freeze()  # as the daemon does once started (runner._run)
         samples.first_audit_rows = ledger.appends
         await store.scan()
         raw.run()
@@ -171,6 +173,7 @@ async def measure(url: str, n: int, cycles: int, budget: float) -> tuple[Samples
             if query is not None:
                 query.close()
         await db.dispose()
+        gc.unfreeze()
 
 
 def _ms(value: float | None) -> float | None:
