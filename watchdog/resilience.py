@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import NoReturn, TypeVar
 
@@ -40,8 +41,6 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-    stop_after_delay,
-    stop_before_delay,
     wait_random_exponential,
 )
 from tenacity.stop import stop_base
@@ -112,23 +111,32 @@ class RetryingRecovery:
 
     async def recover(self, target: Target) -> ActionResult:
         budget = self._inner.timeout
+        started = time.monotonic()
         deadline = asyncio.get_running_loop().time() + budget
-        tries = 0
-        previous: WatchdogError | None = None
+        # The first try runs without the retry machinery (most calls succeed at once, and a
+        # storm makes a thousand); only a transient failure starts it, replaying that try.
+        try:  # bounded by the backend's own timeout, whose message is clearer
+            return await self._inner.recover(target)
+        except WatchdogError as exc:
+            if self._attempts == 1 or not exc.transient:
+                raise
+            previous: WatchdogError = exc
+        tries, replay = 1, True
 
         async def attempt() -> ActionResult:
-            nonlocal tries, previous
+            nonlocal tries, previous, replay
+            if replay:  # the first try, already made: tenacity waits and logs after it
+                replay = False
+                raise previous
             tries += 1
             try:
-                if tries == 1:  # bounded by the backend's own timeout, whose message is clearer
-                    return await self._inner.recover(target)
                 return await self._bounded(target, deadline, previous)
             except WatchdogError as exc:
                 previous = exc
                 raise
 
         retrying = AsyncRetrying(
-            stop=_stop(self._attempts, budget),
+            stop=_stop(self._attempts, budget, started),
             wait=_wait(self._first_wait, self._max_wait),
             retry=retry_if_exception(_is_transient),
             before_sleep=_log_retry(f"{self.action} of {target.instance_id}", self._attempts),
@@ -137,9 +145,7 @@ class RetryingRecovery:
         try:
             result: ActionResult = await retrying(attempt)
         except WatchdogError as exc:
-            if self._attempts > 1 and (tries > 1 or exc.transient):
-                _raise_with_tries(exc, tries)
-            raise
+            _raise_with_tries(exc, tries)
         return result
 
     async def _bounded(
@@ -210,14 +216,31 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, WatchdogError) and exc.transient
 
 
-def _stop(attempts: int, budget: float) -> stop_base:
-    """Stop after `attempts` tries, at the deadline, or when the next wait would leave less
-    than MIN_TRY_SHARE of the budget for the try after it."""
+def _stop(attempts: int, budget: float, started: float) -> stop_base:
+    """Stop after `attempts` tries, at the deadline (`budget` seconds after `started`, on
+    the monotonic clock), or when the next wait would leave less than MIN_TRY_SHARE of the
+    budget for the try after it."""
+
+    def elapsed() -> float:
+        return time.monotonic() - started
+
     return (
         stop_after_attempt(attempts)
-        | stop_after_delay(budget)
-        | stop_before_delay(budget * (1 - MIN_TRY_SHARE))
+        | _Stop(lambda state: elapsed() >= budget)
+        | _Stop(
+            lambda state: elapsed() + (state.upcoming_sleep or 0.0) >= budget * (1 - MIN_TRY_SHARE)
+        )
     )
+
+
+class _Stop(stop_base):
+    """A stop condition from a predicate on the retry state."""
+
+    def __init__(self, predicate: Callable[[RetryCallState], bool]) -> None:
+        self._predicate = predicate
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self._predicate(retry_state)
 
 
 def _wait(first: float, maximum: float) -> wait_random_exponential:
