@@ -13,6 +13,19 @@ def watchdog_env(token: str) -> dict[str, str]:
     return {**os.environ, "WATCHDOG_API_TOKEN": token}
 
 
+def start_daemon(
+    watchdogctl: str, config: Path, log_path: Path, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """`watchdogctl --config CONFIG run` in the background, stdout and stderr to `log_path`."""
+    with log_path.open("w") as log:
+        return subprocess.Popen(
+            [watchdogctl, "--config", str(config), "run"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
 def ctl(watchdogctl: str, config: Path, *args: str, token: str) -> subprocess.CompletedProcess[str]:
     """Run `watchdogctl --config CONFIG ARGS...` to its exit, capturing its output as text."""
     return subprocess.run(

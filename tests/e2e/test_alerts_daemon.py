@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from tests.apptable import AppTable
-from tests.e2e.helpers import watchdog_env
+from tests.e2e.helpers import start_daemon, watchdog_env
 from tests.waiting import wait_for
 
 
@@ -89,13 +89,7 @@ sinks = [ {{ name = "ops", kind = "json", url = "http://127.0.0.1:{sink.port}/ho
 
 
 def start(watchdogctl: str, config: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("w") as log:
-        return subprocess.Popen(
-            [watchdogctl, "--config", str(config), "run"],
-            env=watchdog_env("unused"),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    return start_daemon(watchdogctl, config, log_path, watchdog_env("unused"))
 
 
 def test_a_process_restart_alert_survives_a_watchdog_restart(

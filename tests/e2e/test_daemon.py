@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.apptable import AppTable
-from tests.e2e.helpers import audit, ctl, watchdog_env
+from tests.e2e.helpers import audit, ctl, start_daemon, watchdog_env
 from tests.httpapp import RestartApi, restart_api
 from tests.waiting import wait_for
 
@@ -108,13 +108,7 @@ def test_a_frozen_instance_climbs_the_whole_ladder(
     with restart_api(RestartApi(on_restart=cure)) as api, Beater(app, alive):
         config = write_config(tmp_path, sqlite_url, api.url(), marker)
         env = watchdog_env(TOKEN)
-        with daemon_log.open("w") as log:
-            proc = subprocess.Popen(
-                [watchdogctl, "--config", str(config), "run"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+        proc = start_daemon(watchdogctl, config, daemon_log, env)
         try:
             wait_for(lambda: marker.exists(), 30, "the process restart command")
             alive.add("frozen")  # the restarted process brings the instance back
@@ -218,13 +212,7 @@ def test_systemd_notifications_follow_the_cycles(
             "NOTIFY_SOCKET": address,
             "WATCHDOG_USEC": "400000",
         }
-        with (tmp_path / "err").open("w") as err:
-            proc = subprocess.Popen(
-                [watchdogctl, "--config", str(config), "run"],
-                env=env,
-                stdout=err,
-                stderr=subprocess.STDOUT,
-            )
+        proc = start_daemon(watchdogctl, config, tmp_path / "err", env)
         try:
             try:
                 received = [server.recv(4096).decode() for _ in range(3)]
@@ -271,13 +259,7 @@ def test_health_endpoint_and_metrics_of_a_running_daemon(
             "WATCHDOG_HEALTH__TOKEN_ENV": "HEALTH_TOKEN",
             "HEALTH_TOKEN": "health-secret",
         }
-        with (tmp_path / "daemon.log").open("w") as log:
-            proc = subprocess.Popen(
-                [watchdogctl, "--config", str(config), "run"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        proc = start_daemon(watchdogctl, config, tmp_path / "daemon.log", env)
         base, auth = f"http://127.0.0.1:{port}", {"Authorization": "Bearer health-secret"}
         try:
             wait_for(lambda: api.calls_for("frozen"), 30, "the first action")
@@ -325,13 +307,7 @@ def test_the_daemon_wakes_at_the_next_deadline_not_the_next_tick(
             "WATCHDOG_DETECTION__GRACE": "0",
         }
         log_path = tmp_path / "daemon.log"
-        with log_path.open("w") as log:
-            proc = subprocess.Popen(
-                [watchdogctl, "--config", str(config), "run"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        proc = start_daemon(watchdogctl, config, log_path, env)
 
         def detected() -> bool:
             result = ctl(watchdogctl, config, "audit", "--json", "--instance", "soon", token=TOKEN)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from tests.apptable import AppTable
-from tests.e2e.helpers import ctl, watchdog_env
+from tests.e2e.helpers import ctl, start_daemon, watchdog_env
 from tests.httpapp import RestartApi, restart_api
 from tests.waiting import wait_for
 
@@ -111,15 +110,7 @@ def test_three_replicas_one_actor_and_failover(
         env = watchdog_env(TOKEN)
         procs = []
         for n in range(3):
-            with (tmp_path / f"node{n}.log").open("w") as log:
-                procs.append(
-                    subprocess.Popen(
-                        [watchdogctl, "--config", str(config), "run"],
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
+            procs.append(start_daemon(watchdogctl, config, tmp_path / f"node{n}.log", env))
         try:
             # The ladder is under way: every frozen instance had its first db_flag.
             wait_for(
@@ -196,13 +187,7 @@ def test_a_second_daemon_on_one_sqlite_file_refuses(
     app.add("a", heartbeat_ago=0)
     config = write_config(tmp_path, sqlite_url, "http://127.0.0.1:9/{id}")
     env = watchdog_env(TOKEN)
-    with (tmp_path / "first.log").open("w") as log:
-        first = subprocess.Popen(
-            [watchdogctl, "--config", str(config), "run"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    first = start_daemon(watchdogctl, config, tmp_path / "first.log", env)
     try:
         wait_for(lambda: "started" in (tmp_path / "first.log").read_text(), 20, "first daemon")
         second = ctl(watchdogctl, config, "run", token=TOKEN)

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.apptable import AppTable
-from tests.e2e.helpers import audit, ctl, watchdog_env
+from tests.e2e.helpers import audit, ctl, start_daemon, watchdog_env
 from tests.e2e.test_daemon import TOKEN, write_config
 from tests.httpapp import RestartApi, restart_api
 from tests.waiting import wait_for
@@ -32,13 +32,7 @@ def held_api_and_daemon(
     log = tmp_path / "daemon.log"
     with restart_api(api):
         config = write_config(tmp_path, sqlite_url, api.url(), tmp_path / "marker")
-        with log.open("w") as out:
-            proc = subprocess.Popen(
-                [watchdogctl, "--config", str(config), "run"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=watchdog_env(TOKEN),
-            )
+        proc = start_daemon(watchdogctl, config, log, watchdog_env(TOKEN))
         try:
             wait_for(lambda: api.calls_for("frozen"), 30, "the first api_restart to arrive")
             yield api, proc, config, log
@@ -118,13 +112,7 @@ def test_sigterm_while_waiting_for_the_database_at_start_is_a_clean_stop(
         "[detection]\ninterval = 0.2\n"
     )
     log = tmp_path / "daemon.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [watchdogctl, "--config", str(config), "run"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=watchdog_env(TOKEN),
-        )
+    proc = start_daemon(watchdogctl, config, log, watchdog_env(TOKEN))
     try:
         wait_for(lambda: "database_unavailable_at_start" in log.read_text(), 20, "waiting")
         proc.send_signal(signal.SIGTERM)

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import psutil
 
 from tests.apptable import AppTable
-from tests.e2e.helpers import audit, ctl, watchdog_env
+from tests.e2e.helpers import audit, ctl, start_daemon, watchdog_env
 from tests.httpapp import RestartApi, restart_api
 from tests.supervisord import Program, supervisord
 from tests.waiting import wait_for
@@ -82,13 +81,7 @@ def test_a_sigstopped_process_is_restarted_through_supervisord(
         old_pid = sv.pid("hb-app")
         log_path = tmp_path / "daemon.log"
         env = watchdog_env(TOKEN)
-        with log_path.open("w") as log:
-            daemon = subprocess.Popen(
-                [watchdogctl, "--config", str(config), "run"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+        daemon = start_daemon(watchdogctl, config, log_path, env)
         try:
             os.kill(old_pid, signal.SIGSTOP)  # the application freezes, heartbeats stop
             wait_for(

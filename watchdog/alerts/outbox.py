@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from watchdog.errors import StoreError
 from watchdog.model import AuditRow
-from watchdog.store.database import Database, as_utc
+from watchdog.store.database import Database
 from watchdog.store.ledger import audit_row
 from watchdog.store.schema import audit, flags, outbox
 
@@ -73,7 +73,7 @@ class SqlOutbox:
 
     async def db_now(self) -> datetime:
         async with self._db.connect("read database clock") as conn:
-            return as_utc((await conn.execute(sa.select(self._db.now_expr()))).scalar_one())
+            return await self._db.read_now(conn)
 
     # -------------------------------------------------------------------- feeding
 

@@ -76,16 +76,10 @@ class Database:
     def among(
         self, column: sa.ColumnElement[Any], values: Collection[str]
     ) -> sa.ColumnElement[Any]:
-        """`column IN values` with the values as one parameter (a PostgreSQL array, a JSON
-        text on SQLite), not one placeholder each: thousands of ids stay one cheap statement.
-        """
-        if self.is_sqlite:
-            listed: sa.Select[Any] = sa.select(sa.column("value")).select_from(
-                sa.func.json_each(sa.bindparam(None, json.dumps(list(values)), sa.Text))
-            )
-            return column.in_(listed.scalar_subquery())
-        array = sa.bindparam(None, list(values), ARRAY(sa.Text))
-        return column == sa.func.any(array)
+        """`column IN values` with the values as one parameter (see `listed`), not one
+        placeholder each: thousands of ids stay one cheap statement."""
+        listed = self.listed("among", values)
+        return column.in_(sa.select(listed.c.value).scalar_subquery())
 
     def listed(self, name: str, values: Collection[str]) -> sa.TableValuedAlias:
         """`values` as a one-column derived table `name(value)`, sent as one JSON text:
@@ -132,6 +126,10 @@ class Database:
         if self.is_sqlite:
             return sa.func.strftime("%Y-%m-%d %H:%M:%f", "now")
         return sa.func.now()
+
+    async def read_now(self, conn: AsyncConnection) -> datetime:
+        """The database clock, read on `conn` (inside its transaction, if it has one)."""
+        return as_utc((await conn.execute(sa.select(self.now_expr()))).scalar_one())
 
     @asynccontextmanager
     async def guard(self, what: str) -> AsyncIterator[None]:

@@ -1,6 +1,6 @@
 """The application's table, mapped from `[instances]`: one detection query per cycle,
-one pass over the table (an aggregate returning the clock, the monitored count and the
-rows near a threshold as JSON; the count and the rows used to be two scans of it).
+one aggregate returning the database clock and the rows near a threshold as JSON (and,
+once a minute or when it matters, the monitored count, in the same pass).
 
 The query's WHERE clause mirrors `policy.classify` (a test checks that they agree);
 the reason is then decided by `classify` itself on the ages the database computed, so
@@ -128,14 +128,12 @@ class SqlInstanceStore:
             self._age(changed),
             self._age(heartbeat),
         )
-        # One aggregate, no GROUP BY: one pass over the table, and exactly one row back
-        # even when nothing matches, so the database's now always comes back. The
-        # candidates come as one JSON array of [id, status, process, status_age,
-        # heartbeat_age] arrays. Counting, every monitored row is visited (and counted);
-        # otherwise the cheap timestamp comparisons come first and rule out almost all.
-        # Counting, every monitored row is visited and the near ones aggregated; otherwise
-        # only the near rows are (the planner would test the status list on every row
-        # first if it sat in the WHERE clause, so it filters the aggregate instead).
+        # One aggregate, no GROUP BY: exactly one row back even when nothing matches, so
+        # the database's now always comes back. The candidates come as one JSON array of
+        # [id, status, process, status_age, heartbeat_age] arrays. Counting, every
+        # monitored row is visited (and counted) and the near ones aggregated; otherwise
+        # the WHERE clause holds only the timestamp cut-offs and the status list filters
+        # the aggregate (in the WHERE clause the planner would test it on every row first).
         keep = near if counting else sa.and_(*monitored)
         near_rows: sa.ColumnElement[Any]
         if self._db.is_sqlite:
@@ -266,7 +264,7 @@ class SqlInstanceStore:
 
     async def now(self) -> datetime:
         async with self._db.connect("database clock") as conn:
-            return as_utc((await conn.execute(sa.select(self._db.now_expr()))).scalar_one())
+            return await self._db.read_now(conn)
 
     async def check(self) -> None:
         """Fail fast, naming the key to fix, when the mapped table or a column is missing."""

@@ -49,7 +49,7 @@ def ignore_audit(_row: AuditRow) -> None:
 
 @dataclass(frozen=True, slots=True)
 class _OpenCache:
-    revision: int
+    revision: int | None
     loaded_at: float  # monotonic
     incidents: dict[str, Incident]
 
@@ -90,8 +90,8 @@ class SqlLedger:
                 loaded_at = self._monotonic()
                 rows = (await conn.execute(_OPEN_INCIDENTS)).all()
                 loaded = {row.instance_id: _incident(row) for row in rows}
-                cached = _OpenCache(-1 if revision is None else revision, loaded_at, loaded)
-                self._open = cached if revision is not None else None
+                cached = _OpenCache(revision, loaded_at, loaded)
+                self._open = cached if revision is not None else None  # no row: never trust
         return dict(cached.incidents)
 
     async def last_closed(self, instance_ids: Collection[str]) -> dict[str, Incident]:
@@ -211,8 +211,7 @@ class SqlLedger:
         rows of the winners, in the same transaction."""
         if not claims:
             return []
-        by_id = {c.incident.id: c for c in claims}
-        if len(by_id) != len(claims):
+        if len({c.incident.id for c in claims}) != len(claims):
             raise ValueError("one claim per incident per batch")
         claimed = self._db.rows(
             "claims",
@@ -353,7 +352,7 @@ class SqlLedger:
     async def resume(self, instance_id: str, actor: str) -> bool:
         spec = NewAudit(instance_id, AuditAction.RESUMED, Outcome.OK, actor=actor)
         async with self._db.begin("resume instance") as conn:
-            now = await self._db_now(conn)
+            now = await self._db.read_now(conn)
             active = sa.delete(pauses).where(pauses.c.instance_id == instance_id)
             if (await conn.execute(active.where(pauses.c.until > now))).rowcount == 0:
                 await conn.execute(active)  # an expired pause is just tidied away
@@ -441,7 +440,7 @@ class SqlLedger:
         )
         written: list[AuditRow] = []
         async with self._db.begin("reconcile interrupted actions") as conn:
-            now = await self._db_now(conn)
+            now = await self._db.read_now(conn)
             for row in (await conn.execute(orphans)).all():
                 detail = {"intent": row.id, "note": "the watchdog stopped before the outcome"}
                 spec = NewAudit(
@@ -473,9 +472,6 @@ class SqlLedger:
         """Hand a committed audit row to the log sink."""
         self._emit(row)
 
-    async def _db_now(self, conn: AsyncConnection) -> datetime:
-        return as_utc((await conn.execute(sa.select(self._db.now_expr()))).scalar_one())
-
     async def insert_audit(self, conn: AsyncConnection, at: datetime, spec: NewAudit) -> AuditRow:
         return (await self.insert_audits(conn, at, [spec]))[0]
 
@@ -487,7 +483,7 @@ class SqlLedger:
         if not specs:
             return []
         if at is None and self._db.is_sqlite:
-            at = await self._db_now(conn)  # in-process: no round trip to save
+            at = await self._db.read_now(conn)  # in-process: no round trip to save
         data = [
             (
                 spec.incident_id,
