@@ -129,9 +129,10 @@ def status(ctx: Context, as_json: bool) -> None:
 
     async def work(rt: Runtime) -> None:
         now = await rt.instances.now()
-        incidents, pauses = await rt.ledger.load_open(), await rt.ledger.load_pauses(now)
+        state = await rt.ledger.load_state(now)
         rules = rt.settings.escalation.rules()
-        records = [render.status_record(t, rules, now) for t in render.tracked(incidents, pauses)]
+        tracked = render.tracked(state.incidents, state.pauses)
+        records = [render.status_record(t, rules, now) for t in tracked]
         if as_json:
             click.echo(render.as_json(records))
             return

@@ -138,7 +138,8 @@ class Engine:
         mono0 = self._clock.monotonic()
         self._guards.database_back(scan.now)
         self._guards.new_cycle()
-        incidents = await self._ledger.load_open()
+        state = await self._ledger.load_state(scan.now)
+        incidents = state.incidents
         if self._dry_run:
             incidents = self._dry_run_view(incidents, scan.findings)
         new_ids = [i for i in scan.findings if i not in incidents]
@@ -150,7 +151,7 @@ class Engine:
             findings=scan.findings,
             incidents=incidents,
             recent=recent,
-            pauses=await self._ledger.load_pauses(scan.now),
+            pauses=state.pauses,
             busy=self.busy,
             unmonitored=unmonitored,
             grace_until=self._guards.grace_until,
@@ -402,7 +403,11 @@ class Engine:
             del closed[instance_id]
         if not closed:
             return incidents
-        return {i: inc for i, inc in incidents.items() if closed.get(i) != inc.id}
+        view = dict(incidents)  # a copy and a few deletions: cheaper than a filtered copy
+        for instance_id, incident_id in closed.items():
+            if view[instance_id].id == incident_id:
+                del view[instance_id]
+        return view
 
     async def _audit_dry_run(
         self, decisions: list[Decision], incidents: Mapping[str, Incident], report: CycleReport

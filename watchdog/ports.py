@@ -120,6 +120,14 @@ class AuditQuery:
     limit: int = 100
 
 
+@dataclass(frozen=True, slots=True)
+class LedgerState:
+    """What steers a cycle: open incidents and the pauses in force, by instance id."""
+
+    incidents: dict[str, Incident]
+    pauses: dict[str, Pause]
+
+
 class Ledger(Protocol):
     """Our own tables: incidents, pauses and the append-only audit trail.
 
@@ -134,6 +142,10 @@ class Ledger(Protocol):
     async def last_closed(self, instance_ids: Collection[str]) -> dict[str, Incident]: ...
 
     async def load_pauses(self, now: datetime) -> dict[str, Pause]: ...
+
+    async def load_state(self, now: datetime) -> LedgerState:
+        """`load_open` and `load_pauses` together, as of one moment (one read each cycle)."""
+        ...
 
     async def open_incident(
         self, finding: Finding, carried: int, continues: int | None, now: datetime

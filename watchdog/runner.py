@@ -176,10 +176,11 @@ async def _health_server(settings: Settings, monitor: DaemonMonitor) -> AsyncIte
 async def fleet_status(runtime: Runtime) -> dict[str, Any]:
     """/status: nodes, breakers, brake and tracked instances, as JSON-ready data."""
     now = await runtime.instances.now()
-    incidents = await runtime.ledger.load_open()
-    pauses = await runtime.ledger.load_pauses(now)
+    state = await runtime.ledger.load_state(now)
     rules = runtime.settings.escalation.rules()
-    tracked = [render.status_record(t, rules, now) for t in render.tracked(incidents, pauses)]
+    tracked = [
+        render.status_record(t, rules, now) for t in render.tracked(state.incidents, state.pauses)
+    ]
     breakers = await SqlBreakerStore(runtime.db).load()
     return {
         "now": now.isoformat(),

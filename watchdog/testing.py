@@ -38,7 +38,7 @@ from watchdog.policy import (
     time_to_threshold,
     unmonitored_reason,
 )
-from watchdog.ports import AuditQuery, Claim, Finished, NewAudit, Opening
+from watchdog.ports import AuditQuery, Claim, Finished, LedgerState, NewAudit, Opening
 from watchdog.safety import Restart
 
 if TYPE_CHECKING:
@@ -219,6 +219,9 @@ class MemoryLedger:
 
     async def load_pauses(self, now: datetime) -> dict[str, Pause]:
         return {k: p for k, p in self.pauses.items() if p.until > now}
+
+    async def load_state(self, now: datetime) -> LedgerState:
+        return LedgerState(await self.load_open(), await self.load_pauses(now))
 
     async def audit(self, query: AuditQuery) -> list[AuditRow]:
         """Matching rows, the most recent `limit` of them, oldest first."""

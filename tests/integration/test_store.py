@@ -28,7 +28,7 @@ from watchdog.store import migrate
 from watchdog.store.database import Database
 from watchdog.store.instances import SqlInstanceStore
 from watchdog.store.ledger import SqlLedger
-from watchdog.store.schema import incidents
+from watchdog.store.schema import incidents, pauses
 
 RULES = DetectionRules()
 
@@ -336,6 +336,41 @@ async def test_open_incidents_are_reloaded_when_any_writer_changed_them(
     assert (await daemon.load_open())["y"].attempt == 0
     seconds[0] += 60.0
     assert (await daemon.load_open())["y"].attempt == 7
+
+
+async def test_pauses_are_reloaded_when_any_writer_changed_them(
+    app: AppTable, db: Database
+) -> None:
+    seconds = [0.0]
+    daemon = SqlLedger(db, max_cache_age=60.0, monotonic=lambda: seconds[0])
+    operator = SqlLedger(db)  # watchdogctl pause/resume: its own ledger
+    now = await store(db).now()
+    assert (await daemon.load_state(now)).pauses == {}  # cached from here on
+
+    await operator.pause(Pause("x", now + timedelta(hours=1), "maintenance", "bob"), now)
+    state = await daemon.load_state(now)  # seen at once: pause bumped the revision
+    assert set(state.pauses) == {"x"}
+    assert state.pauses["x"].reason == "maintenance"
+    # In force until its end, judged at each read's own moment (no reload needed).
+    assert (await daemon.load_state(now + timedelta(hours=2))).pauses == {}
+    assert set(await daemon.load_pauses(now)) == {"x"}
+
+    assert await operator.resume("x", "bob")
+    assert (await daemon.load_state(now)).pauses == {}  # resume bumped it too
+    # A pause written by hand (no bump) is picked up once the cache is max_cache_age old.
+    async with db.begin("test") as conn:
+        await conn.execute(
+            sa.insert(pauses).values(
+                instance_id="y",
+                until=now + timedelta(hours=1),
+                reason="r",
+                actor="sql",
+                created_at=now,
+            )
+        )
+    assert (await daemon.load_state(now)).pauses == {}
+    seconds[0] += 60.0
+    assert set((await daemon.load_state(now)).pauses) == {"y"}
 
 
 async def test_an_attempt_is_claimed_once_and_audited_before_and_after(

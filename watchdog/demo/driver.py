@@ -86,9 +86,10 @@ def _wait_for_table(db: Path, timeout: float) -> None:
 async def _snapshot(settings: Settings, after_id: int) -> tuple[str, list[AuditRow]]:
     async with open_runtime(settings) as rt:
         now = await rt.instances.now()
-        incidents, pauses = await rt.ledger.load_open(), await rt.ledger.load_pauses(now)
+        state = await rt.ledger.load_state(now)
         rules = settings.escalation.rules()
-        records = [render.status_record(t, rules, now) for t in render.tracked(incidents, pauses)]
+        tracked = render.tracked(state.incidents, state.pauses)
+        records = [render.status_record(t, rules, now) for t in tracked]
         rows = await rt.ledger.audit(AuditQuery(limit=10_000))
     return render.status_table(records, now), [r for r in rows if r.id > after_id]
 

@@ -29,7 +29,7 @@ from watchdog.model import (
     Pause,
     Reason,
 )
-from watchdog.ports import AuditQuery, Claim, Finished, NewAudit, Opening
+from watchdog.ports import AuditQuery, Claim, Finished, LedgerState, NewAudit, Opening
 from watchdog.store.database import Database, as_utc
 from watchdog.store.schema import (
     OPEN_STATES,
@@ -48,16 +48,17 @@ def ignore_audit(_row: AuditRow) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class _OpenCache:
+class _Cached:
     revision: int | None
     loaded_at: float  # monotonic
-    incidents: dict[str, Incident]
+    incidents: dict[str, Incident]  # open ones
+    pauses: dict[str, Pause]  # all rows: each read keeps those in force at its own now
 
 
 class SqlLedger:
-    """`max_cache_age`: open incidents are reloaded when their revision moved (every
-    writer here bumps it) and at least this often (seconds), for a writer that does not
-    (an older version mid-upgrade, a hand-made SQL fix)."""
+    """`max_cache_age`: open incidents and pauses are reloaded when their revision moved
+    (every writer here bumps it) and at least this often (seconds), for a writer that
+    does not (an older version mid-upgrade, a hand-made SQL fix)."""
 
     def __init__(
         self,
@@ -71,15 +72,25 @@ class SqlLedger:
         self._emit = emit
         self._max_cache_age = max_cache_age
         self._monotonic = monotonic
-        self._open: _OpenCache | None = None
+        self._cached: _Cached | None = None
 
     # ---------------------------------------------------------------- reading
 
     async def load_open(self) -> dict[str, Incident]:
-        """One tiny read when nothing changed; the full set only after a change. The
+        return dict((await self._load()).incidents)
+
+    async def load_pauses(self, now: datetime) -> dict[str, Pause]:
+        return _in_force((await self._load()).pauses, now)
+
+    async def load_state(self, now: datetime) -> LedgerState:
+        cached = await self._load()
+        return LedgerState(dict(cached.incidents), _in_force(cached.pauses, now))
+
+    async def _load(self) -> _Cached:
+        """One tiny read when nothing changed; both tables only after a change. The
         revision is read first, so a cache is never labelled newer than its content."""
-        cached = self._open
-        async with self._db.connect("load open incidents") as conn:
+        cached = self._cached
+        async with self._db.connect("load open incidents and pauses") as conn:
             revision = (await conn.execute(_READ_REVISION)).scalar_one_or_none()
             fresh = (
                 cached is not None
@@ -89,10 +100,15 @@ class SqlLedger:
             if cached is None or not fresh:
                 loaded_at = self._monotonic()
                 rows = (await conn.execute(_OPEN_INCIDENTS)).all()
-                loaded = {row.instance_id: _incident(row) for row in rows}
-                cached = _OpenCache(revision, loaded_at, loaded)
-                self._open = cached if revision is not None else None  # no row: never trust
-        return dict(cached.incidents)
+                held = (await conn.execute(sa.select(pauses))).all()
+                cached = _Cached(
+                    revision,
+                    loaded_at,
+                    {row.instance_id: _incident(row) for row in rows},
+                    {r.instance_id: Pause(r.instance_id, r.until, r.reason, r.actor) for r in held},
+                )
+                self._cached = cached if revision is not None else None  # no row: never trust
+        return cached
 
     async def last_closed(self, instance_ids: Collection[str]) -> dict[str, Incident]:
         latest = (
@@ -105,12 +121,6 @@ class SqlLedger:
         async with self._db.connect("load closed incidents") as conn:
             rows = (await conn.execute(query)).all()
         return {row.instance_id: _incident(row) for row in rows}
-
-    async def load_pauses(self, now: datetime) -> dict[str, Pause]:
-        query = sa.select(pauses).where(pauses.c.until > now)
-        async with self._db.connect("load pauses") as conn:
-            rows = (await conn.execute(query)).all()
-        return {r.instance_id: Pause(r.instance_id, r.until, r.reason, r.actor) for r in rows}
 
     async def audit(self, query: AuditQuery) -> list[AuditRow]:
         """Matching rows, the most recent `limit` of them, oldest first."""
@@ -347,6 +357,7 @@ class SqlLedger:
             await conn.execute(sa.delete(pauses).where(pauses.c.instance_id == pause.instance_id))
             await conn.execute(sa.insert(pauses).values(values))
             row = await self.insert_audit(conn, now, spec)
+            await _bump(conn)
         self._emit(row)
 
     async def resume(self, instance_id: str, actor: str) -> bool:
@@ -358,6 +369,7 @@ class SqlLedger:
                 await conn.execute(active)  # an expired pause is just tidied away
                 return False
             row = await self.insert_audit(conn, now, spec)
+            await _bump(conn)
         self._emit(row)
         return True
 
@@ -542,8 +554,12 @@ class SqlLedger:
         return sorted((row[0], row[1]) for row in await conn.execute(insert))
 
 
+def _in_force(held: Mapping[str, Pause], now: datetime) -> dict[str, Pause]:
+    return {i: p for i, p in held.items() if p.until > now}
+
+
 async def _bump(conn: AsyncConnection) -> None:
-    """Mark the incidents changed; last in the transaction, so on PostgreSQL the row lock
+    """Mark the incidents or pauses changed; last in the transaction, so on PostgreSQL the row lock
     it takes (serialising incident writers) is held only until the commit."""
     await conn.execute(_BUMP_REVISION)
 
