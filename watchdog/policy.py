@@ -7,9 +7,10 @@ of its own (jitter is passed in). The SQL detection query in `store.instances` m
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from watchdog.model import Action, Finding, Incident, IncidentState, Pause, Reason
 
@@ -50,9 +51,10 @@ class EscalationRules:
 # ------------------------------------------------------------------------ detection
 
 
-@dataclass(frozen=True, slots=True)
-class InstanceRow:
-    """One row of the application's table, with ages measured on the database clock."""
+class InstanceRow(NamedTuple):
+    """One row of the application's table, with ages measured on the database clock.
+    A named tuple: the scan builds up to thousands a cycle (a third the cost of a frozen
+    dataclass)."""
 
     instance_id: str
     enabled: bool
@@ -216,27 +218,27 @@ def decide(rules: EscalationRules, world: World, jitter: Callable[[], float]) ->
 
 def _decide_one(
     rules: EscalationRules, world: World, finding: Finding, jitter: Callable[[], float]
-) -> Iterator[Decision]:
+) -> tuple[Decision, ...]:
     incident = world.incidents.get(finding.instance_id)
+    opening: tuple[Decision, ...] = ()
     if incident is None:
         carried, continues = _carried_attempts(rules, world, finding.instance_id)
-        yield Open(finding, carried, continues)
+        opening = (Open(finding, carried, continues),)
         attempt, due = carried, True
     else:
         if incident.state not in (IncidentState.OPEN, IncidentState.SUPPRESSED):
-            return
+            return ()
         attempt = incident.attempt
         due = incident.next_action_at is None or incident.next_action_at <= world.now
     if not due or is_paused(world.pauses.get(finding.instance_id), world.now):
-        return
+        return opening
     step = step_for_attempt(rules, attempt + 1)
     if step is None:
-        yield Exhaust(finding.instance_id, attempt)
-        return
+        return (*opening, Exhaust(finding.instance_id, attempt))
     if world.brake and step.action in BRAKED_ACTIONS:
-        return  # held back, not skipped: the attempt waits until the brake is released
+        return opening  # held back, not skipped: the attempt waits until the brake is released
     delay = backoff(rules, step, attempt + 1, jitter())
-    yield Act(finding.instance_id, attempt + 1, step.action, delay, finding)
+    return (*opening, Act(finding.instance_id, attempt + 1, step.action, delay, finding))
 
 
 def _carried_attempts(

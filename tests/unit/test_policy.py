@@ -619,7 +619,7 @@ def test_operator_reset_makes_the_next_incident_start_over() -> None:
 
 
 def test_instance_leaving_our_care_is_dismissed_and_starts_over_when_back() -> None:
-    logout = Event(replace(stale().row, status="LOGOUT"))
+    logout = Event(stale().row._replace(status="LOGOUT"))
     sim = Sim().run([*ticks(400.0, stale(), times=3), *ticks(1.0, logout), *ticks(1.0, stale())])
 
     assert [summary(d) for d in sim.cycles[3].decisions] == [("dismiss", 1, "status LOGOUT")]
