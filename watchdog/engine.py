@@ -34,6 +34,7 @@ from watchdog.policy import (
 from watchdog.ports import (
     Claim,
     Clock,
+    Closing,
     Finished,
     InstanceStore,
     Ledger,
@@ -197,20 +198,22 @@ class Engine:
     ) -> None:
         acts: list[Act] = []
         exhausts: list[Exhaust] = []
+        closings: list[Closing] = []
         for decision in decisions:
             match decision:
                 case Resolve(incident=incident):
-                    await self._resolve(incident, now)
+                    closings.append(_recovered(incident, now))
                     report.resolved += 1
                 case Dismiss(incident=incident, why=why):
                     detail = {"why": why, "attempts": incident.attempt}
-                    await self._ledger.close(
-                        incident, IncidentState.DISMISSED, now, "watchdog", detail
-                    )
+                    closings.append(Closing(incident, IncidentState.DISMISSED, "watchdog", detail))
                 case Exhaust():
                     exhausts.append(decision)
                 case Act():
                     acts.append(decision)
+        # In batches: a mass recovery closes hundreds of incidents in one cycle.
+        for closing in _chunks(closings, _BATCH):
+            await self._ledger.close_all(closing, now)
         # Grouped over the whole cycle (one restart per process), then started as soon as
         # every member has its incident: after a mass freeze the first calls go out once
         # the first batch of incidents is open, not once all of them are.
@@ -227,9 +230,9 @@ class Engine:
             report.opened += len(opened)
             await self._guards.check_flapping(opened, now)
             await self._start(_ready(waiting, incidents), incidents, report, now, mono0)
-        for exhaust in exhausts:  # may be for an incident opened just above
-            await self._ledger.exhaust(incidents[exhaust.instance_id], now)
-            report.exhausted += 1
+        for spent in _chunks(exhausts, _BATCH):  # may be for incidents opened just above
+            await self._ledger.exhaust_all([incidents[e.instance_id] for e in spent], now)
+            report.exhausted += len(spent)
 
     async def _start(
         self,
@@ -272,11 +275,6 @@ class Engine:
                     self._launch(action, won, now, mono0)
                 report.actions += [(j.act.instance_id, j.act.action, j.act.attempt) for j in won]
         report.acted = len(report.actions)
-
-    async def _resolve(self, incident: Incident, now: datetime) -> None:
-        seconds = (now - incident.opened_at).total_seconds()
-        detail = {"time_to_recover": round(seconds, 3), "attempts": incident.attempt}
-        await self._ledger.close(incident, IncidentState.RECOVERED, now, "watchdog", detail)
 
     def _group(self, acts: list[Act]) -> dict[tuple[Action, str], list[Act]]:
         """Acts that share one recovery call (one restart per process per cycle)."""
@@ -508,6 +506,12 @@ def _dry_run_row(decision: Decision, incidents: Mapping[str, Incident]) -> NewAu
 _INVALID = "invalid:"
 _T = TypeVar("_T")
 _BATCH = 100  # rows committed together: one commit per row stalls a mass freeze for seconds
+
+
+def _recovered(incident: Incident, now: datetime) -> Closing:
+    seconds = (now - incident.opened_at).total_seconds()
+    detail = {"time_to_recover": round(seconds, 3), "attempts": incident.attempt}
+    return Closing(incident, IncidentState.RECOVERED, "watchdog", detail)
 
 
 def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:

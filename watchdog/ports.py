@@ -85,6 +85,16 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class Closing:
+    """Close `incident` as `state` (recovered, dismissed or reset), audited with `detail`."""
+
+    incident: Incident
+    state: IncidentState
+    actor: str
+    detail: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Finished:
     """The outcome of attempt `attempt`; the next attempt may follow at `next_action_at`."""
 
@@ -194,6 +204,10 @@ class Ledger(Protocol):
 
     async def exhaust(self, incident: Incident, now: datetime) -> None: ...
 
+    async def exhaust_all(self, exhausted: Sequence[Incident], now: datetime) -> None:
+        """`exhaust` for each, committed together."""
+        ...
+
     async def close(
         self,
         incident: Incident,
@@ -202,6 +216,12 @@ class Ledger(Protocol):
         actor: str,
         detail: Mapping[str, Any],
     ) -> None: ...
+
+    async def close_all(self, closings: Sequence[Closing], now: datetime) -> None:
+        """`close` for each, committed together (a mass recovery closes hundreds at once;
+        a commit each would hold the cycle, and the detection of others, up for seconds).
+        An incident no longer open is left as it is, without an audit row."""
+        ...
 
     async def suppress(
         self, incident: Incident, until: datetime, now: datetime, detail: Mapping[str, Any]

@@ -38,7 +38,15 @@ from watchdog.policy import (
     time_to_threshold,
     unmonitored_reason,
 )
-from watchdog.ports import AuditQuery, Claim, Finished, LedgerState, NewAudit, Opening
+from watchdog.ports import (
+    AuditQuery,
+    Claim,
+    Closing,
+    Finished,
+    LedgerState,
+    NewAudit,
+    Opening,
+)
 from watchdog.safety import Restart
 
 if TYPE_CHECKING:
@@ -341,6 +349,14 @@ class MemoryLedger:
         action = AuditAction(str(state))  # recovered, reset, dismissed
         spec = _row(incident, action, Outcome.OK, incident.attempt, detail)
         self._write(now, replace(spec, actor=actor))
+
+    async def close_all(self, closings: Sequence[Closing], now: datetime) -> None:
+        for c in closings:
+            await self.close(c.incident, c.state, now, c.actor, c.detail)
+
+    async def exhaust_all(self, exhausted: Sequence[Incident], now: datetime) -> None:
+        for incident in exhausted:
+            await self.exhaust(incident, now)
 
     async def suppress(
         self, incident: Incident, until: datetime, now: datetime, detail: Mapping[str, Any]

@@ -23,7 +23,7 @@ from watchdog.model import (
     Scan,
 )
 from watchdog.policy import DetectionRules, InstanceRow, classify
-from watchdog.ports import AuditQuery, Claim, Finished, Opening
+from watchdog.ports import AuditQuery, Claim, Closing, Finished, Opening
 from watchdog.store import migrate
 from watchdog.store.database import Database
 from watchdog.store.instances import SqlInstanceStore
@@ -273,6 +273,57 @@ async def test_batches_open_and_claim_together_each_claim_still_conditional(
     ]
     again = await ledger.begin_actions([Claim(a, 1, api, scan.now)], scan.now)
     assert again == [None]  # claimed once
+
+
+async def test_a_batch_closes_each_incident_still_open_and_audits_only_those(
+    app: AppTable, db: Database
+) -> None:
+    seconds = [0.0]
+    daemon = SqlLedger(db, monotonic=lambda: seconds[0])  # caches open incidents
+    ledger = SqlLedger(db)
+    (a, b, c), scan = await _open_abc(ledger, db, app)
+    assert set(await daemon.load_open()) == {"a", "b", "c"}
+    await ledger.close(b, IncidentState.RESET, scan.now, "ops", {})  # another writer was first
+    later = scan.now + timedelta(seconds=5)
+    await ledger.close_all(
+        [
+            Closing(a, IncidentState.RECOVERED, "watchdog", {"time_to_recover": 5.0}),
+            Closing(b, IncidentState.RECOVERED, "watchdog", {"time_to_recover": 5.0}),
+            Closing(c, IncidentState.DISMISSED, "watchdog", {"why": "disabled"}),
+        ],
+        later,
+    )
+    assert await daemon.load_open() == {}  # the batch bumped the revision
+    closed = await ledger.last_closed(["a", "b", "c"])
+    assert {i: (x.state, x.closed_at) for i, x in closed.items()} == {
+        "a": (IncidentState.RECOVERED, later),
+        "b": (IncidentState.RESET, scan.now),  # left as the first writer closed it
+        "c": (IncidentState.DISMISSED, later),
+    }
+    trail = [(r.instance_id, r.action, r.detail) for r in await ledger.audit(AuditQuery())]
+    assert trail[3:] == [
+        ("b", AuditAction.RESET, {}),
+        ("a", AuditAction.RECOVERED, {"time_to_recover": 5.0}),
+        ("c", AuditAction.DISMISSED, {"why": "disabled"}),
+    ]
+
+
+async def test_a_batch_exhausts_each_incident_still_actionable(app: AppTable, db: Database) -> None:
+    ledger = SqlLedger(db)
+    (a, b, c), scan = await _open_abc(ledger, db, app)
+    await ledger.close(c, IncidentState.RESET, scan.now, "ops", {})
+    await ledger.exhaust_all([a, b, c], scan.now)
+    loaded = await ledger.load_open()
+    assert {i: x.state for i, x in loaded.items()} == {
+        "a": IncidentState.EXHAUSTED,
+        "b": IncidentState.EXHAUSTED,
+    }
+    assert all(x.next_action_at is None for x in loaded.values())
+    exhausted = await ledger.audit(AuditQuery(actions=[AuditAction.EXHAUSTED]))
+    assert [(r.instance_id, r.detail) for r in exhausted] == [
+        ("a", {"attempts": 0}),
+        ("b", {"attempts": 0}),
+    ]
 
 
 async def test_a_batch_claims_and_finishes_each_incident_with_its_own_values(

@@ -646,20 +646,22 @@ async def test_an_instance_leaving_our_care_is_dismissed_not_recovered(
 
 
 def record_ledger_calls(rig: Rig) -> list[tuple[str, int]]:
-    """(open|claim, batch size) of each batch write, in order."""
+    """(open|claim|close|exhaust, batch size) of each batch write, in order."""
     calls: list[tuple[str, int]] = []
-    open_incidents, begin_actions = rig.ledger.open_incidents, rig.ledger.begin_actions
+    ledger = rig.ledger
+    for kind, name in (
+        ("open", "open_incidents"),
+        ("claim", "begin_actions"),
+        ("close", "close_all"),
+        ("exhaust", "exhaust_all"),
+    ):
+        write = getattr(ledger, name)
 
-    async def opening(openings, now):  # type: ignore[no-untyped-def]
-        calls.append(("open", len(openings)))
-        return await open_incidents(openings, now)
+        async def recorded(batch, now, kind=kind, write=write):  # type: ignore[no-untyped-def]
+            calls.append((kind, len(batch)))
+            return await write(batch, now)
 
-    async def claiming(claims, now):  # type: ignore[no-untyped-def]
-        calls.append(("claim", len(claims)))
-        return await begin_actions(claims, now)
-
-    rig.ledger.open_incidents = opening  # type: ignore[method-assign]
-    rig.ledger.begin_actions = claiming  # type: ignore[method-assign]
+        setattr(ledger, name, recorded)
     return calls
 
 
@@ -680,6 +682,40 @@ async def test_a_mass_freeze_starts_calls_after_the_first_batch_is_open_not_all(
     ]
     assert sorted(rig.calls(API)) == [f"i{n:03d}" for n in range(250)]
     assert report.opened == 250
+
+
+async def test_a_mass_recovery_closes_incidents_in_batches() -> None:
+    rig = make_rig()
+    ids = [f"i{n:03d}" for n in range(250)]
+    for instance_id in ids:
+        rig.store.add(instance_id)
+    rig.clock.advance(STALE)
+    await rig.cycle()
+    for instance_id in ids:
+        rig.store.beat(instance_id)
+    calls = record_ledger_calls(rig)
+    report = await rig.cycle()
+    assert calls == [("close", 100), ("close", 100), ("close", 50)]
+    assert report.resolved == 250
+    assert await rig.ledger.load_open() == {}
+    assert all(rig.trail(i)[-1] == ("recovered", "ok", 1) for i in ids)
+
+
+async def test_instances_spending_their_last_attempt_together_are_exhausted_in_batches() -> None:
+    one_try = EscalationRules(ladder=(LadderStep(API, 1, 30.0),), max_attempts=1)
+    rig = make_rig(rules=one_try)
+    ids = [f"i{n:03d}" for n in range(150)]
+    for instance_id in ids:
+        rig.store.add(instance_id)
+    rig.clock.advance(STALE)
+    await rig.cycle()
+    rig.clock.advance(30)
+    calls = record_ledger_calls(rig)
+    report = await rig.cycle()
+    assert calls == [("exhaust", 100), ("exhaust", 50)]
+    assert report.exhausted == 150
+    assert all(rig.trail(i)[-1] == ("exhausted", "ok", 1) for i in ids)
+    assert {i.state for i in (await rig.ledger.load_open()).values()} == {IncidentState.EXHAUSTED}
 
 
 async def test_a_shared_restart_waits_until_every_member_is_open_and_runs_once() -> None:

@@ -29,7 +29,15 @@ from watchdog.model import (
     Pause,
     Reason,
 )
-from watchdog.ports import AuditQuery, Claim, Finished, LedgerState, NewAudit, Opening
+from watchdog.ports import (
+    AuditQuery,
+    Claim,
+    Closing,
+    Finished,
+    LedgerState,
+    NewAudit,
+    Opening,
+)
 from watchdog.store.database import Database, as_utc
 from watchdog.store.schema import (
     OPEN_STATES,
@@ -297,22 +305,20 @@ class SqlLedger:
             self._emit(row)
 
     async def exhaust(self, incident: Incident, now: datetime) -> None:
-        update = (
-            sa.update(incidents)
-            .where(incidents.c.id == incident.id)
-            .where(incidents.c.state.in_(_ACTIONABLE))
-            .values(state=str(IncidentState.EXHAUSTED), next_action_at=None, updated_at=now)
-        )
-        row_spec = NewAudit(
-            incident.instance_id,
-            AuditAction.EXHAUSTED,
-            Outcome.OK,
-            incident.id,
-            str(incident.reason),
-            incident.attempt,
-            {"attempts": incident.attempt},
-        )
-        await self._change(update, row_spec, now, "exhaust incident")
+        await self.exhaust_all([incident], now)
+
+    async def exhaust_all(self, exhausted: Sequence[Incident], now: datetime) -> None:
+        moves = [
+            (
+                incident,
+                IncidentState.EXHAUSTED,
+                _transition_row(
+                    incident, AuditAction.EXHAUSTED, {"attempts": incident.attempt}, "watchdog"
+                ),
+            )
+            for incident in exhausted
+        ]
+        await self._transition_all("exhaust incidents", moves, _ACTIONABLE, now)
 
     async def close(
         self,
@@ -322,24 +328,19 @@ class SqlLedger:
         actor: str,
         detail: Mapping[str, Any],
     ) -> None:
-        update = (
-            sa.update(incidents)
-            .where(incidents.c.id == incident.id)
-            .where(incidents.c.state.in_(OPEN_STATES))
-            .values(state=str(state), closed_at=now, next_action_at=None, updated_at=now)
-        )
-        action = AuditAction(str(state))  # recovered, reset, dismissed
-        row_spec = NewAudit(
-            incident.instance_id,
-            action,
-            Outcome.OK,
-            incident.id,
-            str(incident.reason),
-            incident.attempt,
-            detail,
-            actor=actor,
-        )
-        await self._change(update, row_spec, now, "close incident")
+        await self.close_all([Closing(incident, state, actor, detail)], now)
+
+    async def close_all(self, closings: Sequence[Closing], now: datetime) -> None:
+        moves = [
+            (
+                c.incident,
+                c.state,
+                # recovered, reset, dismissed
+                _transition_row(c.incident, AuditAction(str(c.state)), c.detail, c.actor),
+            )
+            for c in closings
+        ]
+        await self._transition_all("close incidents", moves, OPEN_STATES, now, closed_at=now)
 
     async def pause(self, pause: Pause, now: datetime) -> None:
         values = {
@@ -471,6 +472,40 @@ class SqlLedger:
 
     # ---------------------------------------------------------------- helpers
 
+    async def _transition_all(
+        self,
+        what: str,
+        moves: Sequence[tuple[Incident, IncidentState, NewAudit]],
+        allowed: Collection[str],
+        now: datetime,
+        **values: Any,
+    ) -> None:
+        """Move each incident to its state where it is still in an `allowed` state (no
+        next action; `values` set too), and audit those that moved: one transaction, one
+        short statement for the update (RETURNING says which moved) and one for the rows."""
+        if not moves:
+            return
+        targets = self._db.rows(
+            "moves",
+            {"id": sa.Integer(), "state": sa.Text()},
+            [(incident.id, str(state)) for incident, state, _spec in moves],
+        )
+        update = (
+            sa.update(incidents)
+            .where(incidents.c.id == targets.c.id)
+            .where(incidents.c.state.in_(allowed))
+            .values(state=targets.c.state, next_action_at=None, updated_at=now, **values)
+            .returning(incidents.c.id)
+        )
+        async with self._db.begin(what) as conn:
+            moved = {row[0] for row in await conn.execute(update)}
+            specs = [spec for incident, _state, spec in moves if incident.id in moved]
+            written = await self.insert_audits(conn, now, specs)
+            if moved:
+                await _bump(conn)
+        for row in written:
+            self._emit(row)
+
     async def _change(self, update: sa.Update, spec: NewAudit, now: datetime, what: str) -> None:
         """Apply a conditional incident update and, only if it matched, its audit row."""
         async with self._db.begin(what) as conn:
@@ -569,6 +604,21 @@ _READ_REVISION = sa.select(revisions.c.revision).where(_INCIDENTS_REVISION)
 _BUMP_REVISION = (
     sa.update(revisions).where(_INCIDENTS_REVISION).values(revision=revisions.c.revision + 1)
 )
+
+
+def _transition_row(
+    incident: Incident, action: AuditAction, detail: Mapping[str, Any], actor: str
+) -> NewAudit:
+    return NewAudit(
+        incident.instance_id,
+        action,
+        Outcome.OK,
+        incident.id,
+        str(incident.reason),
+        incident.attempt,
+        detail,
+        actor=actor,
+    )
 
 
 def _intent(claim: Claim) -> NewAudit:
