@@ -84,9 +84,7 @@ class Guards:
             history.append(Restart(process, now))
             await self._fleet.record_restart(process, now, [m.instance_id for m in members])
             return True
-        detail = self._budget_detail(process)
-        for incident in members:
-            await self._ledger.suppress(incident, returns_at, now, detail)
+        await self._ledger.suppress_all(members, returns_at, now, self._budget_detail(process))
         log.warning("restart of %s suppressed until %s: budget spent", process, returns_at)
         return False
 
@@ -112,7 +110,9 @@ class Guards:
             return
         since = now - timedelta(seconds=self._rules.flapping_window)
         counts = await self._ledger.incident_counts([i.instance_id for i in opened], since)
-        for incident in opened:
-            count = counts.get(incident.instance_id, 0)
-            if is_flapping(count, self._rules):
-                await self._ledger.mark_flapping(incident, now, count)
+        flapping = [
+            (incident, counts.get(incident.instance_id, 0))
+            for incident in opened
+            if is_flapping(counts.get(incident.instance_id, 0), self._rules)
+        ]
+        await self._ledger.mark_flapping_all(flapping, now)

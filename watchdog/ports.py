@@ -223,13 +223,18 @@ class Ledger(Protocol):
         An incident no longer open is left as it is, without an audit row."""
         ...
 
-    async def suppress(
-        self, incident: Incident, until: datetime, now: datetime, detail: Mapping[str, Any]
+    async def suppress_all(
+        self, held: Sequence[Incident], until: datetime, now: datetime, detail: Mapping[str, Any]
     ) -> None:
-        """Hold the next attempt until `until`: the restart budget is spent."""
+        """Hold each one's next attempt until `until` (the restart budget is spent), where
+        it is still actionable at the same attempt; committed together."""
         ...
 
-    async def mark_flapping(self, incident: Incident, now: datetime, count: int) -> None: ...
+    async def mark_flapping_all(
+        self, flapping: Sequence[tuple[Incident, int]], now: datetime
+    ) -> None:
+        """Mark each (incident, incidents in the window) flapping, once; committed together."""
+        ...
 
     async def incident_counts(
         self, instance_ids: Collection[str], since: datetime

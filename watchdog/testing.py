@@ -358,26 +358,31 @@ class MemoryLedger:
         for incident in exhausted:
             await self.exhaust(incident, now)
 
-    async def suppress(
-        self, incident: Incident, until: datetime, now: datetime, detail: Mapping[str, Any]
+    async def suppress_all(
+        self, held: Sequence[Incident], until: datetime, now: datetime, detail: Mapping[str, Any]
     ) -> None:
-        current = self._open(incident)
-        if current is None or current.attempt != incident.attempt:
-            return
-        self.incidents[incident.id] = replace(
-            current, state=IncidentState.SUPPRESSED, next_action_at=until
-        )
-        full = {**detail, "until": until.isoformat()}
-        spec = _row(incident, AuditAction.SUPPRESSED, Outcome.SKIPPED, incident.attempt + 1, full)
-        self._write(now, spec)
+        for incident in held:
+            current = self._open(incident)
+            if current is None or current.attempt != incident.attempt:
+                continue
+            self.incidents[incident.id] = replace(
+                current, state=IncidentState.SUPPRESSED, next_action_at=until
+            )
+            full = {**detail, "until": until.isoformat()}
+            attempt = incident.attempt + 1
+            self._write(now, _row(incident, AuditAction.SUPPRESSED, Outcome.SKIPPED, attempt, full))
 
-    async def mark_flapping(self, incident: Incident, now: datetime, count: int) -> None:
-        current = self.incidents.get(incident.id)
-        if current is None or current.flapping:
-            return
-        self.incidents[incident.id] = replace(current, flapping=True)
-        detail = {"incidents_in_window": count}
-        self._write(now, _row(incident, AuditAction.FLAPPING, Outcome.OK, incident.attempt, detail))
+    async def mark_flapping_all(
+        self, flapping: Sequence[tuple[Incident, int]], now: datetime
+    ) -> None:
+        for incident, count in flapping:
+            current = self.incidents.get(incident.id)
+            if current is None or current.flapping:
+                continue
+            self.incidents[incident.id] = replace(current, flapping=True)
+            detail = {"incidents_in_window": count}
+            n = incident.attempt
+            self._write(now, _row(incident, AuditAction.FLAPPING, Outcome.OK, n, detail))
 
     async def incident_counts(
         self, instance_ids: Collection[str], since: datetime

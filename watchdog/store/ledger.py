@@ -308,17 +308,20 @@ class SqlLedger:
         await self.exhaust_all([incident], now)
 
     async def exhaust_all(self, exhausted: Sequence[Incident], now: datetime) -> None:
-        moves = [
-            (
-                incident,
-                IncidentState.EXHAUSTED,
-                _transition_row(
-                    incident, AuditAction.EXHAUSTED, {"attempts": incident.attempt}, "watchdog"
-                ),
-            )
-            for incident in exhausted
+        if not exhausted:
+            return
+        targets = self._db.rows("exhausting", {"id": sa.Integer()}, [(i.id,) for i in exhausted])
+        update = (
+            sa.update(incidents)
+            .where(incidents.c.id == targets.c.id)
+            .where(incidents.c.state.in_(_ACTIONABLE))
+            .values(state=str(IncidentState.EXHAUSTED), next_action_at=None, updated_at=now)
+        )
+        audits = [
+            (i.id, _incident_row(i, AuditAction.EXHAUSTED, {"attempts": i.attempt}))
+            for i in exhausted
         ]
-        await self._transition_all("exhaust incidents", moves, _ACTIONABLE, now)
+        await self._change_all("exhaust incidents", update, audits, now)
 
     async def close(
         self,
@@ -331,16 +334,28 @@ class SqlLedger:
         await self.close_all([Closing(incident, state, actor, detail)], now)
 
     async def close_all(self, closings: Sequence[Closing], now: datetime) -> None:
-        moves = [
+        if not closings:
+            return
+        targets = self._db.rows(
+            "closing",
+            {"id": sa.Integer(), "state": sa.Text()},
+            [(c.incident.id, str(c.state)) for c in closings],
+        )
+        update = (
+            sa.update(incidents)
+            .where(incidents.c.id == targets.c.id)
+            .where(incidents.c.state.in_(OPEN_STATES))
+            .values(state=targets.c.state, closed_at=now, next_action_at=None, updated_at=now)
+        )
+        audits = [
             (
-                c.incident,
-                c.state,
+                c.incident.id,
                 # recovered, reset, dismissed
-                _transition_row(c.incident, AuditAction(str(c.state)), c.detail, c.actor),
+                _incident_row(c.incident, AuditAction(str(c.state)), c.detail, actor=c.actor),
             )
             for c in closings
         ]
-        await self._transition_all("close incidents", moves, OPEN_STATES, now, closed_at=now)
+        await self._change_all("close incidents", update, audits, now)
 
     async def pause(self, pause: Pause, now: datetime) -> None:
         values = {
@@ -386,45 +401,55 @@ class SqlLedger:
             self._emit(row)
         return written
 
-    async def suppress(
-        self, incident: Incident, until: datetime, now: datetime, detail: Mapping[str, Any]
+    async def suppress_all(
+        self,
+        held: Sequence[Incident],
+        until: datetime,
+        now: datetime,
+        detail: Mapping[str, Any],
     ) -> None:
-        """Hold the next attempt until `until` (the restart budget is spent)."""
+        """Hold the next attempt of each until `until` (the restart budget is spent)."""
+        if not held:
+            return
+        targets = self._db.rows(
+            "held", {"id": sa.Integer(), "attempt": sa.Integer()}, [(i.id, i.attempt) for i in held]
+        )
         update = (
             sa.update(incidents)
-            .where(incidents.c.id == incident.id)
+            .where(incidents.c.id == targets.c.id)
             .where(incidents.c.state.in_(_ACTIONABLE))
-            .where(incidents.c.attempt == incident.attempt)
+            .where(incidents.c.attempt == targets.c.attempt)
             .values(state=str(IncidentState.SUPPRESSED), next_action_at=until, updated_at=now)
         )
-        spec = NewAudit(
-            incident.instance_id,
-            AuditAction.SUPPRESSED,
-            Outcome.SKIPPED,
-            incident.id,
-            str(incident.reason),
-            incident.attempt + 1,
-            {**detail, "until": until.isoformat()},
-        )
-        await self._change(update, spec, now, "suppress incident")
+        full = {**detail, "until": until.isoformat()}
+        audits = [
+            (
+                i.id,
+                _incident_row(
+                    i, AuditAction.SUPPRESSED, full, outcome=Outcome.SKIPPED, attempt=i.attempt + 1
+                ),
+            )
+            for i in held
+        ]
+        await self._change_all("suppress incidents", update, audits, now)
 
-    async def mark_flapping(self, incident: Incident, now: datetime, count: int) -> None:
+    async def mark_flapping_all(
+        self, flapping: Sequence[tuple[Incident, int]], now: datetime
+    ) -> None:
+        if not flapping:
+            return
+        targets = self._db.rows("flapping", {"id": sa.Integer()}, [(i.id,) for i, _ in flapping])
         update = (
             sa.update(incidents)
-            .where(incidents.c.id == incident.id)
+            .where(incidents.c.id == targets.c.id)
             .where(incidents.c.flapping == sa.false())
             .values(flapping=True, updated_at=now)
         )
-        spec = NewAudit(
-            incident.instance_id,
-            AuditAction.FLAPPING,
-            Outcome.OK,
-            incident.id,
-            str(incident.reason),
-            incident.attempt,
-            {"incidents_in_window": count},
-        )
-        await self._change(update, spec, now, "mark flapping")
+        audits = [
+            (i.id, _incident_row(i, AuditAction.FLAPPING, {"incidents_in_window": count}))
+            for i, count in flapping
+        ]
+        await self._change_all("mark flapping", update, audits, now)
 
     async def incident_counts(
         self, instance_ids: Collection[str], since: datetime
@@ -472,48 +497,23 @@ class SqlLedger:
 
     # ---------------------------------------------------------------- helpers
 
-    async def _transition_all(
+    async def _change_all(
         self,
         what: str,
-        moves: Sequence[tuple[Incident, IncidentState, NewAudit]],
-        allowed: Collection[str],
+        update: sa.Update,
+        audits: Sequence[tuple[int, NewAudit]],
         now: datetime,
-        **values: Any,
     ) -> None:
-        """Move each incident to its state where it is still in an `allowed` state (no
-        next action; `values` set too), and audit those that moved: one transaction, one
-        short statement for the update (RETURNING says which moved) and one for the rows."""
-        if not moves:
-            return
-        targets = self._db.rows(
-            "moves",
-            {"id": sa.Integer(), "state": sa.Text()},
-            [(incident.id, str(state)) for incident, state, _spec in moves],
-        )
-        update = (
-            sa.update(incidents)
-            .where(incidents.c.id == targets.c.id)
-            .where(incidents.c.state.in_(allowed))
-            .values(state=targets.c.state, next_action_at=None, updated_at=now, **values)
-            .returning(incidents.c.id)
-        )
+        """Apply a conditional update of incidents and append the audit rows, given by
+        incident id, of those it matched: one transaction, two short statements."""
         async with self._db.begin(what) as conn:
-            moved = {row[0] for row in await conn.execute(update)}
-            specs = [spec for incident, _state, spec in moves if incident.id in moved]
+            matched = {row[0] for row in await conn.execute(update.returning(incidents.c.id))}
+            specs = [spec for incident_id, spec in audits if incident_id in matched]
             written = await self.insert_audits(conn, now, specs)
-            if moved:
+            if matched:
                 await _bump(conn)
         for row in written:
             self._emit(row)
-
-    async def _change(self, update: sa.Update, spec: NewAudit, now: datetime, what: str) -> None:
-        """Apply a conditional incident update and, only if it matched, its audit row."""
-        async with self._db.begin(what) as conn:
-            if (await conn.execute(update)).rowcount != 1:
-                return
-            row = await self.insert_audit(conn, now, spec)
-            await _bump(conn)
-        self._emit(row)
 
     def emit(self, row: AuditRow) -> None:
         """Hand a committed audit row to the log sink."""
@@ -606,16 +606,23 @@ _BUMP_REVISION = (
 )
 
 
-def _transition_row(
-    incident: Incident, action: AuditAction, detail: Mapping[str, Any], actor: str
+def _incident_row(
+    incident: Incident,
+    action: AuditAction,
+    detail: Mapping[str, Any],
+    *,
+    outcome: Outcome = Outcome.OK,
+    attempt: int | None = None,
+    actor: str = "watchdog",
 ) -> NewAudit:
+    """An audit row about `incident` (its attempt unless another is given)."""
     return NewAudit(
         incident.instance_id,
         action,
-        Outcome.OK,
+        outcome,
         incident.id,
         str(incident.reason),
-        incident.attempt,
+        incident.attempt if attempt is None else attempt,
         detail,
         actor=actor,
     )
