@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from watchdog.errors import StoreError
 from watchdog.model import AuditRow
 from watchdog.store.database import Database
-from watchdog.store.ledger import audit_row
+from watchdog.store.records import audit_row
 from watchdog.store.schema import audit, flags, outbox
 
 CURSOR = "alert_cursor"

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -27,7 +27,6 @@ from watchdog.model import (
     IncidentState,
     Outcome,
     Pause,
-    Reason,
 )
 from watchdog.ports import (
     AuditQuery,
@@ -39,6 +38,17 @@ from watchdog.ports import (
     Opening,
 )
 from watchdog.store.database import Database, as_utc
+from watchdog.store.records import (
+    ACTIONABLE,
+    AUDIT_COLUMNS,
+    INCIDENT_COLUMNS,
+    OPENING_COLUMNS,
+    attempt_audit,
+    audit_row,
+    incident_audit,
+    incident_from,
+    intent,
+)
 from watchdog.store.schema import (
     OPEN_STATES,
     UtcDateTime,
@@ -112,7 +122,7 @@ class SqlLedger:
                 cached = _Cached(
                     revision,
                     loaded_at,
-                    {row.instance_id: _incident(row) for row in rows},
+                    {row.instance_id: incident_from(row) for row in rows},
                     {r.instance_id: Pause(r.instance_id, r.until, r.reason, r.actor) for r in held},
                 )
                 self._cached = cached if revision is not None else None  # no row: never trust
@@ -125,10 +135,10 @@ class SqlLedger:
             .where(incidents.c.state.not_in(OPEN_STATES))
             .group_by(incidents.c.instance_id)
         )
-        query = sa.select(*_INCIDENT_COLUMNS).where(incidents.c.id.in_(latest))
+        query = sa.select(*INCIDENT_COLUMNS).where(incidents.c.id.in_(latest))
         async with self._db.connect("load closed incidents") as conn:
             rows = (await conn.execute(query)).all()
-        return {row.instance_id: _incident(row) for row in rows}
+        return {row.instance_id: incident_from(row) for row in rows}
 
     async def audit(self, query: AuditQuery) -> list[AuditRow]:
         """Matching rows, the most recent `limit` of them, oldest first."""
@@ -145,14 +155,14 @@ class SqlLedger:
 
     async def incident_history(self, instance_id: str, limit: int) -> Sequence[Incident]:
         query = (
-            sa.select(*_INCIDENT_COLUMNS)
+            sa.select(*INCIDENT_COLUMNS)
             .where(incidents.c.instance_id == instance_id)
             .order_by(incidents.c.id.desc())
             .limit(limit)
         )
         async with self._db.connect("incident history") as conn:
             rows = (await conn.execute(query)).all()
-        return [_incident(row) for row in rows]
+        return [incident_from(row) for row in rows]
 
     # ---------------------------------------------------------------- writing
 
@@ -180,7 +190,7 @@ class SqlLedger:
             for o in openings
         ]
         async with self._db.begin("open incidents") as conn:
-            new_ids = [i for i, _ in await self._insert(conn, incidents, _OPENING_COLUMNS, data)]
+            new_ids = [i for i, _ in await self._insert(conn, incidents, OPENING_COLUMNS, data)]
             specs = [
                 NewAudit(
                     o.finding.instance_id,
@@ -240,7 +250,7 @@ class SqlLedger:
             sa.update(incidents)
             .where(incidents.c.id == claimed.c.id)
             .where(incidents.c.attempt == claimed.c.prev)
-            .where(incidents.c.state.in_(_ACTIONABLE))
+            .where(incidents.c.state.in_(ACTIONABLE))
             .values(
                 attempt=incidents.c.attempt + 1,
                 last_action=claimed.c.action,
@@ -253,7 +263,7 @@ class SqlLedger:
         async with self._db.begin("claim attempts") as conn:
             won = set((await conn.execute(update)).scalars())
             winners = [c for c in claims if c.incident.id in won]
-            rows = await self.insert_audits(conn, now, [_intent(c) for c in winners])
+            rows = await self.insert_audits(conn, now, [intent(c) for c in winners])
             if winners:
                 await _bump(conn)
         for row in rows:  # logged once committed
@@ -281,7 +291,7 @@ class SqlLedger:
         if not finished:
             return
         specs = [
-            _action_row(f.incident, f.action, f.outcome, f.attempt, f.detail, f.duration)
+            attempt_audit(f.incident, f.action, f.outcome, f.attempt, f.detail, f.duration)
             for f in finished
         ]
         due = self._db.rows(
@@ -314,11 +324,11 @@ class SqlLedger:
         update = (
             sa.update(incidents)
             .where(incidents.c.id == targets.c.id)
-            .where(incidents.c.state.in_(_ACTIONABLE))
+            .where(incidents.c.state.in_(ACTIONABLE))
             .values(state=str(IncidentState.EXHAUSTED), next_action_at=None, updated_at=now)
         )
         audits = [
-            (i.id, _incident_row(i, AuditAction.EXHAUSTED, {"attempts": i.attempt}))
+            (i.id, incident_audit(i, AuditAction.EXHAUSTED, {"attempts": i.attempt}))
             for i in exhausted
         ]
         await self._change_all("exhaust incidents", update, audits, now)
@@ -351,7 +361,7 @@ class SqlLedger:
             (
                 c.incident.id,
                 # recovered, reset, dismissed
-                _incident_row(c.incident, AuditAction(str(c.state)), c.detail, actor=c.actor),
+                incident_audit(c.incident, AuditAction(str(c.state)), c.detail, actor=c.actor),
             )
             for c in closings
         ]
@@ -417,7 +427,7 @@ class SqlLedger:
         update = (
             sa.update(incidents)
             .where(incidents.c.id == targets.c.id)
-            .where(incidents.c.state.in_(_ACTIONABLE))
+            .where(incidents.c.state.in_(ACTIONABLE))
             .where(incidents.c.attempt == targets.c.attempt)
             .values(state=str(IncidentState.SUPPRESSED), next_action_at=until, updated_at=now)
         )
@@ -425,7 +435,7 @@ class SqlLedger:
         audits = [
             (
                 i.id,
-                _incident_row(
+                incident_audit(
                     i, AuditAction.SUPPRESSED, full, outcome=Outcome.SKIPPED, attempt=i.attempt + 1
                 ),
             )
@@ -446,7 +456,7 @@ class SqlLedger:
             .values(flapping=True, updated_at=now)
         )
         audits = [
-            (i.id, _incident_row(i, AuditAction.FLAPPING, {"incidents_in_window": count}))
+            (i.id, incident_audit(i, AuditAction.FLAPPING, {"incidents_in_window": count}))
             for i, count in flapping
         ]
         await self._change_all("mark flapping", update, audits, now)
@@ -546,7 +556,7 @@ class SqlLedger:
             for spec in specs
         ]
         stamp = sa.func.now() if at is None else sa.literal(at, UtcDateTime())
-        written = await self._insert(conn, audit, _AUDIT_COLUMNS, data, at=stamp)
+        written = await self._insert(conn, audit, AUDIT_COLUMNS, data, at=stamp)
         return [
             AuditRow(
                 new_id,
@@ -606,139 +616,4 @@ _BUMP_REVISION = (
 )
 
 
-def _incident_row(
-    incident: Incident,
-    action: AuditAction,
-    detail: Mapping[str, Any],
-    *,
-    outcome: Outcome = Outcome.OK,
-    attempt: int | None = None,
-    actor: str = "watchdog",
-) -> NewAudit:
-    """An audit row about `incident` (its attempt unless another is given)."""
-    return NewAudit(
-        incident.instance_id,
-        action,
-        outcome,
-        incident.id,
-        str(incident.reason),
-        incident.attempt if attempt is None else attempt,
-        detail,
-        actor=actor,
-    )
-
-
-def _intent(claim: Claim) -> NewAudit:
-    """The `started` row written before the call."""
-    c = claim
-    return _action_row(c.incident, c.action, Outcome.STARTED, c.attempt, c.detail or {})
-
-
-def _action_row(
-    incident: Incident,
-    action: Action,
-    outcome: Outcome,
-    attempt: int,
-    detail: Mapping[str, Any],
-    duration: float | None = None,
-) -> NewAudit:
-    """An attempt's audit row: its intent (`started`) or its outcome."""
-    return NewAudit(
-        incident.instance_id,
-        AuditAction(str(action)),
-        outcome,
-        incident.id,
-        str(incident.reason),
-        attempt,
-        detail,
-        None if duration is None else round(duration, 6),
-    )
-
-
-_OPENING_COLUMNS = (
-    "instance_id",
-    "reason",
-    "state",
-    "attempt",
-    "process",
-    "continues_id",
-    "opened_at",
-    "updated_at",
-    "next_action_at",
-    "flapping",
-)
-_AUDIT_COLUMNS = (  # and "at", stamped apart
-    "incident_id",
-    "instance_id",
-    "reason",
-    "attempt",
-    "action",
-    "outcome",
-    "detail",
-    "duration",
-    "actor",
-)
-_ACTIONABLE = (str(IncidentState.OPEN), str(IncidentState.SUPPRESSED))
-
-
-# What an Incident is built from, in its field order (load_open reads thousands a cycle).
-_INCIDENT_COLUMNS = (
-    incidents.c.id,
-    incidents.c.instance_id,
-    incidents.c.reason,
-    incidents.c.state,
-    incidents.c.attempt,
-    incidents.c.opened_at,
-    incidents.c.next_action_at,
-    incidents.c.closed_at,
-    incidents.c.last_action,
-    incidents.c.process,
-    incidents.c.flapping,
-)
-_OPEN_INCIDENTS = sa.select(*_INCIDENT_COLUMNS).where(incidents.c.state.in_(OPEN_STATES))
-# Dict lookups: an Enum call costs about twenty times as much.
-_REASONS = {str(r): r for r in Reason}
-_STATES = {str(s): s for s in IncidentState}
-_ACTIONS = {str(a): a for a in Action}
-
-
-def _incident(row: Sequence[Any]) -> Incident:
-    (id_, instance_id, reason, state, attempt, opened, next_at, closed, last, process, flap) = row
-    return Incident(
-        id_,
-        instance_id,
-        _REASONS[reason],
-        _STATES[state],
-        attempt,
-        opened,
-        next_at,
-        closed,
-        _ACTIONS[last] if last else None,
-        process,
-        bool(flap),
-    )
-
-
-def _action(text: str) -> AuditAction:
-    """The row's action; an action this version does not know stays its plain string."""
-    try:
-        return AuditAction(text)
-    except ValueError:
-        return cast(AuditAction, text)
-
-
-def audit_row(row: sa.Row[Any]) -> AuditRow:
-    """An audit row as read back (also by the alert feeder)."""
-    return AuditRow(
-        id=row.id,
-        at=row.at,
-        instance_id=row.instance_id,
-        action=_action(row.action),
-        outcome=Outcome(row.outcome),
-        incident_id=row.incident_id,
-        reason=row.reason,
-        attempt=row.attempt,
-        detail=json.loads(row.detail or "{}"),
-        duration=row.duration,
-        actor=row.actor,
-    )
+_OPEN_INCIDENTS = sa.select(*INCIDENT_COLUMNS).where(incidents.c.state.in_(OPEN_STATES))
