@@ -5,11 +5,13 @@ imports both the pure core and the adapters (besides the CLI that calls it).
 from __future__ import annotations
 
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy.engine import make_url
@@ -88,21 +90,38 @@ async def open_runtime(
 async def open_recoveries(runtime: Runtime) -> AsyncIterator[dict[Action, Recovery]]:
     """The recovery backends the ladder uses, with their HTTP client closed afterwards."""
     settings = runtime.settings
-    async with httpx.AsyncClient(timeout=settings.api.timeout) as client:
+    actions = settings.escalation.actions()
+    async with AsyncExitStack() as stack:
         recoveries: dict[Action, Recovery] = {}
-        for action in settings.escalation.actions():
-            recoveries[action] = RetryingRecovery(
-                _build(action, settings, runtime, client), attempts=settings.safety.retry_attempts
-            )
+        for action in actions:
+            backend: Recovery
+            if action is Action.API_RESTART:
+                client = await stack.enter_async_context(_api_client(settings))
+                api = settings.api
+                token = settings.api_token()
+                backend = ApiRestart(client, api.restart_url, api.method, token, api.timeout)
+            else:
+                backend = _build(action, settings, runtime)
+            attempts = settings.safety.retry_attempts
+            recoveries[action] = RetryingRecovery(backend, attempts=attempts)
         yield recoveries
 
 
-def _build(
-    action: Action, settings: Settings, runtime: Runtime, client: httpx.AsyncClient
-) -> Recovery:
-    if action is Action.API_RESTART:
-        api = settings.api
-        return ApiRestart(client, api.restart_url, api.method, settings.api_token(), api.timeout)
+def _api_client(settings: Settings) -> httpx.AsyncClient:
+    return httpx.AsyncClient(timeout=settings.api.timeout, verify=api_tls(settings.api.restart_url))
+
+
+def api_tls(url: str) -> ssl.SSLContext | bool:
+    """TLS for the restart API's client: httpx's default (verified against the CA bundle)
+    for https. Over plain http (redirects are not followed) it never speaks TLS, so it gets
+    a context without the CA bundle (about 1 MiB resident) that still verifies: any
+    handshake would fail rather than go unverified."""
+    if urlsplit(url).scheme.lower() == "http":
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    return True
+
+
+def _build(action: Action, settings: Settings, runtime: Runtime) -> Recovery:
     if action is Action.DB_FLAG:
         return DbFlag(runtime.instances, settings.database.timeout)
     return _process_backend(settings)

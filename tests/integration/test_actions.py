@@ -9,6 +9,7 @@ import builtins
 import json
 import os
 import socket
+import ssl
 import stat
 import struct
 import sys
@@ -36,6 +37,7 @@ from watchdog.errors import (
 )
 from watchdog.model import Action, Scan, Target
 from watchdog.ports import Recovery
+from watchdog.wiring import api_tls
 
 TOKEN = "s3cr3t-t0ken-value"  # a test value, asserted never to leak
 ECHO_AUTH = "<echo the Authorization header>"
@@ -173,6 +175,19 @@ async def test_api_restart_imports_nothing_per_call(
     for n in range(5):
         await restart.recover(Target(f"w{n}", None))
     assert failed == []
+
+
+async def test_api_client_over_plain_http_carries_no_ca_bundle_and_still_works(
+    api: FakeApi,
+) -> None:
+    tls = api_tls(api.base + "/restart/{id}")
+    assert isinstance(tls, ssl.SSLContext)
+    assert tls.cert_store_stats()["x509_ca"] == 0  # the bundle is what costs memory
+    assert (tls.verify_mode, tls.check_hostname) == (ssl.CERT_REQUIRED, True)  # fails closed
+    async with httpx.AsyncClient(timeout=5.0, verify=tls) as client:
+        result = await ApiRestart(client, api.base + "/restart/{id}").recover(Target("h", None))
+    assert result.detail["status"] == 200
+    assert api_tls("HTTPS://app.example/restart/{id}") is True  # httpx's verified default
 
 
 async def test_api_restart_without_token_sends_no_authorization(
