@@ -1,4 +1,4 @@
-"""The HTTP health endpoint (aiohttp.web), for probes, dashboards and Prometheus.
+"""The HTTP health endpoint, for probes, dashboards and Prometheus.
 
 Routes (GET; HEAD too):
 
@@ -12,19 +12,26 @@ With a bearer token, every route (unknown ones too) wants `Authorization: Bearer
 and answers 401 otherwise; the token is compared in constant time and never echoed.
 A failing probe or status call answers 500 with one line and logs the traceback.
 
+A small HTTP/1.1 server on asyncio streams (a web framework would cost about 10 MB of
+resident memory for four read-only routes): one request per connection, answered with
+`Connection: close`; a request head must arrive within `HEAD_TIMEOUT` and fit in
+`HEAD_LIMIT` bytes (408 and 431 otherwise), so a slow or oversized client costs nothing
+but its own connection.
+
 The server binds `settings.host` (loopback by default). Port 0 takes a free port; the
 bound one is `server.port` once started.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Final, Protocol
-
-from aiohttp import web
 
 from watchdog.config import HealthSettings
 from watchdog.metrics import CONTENT_TYPE, Metrics
@@ -34,9 +41,25 @@ from watchdog.probes import redact
 log = get_logger(component="health")
 
 SHUTDOWN_TIMEOUT: Final = 5.0  # seconds stop() gives requests in progress
+HEAD_TIMEOUT: Final = 10.0  # seconds a client has to send its request head
+HEAD_LIMIT: Final = 16 * 1024  # bytes of request line and headers
+_WRITE_TIMEOUT: Final = 10.0  # seconds a client has to take the answer
+_LINGER: Final = 2.0  # seconds to wait for the client's close after answering
+_LINGER_BYTES: Final = 64 * 1024  # unread request bytes drained before closing anyway
 _MAX_ERROR: Final = 200  # characters of an exception message shown in a 500 body
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_METHODS: Final = ("GET", "HEAD")
+_JSON: Final = "application/json; charset=utf-8"
+_STATUS_TEXT: Final = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 class HealthSource(Protocol):
@@ -57,6 +80,36 @@ class HealthSource(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]  # names in lower case; values as sent (latin-1 text)
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = _JSON
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def encode(self, *, with_body: bool) -> bytes:
+        """Status line, headers and (unless answering HEAD) the body."""
+        lines = [
+            f"HTTP/1.1 {self.status} {_STATUS_TEXT.get(self.status, 'Unknown')}",
+            f"Content-Type: {self.content_type}",
+            f"Content-Length: {len(self.body)}",
+            "Connection: close",
+            *(f"{name}: {value}" for name, value in self.headers.items()),
+        ]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        return head + self.body if with_body else head
+
+
+Route = Callable[[], Awaitable[Response]]
+
+
 class HealthServer:
     def __init__(
         self,
@@ -71,8 +124,15 @@ class HealthServer:
         self._source = source
         self._metrics = metrics
         self._token = token.encode("utf-8") if token is not None else None
-        self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
         self._port: int | None = None
+        self._connections: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
+        self._routes: dict[str, Route] = {
+            "/healthz": self._healthz,
+            "/readyz": self._readyz,
+            "/status": self._status,
+            "/metrics": self._metrics_text,
+        }
 
     @property
     def port(self) -> int:
@@ -83,87 +143,157 @@ class HealthServer:
 
     @property
     def running(self) -> bool:
-        return self._runner is not None
+        return self._server is not None
 
     async def start(self) -> None:
-        if self._runner is not None:
+        if self._server is not None:
             raise RuntimeError("the health server is already running")
-        runner = web.AppRunner(
-            self._application(), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT
+        # A taken port raises here, before anything is left to clean up.
+        server = await asyncio.start_server(
+            self._serve, self._settings.host, self._settings.port, limit=HEAD_LIMIT
         )
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self._settings.host, self._settings.port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
+        self._server = server
+        self._port = int(server.sockets[0].getsockname()[1])
         log.info("health_endpoint_listening", host=self._settings.host, port=self._port)
 
     async def stop(self) -> None:
-        """Close the listening socket and open connections; idempotent."""
-        runner, self._runner = self._runner, None
-        if runner is None:
+        """Close the listening socket and open connections; idempotent. Requests in
+        progress get `SHUTDOWN_TIMEOUT` to finish, then are cancelled."""
+        server, self._server = self._server, None
+        if server is None:
             return
         try:
-            await runner.cleanup()
+            server.close()
+            for writer in self._connections.values():
+                writer.close()  # a request still being read ends now
+            tasks = set(self._connections)
+            if tasks:
+                _done, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT)
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    await asyncio.wait(pending, timeout=1.0)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), SHUTDOWN_TIMEOUT)
         finally:
             self._port = None
             log.info("health_endpoint_stopped")
 
-    # ----------------------------------------------------------------- routing
+    # ---------------------------------------------------------------- serving
 
-    def _application(self) -> web.Application:
-        app = web.Application(middlewares=[self._guard])
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/status", self._status)
-        app.router.add_get("/metrics", self._metrics_text)
-        return app
-
-    @web.middleware
-    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Authentication first, then turn any crash of a handler into a one-line 500."""
-        if not self._authorised(request):
-            return _json(
-                {"error": "unauthorized: send Authorization: Bearer <token>"},
-                status=401,
-                headers={"WWW-Authenticate": 'Bearer realm="watchdog"'},
-            )
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection: read one request, answer it, close."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[task] = writer
         try:
-            return await handler(request)
-        except web.HTTPException:
-            raise  # 404, 405 and the like: aiohttp's own answers
+            answer = await self._answer(reader)
+            if answer is not None:
+                response, with_body = answer
+                writer.write(response.encode(with_body=with_body))
+                await asyncio.wait_for(writer.drain(), _WRITE_TIMEOUT)
+                await _linger(reader, writer)
+        except (ConnectionError, TimeoutError):
+            pass  # the client left or stalled: nothing more to say
+        finally:
+            writer.close()
+            with suppress(ConnectionError, TimeoutError):
+                await asyncio.wait_for(writer.wait_closed(), _WRITE_TIMEOUT)
+            del self._connections[task]
+
+    async def _answer(self, reader: asyncio.StreamReader) -> tuple[Response, bool] | None:
+        """The response and whether it carries a body; None when the client left."""
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+        except asyncio.IncompleteReadError:
+            return None  # closed before a whole request head
+        except asyncio.LimitOverrunError:
+            return _error(431, "request head too large"), True
+        except TimeoutError:
+            return _error(408, "request head not received in time"), True
+        request = _parse(head)
+        if request is None:
+            return _error(400, "malformed request"), True
+        with_body = request.method != "HEAD"
+        if not self._authorised(request):
+            challenge = {"WWW-Authenticate": 'Bearer realm="watchdog"'}
+            message = "unauthorized: send Authorization: Bearer <token>"
+            return _error(401, message, challenge), with_body
+        route = self._routes.get(request.path)
+        if route is None:
+            return _error(404, "not found"), with_body
+        if request.method not in _METHODS:
+            allow = {"Allow": ", ".join(_METHODS)}
+            return _error(405, f"method {request.method} not allowed", allow), with_body
+        try:
+            return await route(), with_body
         except Exception as exc:
             log.exception("health_request_failed", path=request.path)
-            return _json({"error": _one_line(request.path, exc)}, status=500)
+            return _error(500, _one_line(request.path, exc)), with_body
 
-    def _authorised(self, request: web.Request) -> bool:
+    def _authorised(self, request: Request) -> bool:
         if self._token is None:
             return True
-        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer":
             return False
-        offered = credentials.strip().encode("utf-8", "surrogateescape")
+        # The header's bytes as sent (latin-1 round-trips them), against the token's UTF-8.
+        offered = credentials.strip().encode("latin-1")
         return hmac.compare_digest(offered, self._token)
 
-    # ----------------------------------------------------------------- handlers
+    # ----------------------------------------------------------------- routes
 
-    async def _healthz(self, _request: web.Request) -> web.Response:
+    async def _healthz(self) -> Response:
         alive = bool(self._source.alive())
         return _json({"alive": alive}, status=200 if alive else 503)
 
-    async def _readyz(self, _request: web.Request) -> web.Response:
+    async def _readyz(self) -> Response:
         ready, reason = self._source.ready()
         return _json({"ready": bool(ready), "reason": reason}, status=200 if ready else 503)
 
-    async def _status(self, _request: web.Request) -> web.Response:
+    async def _status(self) -> Response:
         return _json(await self._source.status())
 
-    async def _metrics_text(self, _request: web.Request) -> web.Response:
-        return web.Response(body=self._metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+    async def _metrics_text(self) -> Response:
+        return Response(200, self._metrics.render(), CONTENT_TYPE)
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Half-close, then read what the client still sends (the rest of an oversized or
+    refused request) until it closes too, for at most `_LINGER` seconds and
+    `_LINGER_BYTES`: closing with unread input resets the connection, and a reset can
+    discard the answer before the client has read it."""
+    if not writer.can_write_eof():
+        return
+    writer.write_eof()
+    deadline = asyncio.get_running_loop().time() + _LINGER
+    received = 0
+    while received < _LINGER_BYTES:
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return
+        chunk = await asyncio.wait_for(reader.read(_LINGER_BYTES), left)
+        if not chunk:
+            return
+        received += len(chunk)
+
+
+def _parse(head: bytes) -> Request | None:
+    """The request line and headers, or None when they are not HTTP/1.x."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[0].isalpha():
+        return None
+    method, target, _version = parts
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip():
+            return None
+        headers[name.lower()] = value.strip()
+    return Request(method.upper(), target.partition("?")[0], headers)
 
 
 _dumps = partial(json.dumps, default=str)  # datetimes and enums as their text
@@ -171,8 +301,12 @@ _dumps = partial(json.dumps, default=str)  # datetimes and enums as their text
 
 def _json(
     data: dict[str, Any], *, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.json_response(data, status=status, headers=headers, dumps=_dumps)
+) -> Response:
+    return Response(status, _dumps(data).encode("utf-8"), headers=headers or {})
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return _json({"error": message}, status=status, headers=headers)
 
 
 def _one_line(path: str, exc: Exception) -> str:

@@ -29,6 +29,7 @@ from watchdog.daemon import Daemon, SideJob, StopSignals, run_once
 from watchdog.engine import Engine
 from watchdog.errors import ConfigError, StoreUnavailable
 from watchdog.guards import Guards
+from watchdog.health import HealthServer
 from watchdog.leadership import LeaderLock, Leadership, NodeIdentity
 from watchdog.memory import MemoryWatch
 from watchdog.metrics import Metrics
@@ -162,8 +163,6 @@ async def _health_server(settings: Settings, monitor: DaemonMonitor) -> AsyncIte
                 f"config error: health.token_env: environment variable "
                 f'{settings.health.token_env} is not set; export it or set token_env = ""'
             )
-    from watchdog.health import HealthServer  # aiohttp: about 10 MB, loaded only when on
-
     server = HealthServer(settings.health, monitor, monitor.metrics, token)
     await server.start()
     log.info("health_endpoint", host=settings.health.host, port=server.port)

@@ -1,5 +1,5 @@
-"""The health endpoint: a real aiohttp server on a free loopback port, a fake daemon
-behind it, and real HTTP requests through httpx."""
+"""The health endpoint: the real server on a free loopback port, a fake daemon behind it,
+and real HTTP requests through httpx (and raw sockets for what httpx would not send)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
+from watchdog import health
 from watchdog.config import HealthSettings
-from watchdog.health import SHUTDOWN_TIMEOUT, HealthServer
+from watchdog.health import HEAD_LIMIT, SHUTDOWN_TIMEOUT, HealthServer
 from watchdog.metrics import Metrics
 from watchdog.model import AuditAction, AuditRow, Outcome
 from watchdog.probes import liveness, readiness
@@ -181,6 +182,90 @@ async def test_unknown_paths_and_methods(server: HealthServer) -> None:
         assert (await http.get("/nope")).status_code == 404
         assert (await http.post("/healthz")).status_code == 405
         assert (await http.head("/healthz")).status_code == 200
+
+
+async def test_head_has_the_length_but_no_body_and_a_query_is_ignored(
+    server: HealthServer,
+) -> None:
+    async with client(server) as http:
+        head = await http.head("/readyz?verbose=1")
+        full = await http.get("/readyz?verbose=1")
+    assert (head.status_code, head.content) == (200, b"")
+    assert head.headers["content-length"] == str(len(full.content))
+    assert full.json() == {"ready": True, "reason": "ok"}
+
+
+async def raw(server: HealthServer, data: bytes, *, pause: float = 0.0) -> bytes:
+    """Send `data` (in two halves `pause` apart) on a plain socket; the whole answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        half = len(data) // 2
+        writer.write(data[:half])
+        await writer.drain()
+        await asyncio.sleep(pause)
+        writer.write(data[half:])
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 5.0)  # until the server closes
+    finally:
+        writer.close()
+
+
+async def test_a_request_in_pieces_is_answered_and_the_connection_closed(
+    server: HealthServer,
+) -> None:
+    answer = await raw(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", pause=0.05)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Connection: close" in head
+    assert body == b'{"alive": true}'
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"NONSENSE\r\n\r\n", b"400"),
+        (b"GET /healthz HTTP/2\r\n\r\n", b"400"),
+        (b"GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n", b"400"),
+        (b"GET /healthz HTTP/1.1\r\nX-Pad: " + b"a" * (HEAD_LIMIT + 1) + b"\r\n\r\n", b"431"),
+    ],
+)
+async def test_a_malformed_or_oversized_request_gets_an_error_not_a_crash(
+    server: HealthServer, request_bytes: bytes, status: bytes
+) -> None:
+    answer = await raw(server, request_bytes)
+    assert answer.startswith(b"HTTP/1.1 " + status)
+    assert (await get(server, "/healthz")).status_code == 200  # the server lives on
+
+
+async def test_a_silent_client_times_out_and_blocks_nobody(
+    server: HealthServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(health, "HEAD_TIMEOUT", 0.3)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        assert (await get(server, "/healthz")).status_code == 200  # served meanwhile
+        answer = await asyncio.wait_for(reader.read(), 5.0)
+        assert answer.startswith(b"HTTP/1.1 408")
+    finally:
+        writer.close()
+
+
+async def test_stop_closes_a_connection_still_sending_its_request(
+    source: FakeSource, metrics: Metrics
+) -> None:
+    server = HealthServer(settings(), source, metrics)
+    await server.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\n")  # and never the rest
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        began = time.monotonic()
+        await server.stop()
+        assert time.monotonic() - began < 1.0  # not HEAD_TIMEOUT
+        assert await asyncio.wait_for(reader.read(), 5.0) == b""  # closed, nothing sent
+    finally:
+        writer.close()
 
 
 # ---------------------------------------------------------------------- the token
