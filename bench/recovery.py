@@ -16,6 +16,8 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta
 
+import psutil
+
 from bench import fleet
 from bench.app import Beater, RestartApi
 from bench.common import Env, Results, median, pct, wait_until
@@ -61,13 +63,25 @@ def run(env: Env, results: Results) -> None:
                 got = {i for _t, i in list(api.received)}
                 return got >= set(storm) and set(first_rows(conninfo, "detected")) >= set(probes)
 
+            daemon = psutil.Process(proc.pid)
+            time.sleep(stale)  # about half a second before the storm crosses stale_after
+            cpu0 = _cpu(daemon)
             wait_until(done, stale + 90.0, 0.5)
+            cpu = _cpu(daemon) - cpu0
             _report(results, conninfo, api, storm, probes, stale)  # before they beat again
+            label = f"{NAME} {len(storm)}"
+            results.add(label, "daemon CPU until the last first call", round(cpu, 2), "s")
+            results.add(label, "  per first api_restart", round(cpu / len(storm) * 1000, 2), "ms")
             _mass_recovery(conninfo, beater, freeze_at, storm, late_probes, stale)
     if beater.error is not None:
         raise beater.error
     _report_recovery(results, conninfo, storm, late_probes, stale)
     env.cluster.drop_database("bench_recovery")
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
 
 
 def _mass_recovery(

@@ -109,3 +109,31 @@ async def test_under_load_the_next_write_lingers_for_company() -> None:
     await asyncio.gather(first, second, late)
     assert ledger.batches == [[1, 2], [3, 4]]
     assert lingered == [0.01]
+
+
+async def test_outcomes_arriving_close_together_wait_for_company_a_lone_one_does_not() -> None:
+    """One outcome every few milliseconds (calls finishing one by one in a storm) leaves
+    no write carrying several, so arrival spacing must be enough to start lingering."""
+    ledger = GatedLedger()
+    ledger.gate.set()
+    clock = [100.0]
+    lingered: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        lingered.append(seconds)
+
+    writer = OutcomeWriter(
+        ledger,  # type: ignore[arg-type]
+        linger=0.01,
+        sleep=sleep,
+        monotonic=lambda: clock[0],
+    )
+    await writer.write([finished(1)])
+    assert lingered == []  # alone: written at once
+    clock[0] += 5.0
+    await writer.write([finished(2)])
+    assert lingered == []  # seconds after the last one: still alone
+    clock[0] += 0.003
+    await writer.write([finished(3)])
+    assert lingered == [0.01]  # 3 ms after the last one: a storm, wait for company
+    assert ledger.batches == [[1], [2], [3]]
