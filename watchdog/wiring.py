@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import httpx
 from sqlalchemy.engine import make_url
 
-from watchdog.actions.api import ApiRestart
+from watchdog.actions.api import ApiRestart, HttpClients
 from watchdog.actions.command import CommandRestart
 from watchdog.actions.db_flag import DbFlag
 from watchdog.actions.systemd import SystemdRestart
@@ -96,10 +96,11 @@ async def open_recoveries(runtime: Runtime) -> AsyncIterator[dict[Action, Recove
         for action in actions:
             backend: Recovery
             if action is Action.API_RESTART:
-                client = await stack.enter_async_context(_api_client(settings))
+                clients = [await stack.enter_async_context(c) for c in _api_clients(settings)]
                 api = settings.api
                 token = settings.api_token()
-                backend = ApiRestart(client, api.restart_url, api.method, token, api.timeout)
+                http = HttpClients(clients)
+                backend = ApiRestart(http, api.restart_url, api.method, token, api.timeout)
             else:
                 backend = _build(action, settings, runtime)
             attempts = settings.safety.retry_attempts
@@ -107,18 +108,23 @@ async def open_recoveries(runtime: Runtime) -> AsyncIterator[dict[Action, Recove
         yield recoveries
 
 
-def _api_client(settings: Settings) -> httpx.AsyncClient:
-    return httpx.AsyncClient(timeout=settings.api.timeout, verify=api_tls(settings.api.restart_url))
+def _api_clients(settings: Settings) -> list[httpx.AsyncClient]:
+    """One client per concurrent action (see HttpClients), all on one TLS context."""
+    tls = api_tls(settings.api.restart_url)
+    return [
+        httpx.AsyncClient(timeout=settings.api.timeout, verify=tls)
+        for _ in range(settings.daemon.max_concurrent_actions)
+    ]
 
 
-def api_tls(url: str) -> ssl.SSLContext | bool:
-    """TLS for the restart API's client: httpx's default (verified against the CA bundle)
-    for https. Over plain http (redirects are not followed) it never speaks TLS, so it gets
-    a context without the CA bundle (about 1 MiB resident) that still verifies: any
-    handshake would fail rather than go unverified."""
+def api_tls(url: str) -> ssl.SSLContext:
+    """TLS for the restart API's clients: verified against the CA bundle for https. Over
+    plain http (redirects are not followed) they never speak TLS, so they get a context
+    without the bundle (about 1 MiB resident) that still verifies: any handshake would
+    fail rather than go unverified."""
     if urlsplit(url).scheme.lower() == "http":
         return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    return True
+    return httpx.create_ssl_context()
 
 
 def _build(action: Action, settings: Settings, runtime: Runtime) -> Recovery:

@@ -26,7 +26,7 @@ import httpx
 import psutil
 import pytest
 
-from watchdog.actions.api import ApiRestart
+from watchdog.actions.api import ApiRestart, HttpClients
 from watchdog.actions.command import CommandRestart
 from watchdog.actions.db_flag import DbFlag
 from watchdog.errors import (
@@ -187,7 +187,25 @@ async def test_api_client_over_plain_http_carries_no_ca_bundle_and_still_works(
     async with httpx.AsyncClient(timeout=5.0, verify=tls) as client:
         result = await ApiRestart(client, api.base + "/restart/{id}").recover(Target("h", None))
     assert result.detail["status"] == 200
-    assert api_tls("HTTPS://app.example/restart/{id}") is True  # httpx's verified default
+    verified = api_tls("HTTPS://app.example/restart/{id}")
+    assert verified.cert_store_stats()["x509_ca"] > 0
+    assert (verified.verify_mode, verified.check_hostname) == (ssl.CERT_REQUIRED, True)
+
+
+async def test_concurrent_calls_each_lease_a_client_of_their_own(api: FakeApi) -> None:
+    clients = [httpx.AsyncClient(timeout=5.0) for _ in range(3)]
+    http = HttpClients(clients)
+    with http.lease() as a, http.lease() as b, http.lease() as c, http.lease() as d:
+        assert {id(a), id(b), id(c)} == {id(x) for x in clients}  # one each while they last
+        assert d is clients[0]  # beyond them, calls share the first
+    with http.lease() as again:
+        assert again is a  # the one given back last goes out first: its connection is warm
+    restart = ApiRestart(http, api.base + "/restart/{id}")
+    results = await asyncio.gather(*(restart.recover(Target(f"c{n}", None)) for n in range(6)))
+    assert [r.detail["status"] for r in results] == [200] * 6
+    assert sorted(r.path for r in api.requests) == sorted(f"/restart/c{n}" for n in range(6))
+    for client in clients:
+        await client.aclose()
 
 
 async def test_api_restart_without_token_sends_no_authorization(

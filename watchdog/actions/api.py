@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
@@ -23,12 +25,39 @@ _METHOD = re.compile(r"[A-Z]+")
 _TOKEN = re.compile(r"[!-~]+")  # visible ASCII: anything else cannot go in a header
 
 
+class HttpClients:
+    """httpx clients for concurrent calls: each call in flight takes one of its own while
+    there are enough, and calls beyond that share the first.
+
+    httpcore's pool walks all of a client's connections on every request, probing each
+    idle one with a system call and counting the idle ones for each (quadratic in the
+    connections): in a storm of 16 concurrent calls that was a seventh of the daemon's
+    CPU. Clients of one connection each skip it; size the set to the concurrency."""
+
+    def __init__(self, clients: Sequence[httpx.AsyncClient]) -> None:
+        if not clients:
+            raise ValueError("HttpClients needs at least one client")
+        self._shared = clients[0]
+        self._idle = list(reversed(clients))  # popped from the end: the first goes first
+
+    @contextmanager
+    def lease(self) -> Iterator[httpx.AsyncClient]:
+        if not self._idle:
+            yield self._shared
+            return
+        client = self._idle.pop()
+        try:
+            yield client
+        finally:
+            self._idle.append(client)  # last in, first out: its connection is the warmest
+
+
 class ApiRestart:
     """Send `method url_template` with `{id}` replaced by the URL-quoted instance id."""
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: httpx.AsyncClient | HttpClients,
         url_template: str,
         method: str = "POST",
         token: str | None = None,
@@ -43,7 +72,7 @@ class ApiRestart:
         if token and _TOKEN.fullmatch(token) is None:
             # Deliberately not echoed: it is a secret.
             raise ValueError("api token must be visible ASCII without spaces or line breaks")
-        self._client = client
+        self._clients = client if isinstance(client, HttpClients) else HttpClients([client])
         self._url_template = url_template
         self._method = method
         self._token = token or None
@@ -77,9 +106,10 @@ class ApiRestart:
         # carries them) is not chained, so tracebacks that print locals never show the token.
         what = f"HTTP {self._method} {shown}"
         try:
-            return await self._client.request(
-                self._method, url, headers=self._headers(), timeout=self._timeout
-            )
+            with self._clients.lease() as client:
+                return await client.request(
+                    self._method, url, headers=self._headers(), timeout=self._timeout
+                )
         except httpx.TimeoutException as exc:
             error = self._error(
                 f"{what} timed out after {self._timeout:g}s ({_describe(exc)})", transient=True
