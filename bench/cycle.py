@@ -113,7 +113,7 @@ def plan(quick: bool) -> list[tuple[int, int, float]]:
     """(fleet size, max cycles, seconds budget per backend)."""
     if quick:
         return [(1_000, 3, 3.0)]
-    return [(1_000, 30, 12.0), (10_000, 20, 20.0), (100_000, 12, 40.0)]
+    return [(1_000, 30, 12.0), (10_000, 30, 20.0), (100_000, 30, 40.0)]
 
 
 # What README suggests for large fleets on PostgreSQL: the steady query's cut-offs can then
