@@ -401,7 +401,7 @@ class Engine:
             del closed[instance_id]
         if not closed:
             return incidents
-        view = dict(incidents)  # a copy and a few deletions: cheaper than a filtered copy
+        view = dict(incidents)  # a copy, then deletions: cheaper than filtering every entry
         for instance_id, incident_id in closed.items():
             if view[instance_id].id == incident_id:
                 del view[instance_id]
