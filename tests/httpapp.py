@@ -65,9 +65,13 @@ def _handler(api: RestartApi) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 64  # the default 5 drops a burst's connects (1 s SYN retransmit)
+
+
 @contextmanager
 def restart_api(api: RestartApi) -> Iterator[RestartApi]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(api))
+    server = _Server(("127.0.0.1", 0), _handler(api))
     api.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -266,6 +266,9 @@ class _Server(ThreadingHTTPServer):
     """Serves the application's REST API; request threads are joined on close."""
 
     daemon_threads = False
+    # Listen backlog (the default 5 drops the SYNs of a burst of concurrent restart calls,
+    # which then wait out a 1 s retransmit); a class attribute: the constructor listens.
+    request_queue_size = 64
 
     def __init__(self, port: int, sim: Simulator, token: str | None) -> None:
         self.sim, self.token = sim, token
