@@ -145,7 +145,7 @@ async def measure(
         )
         sql = _literal(store.detection_query, db)
         raw = RawQuery(url, sql)
-        counting = RawQuery(url, _literal(store._scan_query, db))
+        counting = RawQuery(url, _literal(store.counting_query, db))
         counter = Counter(ledger)
         sa.event.listen(db.engine.sync_engine, "before_cursor_execute", counter)
         samples = Samples()

@@ -110,9 +110,6 @@ class Guards:
             return
         since = now - timedelta(seconds=self._rules.flapping_window)
         counts = await self._ledger.incident_counts([i.instance_id for i in opened], since)
-        flapping = [
-            (incident, counts.get(incident.instance_id, 0))
-            for incident in opened
-            if is_flapping(counts.get(incident.instance_id, 0), self._rules)
-        ]
+        counted = [(incident, counts.get(incident.instance_id, 0)) for incident in opened]
+        flapping = [(i, n) for i, n in counted if is_flapping(n, self._rules)]
         await self._ledger.mark_flapping_all(flapping, now)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import NoReturn, TypeVar
 
@@ -111,8 +110,8 @@ class RetryingRecovery:
 
     async def recover(self, target: Target) -> ActionResult:
         budget = self._inner.timeout
-        started = time.monotonic()
-        deadline = asyncio.get_running_loop().time() + budget
+        clock = asyncio.get_running_loop().time
+        deadline = clock() + budget
         # The first try runs without the retry machinery (most calls succeed at once, and a
         # storm makes a thousand); only a transient failure starts it, replaying that try.
         try:  # bounded by the backend's own timeout, whose message is clearer
@@ -136,7 +135,7 @@ class RetryingRecovery:
                 raise
 
         retrying = AsyncRetrying(
-            stop=_stop(self._attempts, budget, started),
+            stop=_stop(self._attempts, budget, deadline, clock),
             wait=_wait(self._first_wait, self._max_wait),
             retry=retry_if_exception(_is_transient),
             before_sleep=_log_retry(f"{self.action} of {target.instance_id}", self._attempts),
@@ -216,20 +215,14 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, WatchdogError) and exc.transient
 
 
-def _stop(attempts: int, budget: float, started: float) -> stop_base:
-    """Stop after `attempts` tries, at the deadline (`budget` seconds after `started`, on
-    the monotonic clock), or when the next wait would leave less than MIN_TRY_SHARE of the
-    budget for the try after it."""
-
-    def elapsed() -> float:
-        return time.monotonic() - started
-
+def _stop(attempts: int, budget: float, deadline: float, clock: Callable[[], float]) -> stop_base:
+    """Stop after `attempts` tries, at the deadline (on `clock`), or when the next wait
+    would leave less than MIN_TRY_SHARE of the budget for the try after it."""
+    last_start = deadline - budget * MIN_TRY_SHARE
     return (
         stop_after_attempt(attempts)
-        | _Stop(lambda state: elapsed() >= budget)
-        | _Stop(
-            lambda state: elapsed() + (state.upcoming_sleep or 0.0) >= budget * (1 - MIN_TRY_SHARE)
-        )
+        | _Stop(lambda state: clock() >= deadline)
+        | _Stop(lambda state: clock() + (state.upcoming_sleep or 0.0) >= last_start)
     )
 
 

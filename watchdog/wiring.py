@@ -88,24 +88,18 @@ async def open_runtime(
 
 @asynccontextmanager
 async def open_recoveries(runtime: Runtime) -> AsyncIterator[dict[Action, Recovery]]:
-    """The recovery backends the ladder uses, with their HTTP client closed afterwards."""
+    """The recovery backends the ladder uses, with their HTTP clients closed afterwards."""
     settings = runtime.settings
     actions = settings.escalation.actions()
     async with AsyncExitStack() as stack:
-        recoveries: dict[Action, Recovery] = {}
-        for action in actions:
-            backend: Recovery
-            if action is Action.API_RESTART:
-                clients = [await stack.enter_async_context(c) for c in _api_clients(settings)]
-                api = settings.api
-                token = settings.api_token()
-                http = HttpClients(clients)
-                backend = ApiRestart(http, api.restart_url, api.method, token, api.timeout)
-            else:
-                backend = _build(action, settings, runtime)
-            attempts = settings.safety.retry_attempts
-            recoveries[action] = RetryingRecovery(backend, attempts=attempts)
-        yield recoveries
+        http: HttpClients | None = None
+        if Action.API_RESTART in actions:
+            http = HttpClients([await stack.enter_async_context(c) for c in _api_clients(settings)])
+        attempts = settings.safety.retry_attempts
+        yield {
+            action: RetryingRecovery(_build(action, settings, runtime, http), attempts=attempts)
+            for action in actions
+        }
 
 
 def _api_clients(settings: Settings) -> list[httpx.AsyncClient]:
@@ -127,7 +121,13 @@ def api_tls(url: str) -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def _build(action: Action, settings: Settings, runtime: Runtime) -> Recovery:
+def _build(
+    action: Action, settings: Settings, runtime: Runtime, http: HttpClients | None
+) -> Recovery:
+    if action is Action.API_RESTART:
+        assert http is not None  # made by open_recoveries whenever the ladder has the rung
+        api = settings.api
+        return ApiRestart(http, api.restart_url, api.method, settings.api_token(), api.timeout)
     if action is Action.DB_FLAG:
         return DbFlag(runtime.instances, settings.database.timeout)
     return _process_backend(settings)

@@ -118,7 +118,7 @@ class SqlLedger:
             if cached is None or not fresh:
                 loaded_at = self._monotonic()
                 rows = (await conn.execute(_OPEN_INCIDENTS)).all()
-                held = (await conn.execute(sa.select(pauses))).all()
+                held = (await conn.execute(_ALL_PAUSES)).all()
                 cached = _Cached(
                     revision,
                     loaded_at,
@@ -604,8 +604,8 @@ def _in_force(held: Mapping[str, Pause], now: datetime) -> dict[str, Pause]:
 
 
 async def _bump(conn: AsyncConnection) -> None:
-    """Mark the incidents or pauses changed; last in the transaction, so on PostgreSQL the row lock
-    it takes (serialising incident writers) is held only until the commit."""
+    """Mark the incidents or pauses changed; last in the transaction, so on PostgreSQL the
+    row lock it takes (serialising incident writers) is held only until the commit."""
     await conn.execute(_BUMP_REVISION)
 
 
@@ -616,4 +616,5 @@ _BUMP_REVISION = (
 )
 
 
+_ALL_PAUSES = sa.select(pauses)
 _OPEN_INCIDENTS = sa.select(*INCIDENT_COLUMNS).where(incidents.c.state.in_(OPEN_STATES))
