@@ -28,6 +28,7 @@ class RestartApi:
     on_restart: Callable[[str], None] = lambda _id: None
     status: int = 200
     requests: list[Recorded] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)  # every request's raw path, matched or not
     port: int = 0
     # When set, every call is held (recorded, unanswered) until the gate opens (30 s cap).
     gate: threading.Event | None = None
@@ -42,6 +43,7 @@ class RestartApi:
 def _handler(api: RestartApi) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
+            api.paths.append(self.path)
             match = _PATH.match(self.path)
             if not match:
                 self.send_error(404)

@@ -23,6 +23,7 @@ from watchdog.leadership import Leadership
 from watchdog.monitor import DaemonMonitor
 from watchdog.observability import get_logger
 from watchdog.sdnotify import Notifier, SystemdHeartbeat
+from watchdog.unjudged import UnjudgeableLog
 
 log = get_logger(component="daemon")
 
@@ -50,6 +51,7 @@ class CycleRunner:
         self._outage: str | None = None
         self.last_report: CycleReport | None = None
         self.good_cycles = 0
+        self._unjudgeable = UnjudgeableLog()
 
     async def tick(self) -> bool:
         if self._lock.locked():
@@ -80,6 +82,7 @@ class CycleRunner:
 
     def _after_good_cycle(self, report: CycleReport, duration: float) -> None:
         self._leave_outage()
+        self._unjudgeable.observe(report.unjudgeable)
         if self.monitor is not None:
             self.monitor.good(report, duration, self._engine, leader=True)
         self.last_report, self.good_cycles = report, self.good_cycles + 1
@@ -93,6 +96,7 @@ class CycleRunner:
             log.info(
                 "cycle",
                 unhealthy=report.unhealthy,
+                unjudgeable=len(report.unjudgeable),
                 opened=report.opened,
                 acted=report.acted,
                 resolved=report.resolved,

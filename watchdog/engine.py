@@ -18,7 +18,15 @@ from typing import Any, TypeVar
 from watchdog.circuit import BackendBreakers
 from watchdog.errors import RecoveryError, StoreError, WatchdogError
 from watchdog.guards import Guards
-from watchdog.model import Action, AuditAction, Incident, IncidentState, Outcome, Target
+from watchdog.model import (
+    Action,
+    AuditAction,
+    Incident,
+    IncidentState,
+    Outcome,
+    Target,
+    Unjudgeable,
+)
 from watchdog.outcomes import OutcomeWriter
 from watchdog.policy import (
     Act,
@@ -56,6 +64,7 @@ class CycleReport:
     unhealthy: int
     monitored: int = 0
     next_deadline: float | None = None  # seconds until a healthy instance could turn stale
+    unjudgeable: tuple[Unjudgeable, ...] = ()  # rows near a threshold that cannot be read
     open_by_state: dict[str, int] = field(default_factory=dict)
     opened: int = 0
     acted: int = 0
@@ -144,7 +153,12 @@ class Engine:
         if self._dry_run:
             incidents = self._dry_run_view(incidents, scan.findings)
         new_ids = [i for i in scan.findings if i not in incidents]
-        gone = [i for i in incidents if i not in scan.findings and i not in self._busy]
+        unjudged = {u.instance_id for u in scan.unjudgeable if u.instance_id}
+        gone = [
+            i
+            for i in incidents
+            if i not in scan.findings and i not in self._busy and i not in unjudged
+        ]
         unmonitored = await self._instances.unmonitored(gone) if gone else {}
         recent = await self._ledger.last_closed(new_ids) if new_ids else {}
         world = World(
@@ -154,6 +168,7 @@ class Engine:
             recent=recent,
             pauses=state.pauses,
             busy=self.busy,
+            unjudged=unjudged,
             unmonitored=unmonitored,
             grace_until=self._guards.grace_until,
             brake=await self._guards.brake(scan, record=not self._dry_run),
@@ -163,6 +178,7 @@ class Engine:
             unhealthy=len(scan.findings),
             monitored=scan.enabled_count,
             next_deadline=scan.next_deadline,
+            unjudgeable=scan.unjudgeable,
             open_by_state=dict(Counter(str(i.state) for i in incidents.values())),
         )
         decisions = decide(self._rules, world, self._jitter)

@@ -70,7 +70,8 @@ class Metrics:
         r = self.registry
         self._instances = Gauge(
             "watchdog_instances",
-            "Monitored instances at the last good cycle, by detection verdict.",
+            "Monitored instances at the last good cycle, by detection verdict (unjudgeable: "
+            "a value could not be read, so the row is neither acted on nor called healthy).",
             ["health"],
             registry=r,
         )
@@ -128,7 +129,7 @@ class Metrics:
         self._initialise()
 
     def _initialise(self) -> None:
-        for health in ("healthy", "unhealthy"):
+        for health in ("healthy", "unhealthy", "unjudgeable"):
             self._instances.labels(health=health).set(0)
         for state in OPEN_STATES:
             self._incidents.labels(state=state).set(0)
@@ -151,8 +152,10 @@ class Metrics:
         `open_by_state` counts unclosed incidents by state (missing states are 0).
         """
         unhealthy = max(0, report.unhealthy)
+        unjudgeable = len(report.unjudgeable)
         self._instances.labels(health="unhealthy").set(unhealthy)
-        self._instances.labels(health="healthy").set(max(0, monitored - unhealthy))
+        self._instances.labels(health="unjudgeable").set(unjudgeable)
+        self._instances.labels(health="healthy").set(max(0, monitored - unhealthy - unjudgeable))
         for state in {*OPEN_STATES, *(str(s) for s in open_by_state)}:
             self._incidents.labels(state=state).set(open_by_state.get(state, 0))
         if math.isfinite(duration) and duration >= 0:

@@ -98,6 +98,22 @@ class Finding:
 
 
 @dataclass(frozen=True, slots=True)
+class Unjudgeable:
+    """A row near a threshold that cannot be judged: a value the watchdog cannot read, or
+    an id it cannot address. Never acted on; reported instead."""
+
+    instance_id: str | None  # None: the id itself is NULL
+    column: str  # the mapped column name holding the bad value
+    value: str | None  # the raw value, cut short; None: SQL NULL
+    why: str
+    fix: str  # what the operator or the application should change
+
+    @property
+    def key(self) -> tuple[str | None, str]:
+        return (self.instance_id, self.column)
+
+
+@dataclass(frozen=True, slots=True)
 class Scan:
     """The result of one detection query: the database's now and what is unhealthy."""
 
@@ -105,6 +121,7 @@ class Scan:
     findings: Mapping[str, Finding]
     enabled_count: int = 0  # monitored instances: enabled, status not ignored
     next_deadline: float | None = None  # seconds until the next healthy one could turn stale
+    unjudgeable: tuple[Unjudgeable, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,9 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
+            handler.setFormatter(OneLineFormatter(handler.formatter))
     # httpx logs full URLs at INFO, and webhook URLs are credentials.
     for noisy in (
         "apscheduler",
@@ -46,6 +49,26 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
         cache_logger_on_first_use=False,
     )
+
+
+def one_line(text: str) -> str:
+    """`text` with line breaks and other control characters escaped: an instance id or a
+    process name from the application's table can never forge a line of ours."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class OneLineFormatter(logging.Formatter):
+    """The standard library's log lines, with the message kept to one line (a traceback
+    still follows it on lines of its own)."""
+
+    def __init__(self, base: logging.Formatter | None) -> None:
+        super().__init__(base._fmt if base else None, base.datefmt if base else None)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
 
 
 def get_logger(**context: Any) -> structlog.typing.FilteringBoundLogger:

@@ -190,6 +190,8 @@ class World:
     recent: Mapping[str, Incident]  # the last closed incident of newly unhealthy instances
     pauses: Mapping[str, Pause]
     busy: Collection[str] = frozenset()  # instances with an action still in flight
+    # Instances whose row could not be read this cycle: neither acted on nor resolved.
+    unjudged: Collection[str] = frozenset()
     unmonitored: Mapping[str, str] = field(default_factory=dict)  # id → why (disabled, ...)
     # Until then nobody is judged: heartbeat writers catch up after an outage or our start.
     grace_until: datetime | None = None
@@ -206,6 +208,8 @@ def decide(rules: EscalationRules, world: World, jitter: Callable[[], float]) ->
     for instance_id, incident in sorted(world.incidents.items()):
         if instance_id in world.findings or instance_id in world.busy:
             continue
+        if instance_id in world.unjudged:
+            continue  # health not checked is not health
         why = world.unmonitored.get(instance_id)
         decisions.append(Resolve(incident) if why is None else Dismiss(incident, why))
     if world.grace_until is not None and world.now < world.grace_until:

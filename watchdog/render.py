@@ -11,6 +11,7 @@ from typing import Any
 
 from watchdog.breaker import BreakerSnapshot
 from watchdog.model import AuditRow, Incident, IncidentState, Pause
+from watchdog.observability import one_line
 from watchdog.policy import EscalationRules, is_paused, step_for_attempt
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -139,6 +140,9 @@ def _short_time(iso: str | None) -> str:
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    # Values from the application's table (ids, process names) reach the terminal here:
+    # control characters are shown escaped, never interpreted.
+    rows = [[one_line(str(c)) for c in row] for row in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
     lines = [
         "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()

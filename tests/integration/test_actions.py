@@ -154,6 +154,43 @@ async def test_api_restart_sends_quoted_id_and_bearer_token(
     assert api.requests == [Seen("POST", f"/restart/{quoted}", f"Bearer {TOKEN}")]
 
 
+@pytest.mark.parametrize(
+    ("instance_id", "path"),
+    [
+        ("%2e%2e", "/restart/%252e%252e/x"),
+        ("a.b", "/restart/a%2Eb/x"),
+        ("...", "/restart/%2E%2E%2E/x"),
+        ("./..", "/restart/%2E%2F%2E%2E/x"),
+    ],
+)
+async def test_an_id_of_dots_stays_one_path_segment_and_the_audit_names_the_sent_url(
+    api: FakeApi, client: httpx.AsyncClient, instance_id: str, path: str
+) -> None:
+    restart = ApiRestart(client, api.base + "/restart/{id}/x")
+    result = await restart.recover(Target(instance_id, None))
+    assert api.requests == [Seen("POST", path, None)]
+    assert result.detail["url"] == api.base + path
+
+
+@pytest.mark.parametrize("instance_id", ["", ".", ".."])
+async def test_an_id_that_is_a_dot_segment_is_refused_without_a_request(
+    api: FakeApi, client: httpx.AsyncClient, instance_id: str
+) -> None:
+    restart = ApiRestart(client, api.base + "/restart/{id}/x")
+    with pytest.raises(PermanentRecoveryError, match="unsafe instance id"):
+        await restart.recover(Target(instance_id, None))
+    assert api.requests == []
+
+
+async def test_a_failed_call_names_the_url_as_sent(
+    refused_url: str, client: httpx.AsyncClient
+) -> None:
+    restart = ApiRestart(client, refused_url)
+    with pytest.raises(TransientRecoveryError) as caught:
+        await restart.recover(Target("a.b", None))
+    assert refused_url.replace("{id}", "a%2Eb") in str(caught.value)
+
+
 async def test_api_restart_imports_nothing_per_call(
     api: FakeApi, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -140,6 +140,60 @@ async def test_scan_reads_an_integer_id_as_text_and_a_null_process_as_none(
     assert texts.findings["007"].process is None
 
 
+async def test_a_row_that_cannot_be_read_is_reported_and_the_others_judged(
+    app: AppTable, db: Database
+) -> None:
+    """A table without NOT NULL (and, on SQLite, any value in any column): a bad value is
+    its row's problem, never the scan's."""
+    ts = "TEXT" if app.is_sqlite else "timestamptz"
+    with app.engine.begin() as conn:
+        conn.execute(
+            sa.text(f"""
+            CREATE TABLE loose (
+              id TEXT, enabled BOOLEAN DEFAULT TRUE, connection_status TEXT,
+              status_changed_at {ts}, last_heartbeat_at {ts}, force_reconnect BOOLEAN,
+              process TEXT)""")
+        )
+    loose = AppTable(app.url, InstancesSettings(table="loose"))
+    try:
+        loose.add("frozen", heartbeat_ago=300)
+        loose.add("fine", heartbeat_ago=1)
+        loose.add("", heartbeat_ago=300)
+        with loose.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO loose (id, connection_status, status_changed_at, "
+                    "last_heartbeat_at) SELECT NULL, 'CONNECTED', status_changed_at, "
+                    "last_heartbeat_at FROM loose WHERE id = 'frozen'"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO loose (id, connection_status, status_changed_at, "
+                    "last_heartbeat_at) SELECT 'no-change-time', 'CONNECTED', NULL, "
+                    "last_heartbeat_at FROM loose WHERE id = 'frozen'"
+                )
+            )
+            if app.is_sqlite:
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO loose (id, connection_status, status_changed_at, "
+                        "last_heartbeat_at) SELECT 'blob-beat', 'CONNECTING', "
+                        "status_changed_at, x'00ff' FROM loose WHERE id = 'frozen'"
+                    )
+                )
+        scan = await store(db, InstancesSettings(table="loose")).scan()
+    finally:
+        loose.dispose()
+    assert list(scan.findings) == ["frozen"]
+    seen = {(u.instance_id, u.column, u.value) for u in scan.unjudgeable}
+    expected = {(None, "id", None), ("", "id", ""), ("no-change-time", "status_changed_at", None)}
+    if app.is_sqlite:
+        expected.add(("blob-beat", "last_heartbeat_at", "x'00FF'"))
+    assert seen == expected
+    assert all(u.fix for u in scan.unjudgeable)
+
+
 async def test_sql_predicate_agrees_with_the_pure_rule(app: AppTable, db: Database) -> None:
     """The WHERE clause mirrors policy.classify on a grid of rows around the thresholds."""
     grid = itertools.product(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 
 from watchdog.model import AuditAction, AuditRow, Outcome
-from watchdog.observability import configure_logging, emit_audit
+from watchdog.observability import OneLineFormatter, configure_logging, emit_audit
 
 
 @pytest.fixture
@@ -40,3 +41,17 @@ def test_audit_events_follow_the_configured_stream_and_levels(stream: io.StringI
     )
     assert (failed["level"], failed["outcome"]) == ("warning", "failed")
     assert "at" not in ok  # the event's own timestamp stands for it
+
+
+def test_a_hostile_value_cannot_forge_a_line_of_the_text_log() -> None:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(OneLineFormatter(logging.Formatter("%(levelname)s %(message)s")))
+    logger = logging.getLogger("watchdog.test.one_line")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("restart of %s failed", "app\nERROR forged line\x1b[2J")
+    finally:
+        logger.removeHandler(handler)
+    assert out.getvalue() == "WARNING restart of app\\nERROR forged line\\x1b[2J failed\n"

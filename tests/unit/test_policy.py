@@ -179,6 +179,7 @@ def world(
     recent: Iterable[Incident] = (),
     pauses: Iterable[Pause] = (),
     busy: Iterable[str] = (),
+    unjudged: Iterable[str] = (),
     unmonitored: Mapping[str, str] | None = None,
 ) -> World:
     return World(
@@ -188,6 +189,7 @@ def world(
         recent={i.instance_id: i for i in recent},
         pauses={p.instance_id: p for p in pauses},
         busy=frozenset(busy),
+        unjudged=frozenset(unjudged),
         unmonitored=unmonitored or {},
     )
 
@@ -335,6 +337,14 @@ def test_busy_instance_gets_no_decision_at_all() -> None:
     gone = world(incidents=[incident(attempt=1)], busy=["a"], unmonitored={"a": "disabled"})
 
     assert run(unhealthy) == run(due) == run(healed) == run(gone) == []
+
+
+def test_an_open_incident_whose_row_cannot_be_read_is_not_called_recovered() -> None:
+    unreadable = world(incidents=[incident(attempt=1)], unjudged=["a"])
+    readable_again = world(incidents=[incident(attempt=1)])
+
+    assert run(unreadable) == []
+    assert [type(d) for d in run(readable_again)] == [Resolve]
 
 
 def recovered(*, attempt: int, closed_ago: float) -> Incident:

@@ -23,6 +23,7 @@ TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 _BODY_CHARS = 200
 _METHOD = re.compile(r"[A-Z]+")
 _TOKEN = re.compile(r"[!-~]+")  # visible ASCII: anything else cannot go in a header
+_DOT_SEGMENTS = frozenset({"", ".", ".."})
 
 
 class HttpClients:
@@ -90,26 +91,37 @@ class ApiRestart:
         return target.instance_id
 
     def url_for(self, target: Target) -> str:
-        # safe="" so that an id cannot add path segments, a query or a fragment.
-        return self._url_template.replace("{id}", quote(target.instance_id, safe=""))
+        """The URL for `target`; raises on an id that cannot be a path segment."""
+        instance_id = target.instance_id
+        if instance_id in _DOT_SEGMENTS:
+            raise PermanentRecoveryError(
+                f"unsafe instance id {instance_id!r} for the restart URL: an empty, '.' or "
+                "'..' path segment would address another endpoint; rename the instance"
+            )
+        # safe="" so that an id cannot add path segments, a query or a fragment; dots
+        # encoded too, so that no client or proxy can read one as a dot segment.
+        segment = quote(instance_id, safe="").replace(".", "%2E")
+        return self._url_template.replace("{id}", segment)
 
     async def recover(self, target: Target) -> ActionResult:
         url = self.url_for(target)
-        shown = _display_url(url)
-        response = await self._send(url, shown)
+        response = await self._send(url)
+        shown = _display_url(str(response.request.url))  # as sent, not as templated
         if response.is_success:
             return ActionResult(detail={"status": response.status_code, "url": shown})
         raise self._status_error(response, shown)
 
-    async def _send(self, url: str, shown: str) -> httpx.Response:
+    async def _send(self, url: str) -> httpx.Response:
         # The headers stay out of this frame's locals and the httpx error (whose request
         # carries them) is not chained, so tracebacks that print locals never show the token.
-        what = f"HTTP {self._method} {shown}"
+        what = f"HTTP {self._method} {_display_url(url)}"
         try:
             with self._clients.lease() as client:
-                return await client.request(
+                request = client.build_request(
                     self._method, url, headers=self._headers(), timeout=self._timeout
                 )
+                what = f"HTTP {self._method} {_display_url(str(request.url))}"
+                return await client.send(request)
         except httpx.TimeoutException as exc:
             error = self._error(
                 f"{what} timed out after {self._timeout:g}s ({_describe(exc)})", transient=True

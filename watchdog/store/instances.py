@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from watchdog.config import InstancesSettings
 from watchdog.errors import StoreTimeout
-from watchdog.model import Finding, Scan
+from watchdog.model import Finding, Scan, Unjudgeable
 from watchdog.policy import (
     DetectionRules,
     InstanceRow,
@@ -35,6 +35,44 @@ from watchdog.store.database import Database, as_utc
 # PostgreSQL (14+) looks a list of this many entries up in a hash table built once per
 # query; a shorter one is compared entry by entry on every row.
 _HASHED_LIST = 9
+_RAW_CHARS = 64  # of a value that cannot be read, as reported
+
+_FIX_ID = "give the row a non-empty text id: an instance without one cannot be addressed"
+_FIX_STATUS = "the application must write a status into the row"
+_FIX_PROCESS = "write the hosting program's name as text, or NULL for the configured default"
+_FIX_TIME = (
+    "the application must write timestamps the database can read "
+    "(timestamptz; in SQLite, its own text format or ISO-8601 in UTC)"
+)
+
+_Judged = tuple[dict[str, Finding], tuple[Unjudgeable, ...], float | None]
+
+
+def _sqlite_text(
+    value: sa.ColumnElement[Any], *, unless_time: bool = False
+) -> sa.ColumnElement[Any]:
+    """An SQLite value for the JSON aggregate: text, or a BLOB as a one-element JSON array
+    of its hex (a BLOB itself would fail the whole statement, and one that is not UTF-8
+    would fail it as text). `unless_time`: NULL when julianday() can read the value."""
+    as_text = sa.case(
+        (sa.func.typeof(value) == "blob", sa.func.json_array(sa.func.hex(value))),
+        else_=sa.cast(value, sa.Text),
+    )
+    if unless_time:
+        return sa.case((sa.func.julianday(value).is_(None), as_text))
+    return as_text
+
+
+def _binary(value: object) -> bool:
+    """A BLOB as `_sqlite_text` sends it."""
+    return isinstance(value, list)
+
+
+def _cut(raw: object) -> str | None:
+    if raw is None:
+        return None
+    text = f"x'{raw[0]}'" if isinstance(raw, list) and raw else str(raw)
+    return text if len(text) <= _RAW_CHARS else text[: _RAW_CHARS - 1] + "…"
 
 
 class SqlInstanceStore:
@@ -130,16 +168,27 @@ class SqlInstanceStore:
             ),
         )
         monitored = self._monitored()
-        fields = (
+        fields: tuple[sa.ColumnElement[Any], ...] = (
             self._col(m.id),
             status,
             process,
             self._age(changed),
             self._age(heartbeat),
         )
+        if self._db.is_sqlite:
+            # SQLite columns hold any type: values as text (see `_sqlite_text`), and the
+            # raw timestamps that julianday() cannot read, so that garbage is reported,
+            # never mistaken for NULL ("never beat").
+            fields = (
+                *(_sqlite_text(f) for f in fields[:3]),
+                *fields[3:],
+                _sqlite_text(changed, unless_time=True),
+                _sqlite_text(heartbeat, unless_time=True),
+            )
         # One aggregate, no GROUP BY: exactly one row back even when nothing matches, so
         # the database's now always comes back. The candidates come as one JSON array of
-        # [id, status, process, status_age, heartbeat_age] arrays. Counting, every
+        # [id, status, process, status_age, heartbeat_age(, raw unreadable status_changed_at,
+        # raw unreadable heartbeat on SQLite)] arrays. Counting, every
         # monitored row is visited (and counted) and the near ones aggregated; otherwise
         # the WHERE clause holds only the timestamp cut-offs and the status list filters
         # the aggregate (in the WHERE clause the planner would test it on every row first).
@@ -191,7 +240,7 @@ class SqlInstanceStore:
         async with self._db.connect("detection query") as conn:
             query = self._counting_query if counting else self._near_query
             row = (await conn.execute(query)).one()
-            findings, deadline = self._judge(row.near)
+            findings, unjudgeable, deadline = self._judge(row.near)
             if counting:
                 monitored = int(row.monitored)
             else:
@@ -207,29 +256,24 @@ class SqlInstanceStore:
             findings=findings,
             enabled_count=monitored,
             next_deadline=deadline,
+            unjudgeable=unjudgeable,
         )
 
-    def _judge(self, near_rows: str | None) -> tuple[dict[str, Finding], float | None]:
-        """The findings among the rows near a threshold, and the soonest deadline among
-        the healthy rest (seconds)."""
+    def _judge(self, near_rows: str | None) -> _Judged:
+        """The findings among the rows near a threshold, the rows that cannot be judged,
+        and the soonest deadline among the healthy rest (seconds)."""
         findings: dict[str, Finding] = {}
+        unjudgeable: list[Unjudgeable] = []
         deadline: float | None = None
         rules = self._rules
-        # NULL (PostgreSQL) or '[]' (SQLite) when no row is near a threshold. Each row is
-        # [id, status, process, status_age, heartbeat_age]; the id as text whatever the
-        # column's type (a JSON number for an integer id). Positional: a thousand rows a
-        # cycle after a mass failure.
-        for instance_id, status, process, status_age, heartbeat_age in (
-            json.loads(near_rows) if near_rows else ()
-        ):
-            instance = InstanceRow(
-                str(instance_id),
-                True,
-                str(status),
-                float(status_age),
-                None if heartbeat_age is None else float(heartbeat_age),
-                None if process is None else str(process),
-            )
+        # NULL (PostgreSQL) or '[]' (SQLite) when no row is near a threshold. Positional:
+        # a thousand rows a cycle after a mass failure. A bad value is its row's problem:
+        # that row is reported and skipped, every other row is judged as usual.
+        for fields in json.loads(near_rows) if near_rows else ():
+            instance = self._read(fields)
+            if isinstance(instance, Unjudgeable):
+                unjudgeable.append(instance)
+                continue
             finding = classify(instance, rules)
             if finding is not None:
                 findings[finding.instance_id] = finding
@@ -237,7 +281,44 @@ class SqlInstanceStore:
             left = time_to_threshold(instance, rules)
             if left is not None and (deadline is None or left < deadline):
                 deadline = left
-        return findings, deadline
+        return findings, tuple(unjudgeable), deadline
+
+    def _read(self, fields: list[Any]) -> InstanceRow | Unjudgeable:
+        """One near row as an InstanceRow, or why it cannot be judged. The id comes as text
+        whatever the column's type (a JSON number for an integer id on PostgreSQL)."""
+        m = self._map
+        instance_id, status, process, status_age, heartbeat_age = fields[:5]
+        raw_changed, raw_heartbeat = fields[5:] if len(fields) > 5 else (None, None)
+        if _binary(instance_id):
+            return Unjudgeable(_cut(instance_id), m.id, _cut(instance_id), "binary", _FIX_ID)
+        if instance_id is None or instance_id == "":
+            value = None if instance_id is None else ""
+            why = "the id is NULL" if value is None else "the id is empty"
+            return Unjudgeable(value, m.id, value, why, _FIX_ID)
+        name = str(instance_id)
+        if status is None or _binary(status):
+            why = "binary" if status is not None else "the status is NULL"
+            return Unjudgeable(name, m.status, _cut(status), why, _FIX_STATUS)
+        if _binary(process):
+            return Unjudgeable(name, m.process, _cut(process), "binary", _FIX_PROCESS)
+        if status_age is None:
+            why = "not a timestamp" if raw_changed is not None else "NULL"
+            return Unjudgeable(name, m.status_changed_at, _cut(raw_changed), why, _FIX_TIME)
+        if heartbeat_age is None and raw_heartbeat is not None:
+            why = "not a timestamp"
+            return Unjudgeable(name, m.heartbeat, _cut(raw_heartbeat), why, _FIX_TIME)
+        try:
+            return InstanceRow(
+                name,
+                True,
+                str(status),
+                float(status_age),
+                None if heartbeat_age is None else float(heartbeat_age),
+                None if process is None else str(process),
+            )
+        except (TypeError, ValueError) as exc:  # whatever else a hand-made table holds
+            why = f"unreadable: {exc}"
+            return Unjudgeable(name, m.status_changed_at, None, why, _FIX_TIME)
 
     async def set_force_reconnect(self, instance_id: str) -> bool:
         m = self._map
