@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint typecheck unit demo bench clean
+.PHONY: install system-deps test lint typecheck unit demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict watchdog
 
-test: lint typecheck
+# PostgreSQL server binaries, visudo, node, systemd-analyze: apt-installed as root,
+# otherwise named and the run stops.
+system-deps:
+	@scripts/system-deps
+
+test: system-deps lint typecheck
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 unit: $(STAMP)
