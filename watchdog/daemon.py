@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from watchdog.engine import CycleReport, Engine
-from watchdog.errors import StoreError, WatchdogError
+from watchdog.errors import StoreError, StoreUnavailable, WatchdogError
 from watchdog.leadership import Leadership
 from watchdog.monitor import DaemonMonitor
 from watchdog.observability import get_logger
@@ -70,6 +70,9 @@ class CycleRunner:
             if self.leadership is not None:
                 await self.leadership.good_cycle()
         except StoreError as exc:
+            # Wherever it is seen first (the leader lock, the scan, a write): while our
+            # database was away, the application's heartbeat writers may have been too.
+            self._engine.guards.database_lost()
             self._enter_outage(str(exc))
             if self._heartbeat is not None:
                 self._heartbeat.on_handled_outage()
@@ -183,12 +186,16 @@ class SideJob:
         self.every = every
         self.run = run
         self._running: asyncio.Task[object] | None = None
+        # Told when the run could not reach the database (the daemon starts a grace).
+        self.on_unavailable: Callable[[], None] | None = None
 
     async def guarded(self) -> None:
         self._running = asyncio.current_task()
         try:
             await self.run()
         except WatchdogError as exc:
+            if isinstance(exc, StoreUnavailable) and self.on_unavailable is not None:
+                self.on_unavailable()
             log.warning("side_job_failed", job=self.name, error=str(exc))
         except Exception:
             log.exception("side_job_crashed", job=self.name)
@@ -220,6 +227,8 @@ class Daemon:
     ) -> None:
         self._engine = engine
         self._side_jobs = side_jobs
+        for job in side_jobs:
+            job.on_unavailable = engine.guards.database_lost
         self._interval = interval
         self._shutdown_timeout = shutdown_timeout
         self._notifier = notifier or Notifier()

@@ -80,6 +80,7 @@ class _Job:
     incident: Incident
     act: Act
     started_mono: float
+    intent_id: int | None = None  # its `started` audit row, once claimed
 
 
 class Engine:
@@ -98,6 +99,8 @@ class Engine:
         guards: Guards | None = None,
         breakers: BackendBreakers | None = None,
         fence: Callable[[], Awaitable[bool]] | None = None,
+        owner: str | None = None,
+        live: set[int] | None = None,
     ) -> None:
         self._instances = instances
         self._ledger = ledger
@@ -112,10 +115,15 @@ class Engine:
         self._breakers = breakers
         # Asked before every action: is this node still the leader? (None: single node.)
         self._fence = fence
+        # This node, named in every intent row: a new leader leaves the intents of a
+        # node still alive to it (see `reconcile.py`).
+        self._owner = owner
         self._slots = asyncio.Semaphore(max_concurrent_actions)
         self._busy: set[str] = set()
+        # Intent rows whose action or outcome is in flight here (shared with the reconciler).
+        self._live: set[int] = live if live is not None else set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._outcomes = OutcomeWriter(ledger)
+        self._outcomes = OutcomeWriter(ledger, on_unavailable=self._guards.database_lost)
         # Dry-run: what was last recorded per instance. Nothing changes in a dry run, so the
         # same would-be decision comes back every cycle; it is audited once, not each time.
         self._dry_run_seen: dict[tuple[str, type], tuple[object, ...]] = {}
@@ -126,6 +134,11 @@ class Engine:
     @property
     def busy(self) -> frozenset[str]:
         return frozenset(self._busy)
+
+    @property
+    def live_intents(self) -> frozenset[int]:
+        """Intent rows this process still owns: the call or its outcome is in flight."""
+        return frozenset(self._live)
 
     def stop_acting(self) -> None:
         """Shutdown began: start no new action (in-flight ones finish; see `drain`)."""
@@ -148,6 +161,7 @@ class Engine:
         mono0 = self._clock.monotonic()
         self._guards.database_back(scan.now)
         self._guards.new_cycle()
+        in_grace = self._guards.in_grace(scan.now)
         state = await self._ledger.load_state(scan.now)
         incidents = state.incidents
         if self._dry_run:
@@ -171,7 +185,8 @@ class Engine:
             unjudged=unjudged,
             unmonitored=unmonitored,
             grace_until=self._guards.grace_until,
-            brake=await self._guards.brake(scan, record=not self._dry_run),
+            # In grace, the unhealthy count is heartbeat writers catching up, not a failure.
+            brake=not in_grace and await self._guards.brake(scan, record=not self._dry_run),
         )
         report = CycleReport(
             now=scan.now,
@@ -196,10 +211,20 @@ class Engine:
         return report
 
     async def drain(self, timeout: float | None = None) -> bool:
-        """Wait for in-flight actions; True when all finished within `timeout`."""
+        """Wait for in-flight actions and their outcomes; True when all finished within
+        `timeout`. Outcomes still unwritten then are logged: they will be lost."""
         if not self._tasks:
             return True
         _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        for lost in self._outcomes.held:
+            log.error(
+                "the %s outcome (%s) of %s attempt %d is not recorded: the database did not "
+                "answer before shutdown; the next leader audits its intent `interrupted`",
+                lost.action,
+                lost.outcome,
+                lost.incident.instance_id,
+                lost.attempt,
+            )
         return not pending
 
     # ----------------------------------------------------------------- applying
@@ -284,9 +309,19 @@ class Engine:
             results = iter(await self._ledger.begin_actions(claims, now))
             for action, _key, jobs in chunk:
                 mono = self._clock.monotonic()
-                won = [replace(j, started_mono=mono) for j in jobs if next(results) is not None]
+                intents = [(job, next(results)) for job in jobs]
+                won = [
+                    replace(j, started_mono=mono, intent_id=intent)
+                    for j, intent in intents
+                    if intent is not None
+                ]
+                self._live.update(j.intent_id for j in won if j.intent_id is not None)
                 if won and self._breakers and not self._breakers.allows(action, now):
-                    await self._skip_open_circuit(action, won, now, mono0)
+                    # The breaker is open: the attempt is spent without a call; the ladder
+                    # goes on to its next rung after the usual wait.
+                    breaker = self._breakers.name(action)
+                    skip = {"reason": "circuit_open", "breaker": breaker}
+                    self._launch(action, won, now, mono0, skip)
                 elif won:
                     self._launch(action, won, now, mono0)
                 report.actions += [(j.act.instance_id, j.act.action, j.act.attempt) for j in won]
@@ -299,18 +334,31 @@ class Engine:
             groups[(act.action, _key_or_own(self._recoveries.get(act.action), act))].append(act)
         return groups
 
-    @staticmethod
-    def _claim(job: _Job, now: datetime, key: str) -> Claim:
+    def _claim(self, job: _Job, now: datetime, key: str) -> Claim:
         act = job.act
-        detail = {"target": key} if act.action is Action.PROCESS_RESTART else None
+        detail: dict[str, Any] = {"target": key} if act.action is Action.PROCESS_RESTART else {}
+        if self._owner is not None:
+            detail["node"] = self._owner
         return Claim(
-            job.incident, act.attempt, act.action, now + timedelta(seconds=act.delay), detail
+            job.incident,
+            act.attempt,
+            act.action,
+            now + timedelta(seconds=act.delay),
+            detail or None,
         )
 
-    def _launch(self, action: Action, jobs: list[_Job], now: datetime, mono0: float) -> None:
-        """Run one group's shared recovery call as a task; its instances are busy meanwhile."""
+    def _launch(
+        self,
+        action: Action,
+        jobs: list[_Job],
+        now: datetime,
+        mono0: float,
+        skip: dict[str, Any] | None = None,
+    ) -> None:
+        """Run one group's shared recovery call (or, given `skip`, record it skipped) as a
+        task; its instances are busy until the outcome is on record."""
         self._busy.update(job.act.instance_id for job in jobs)
-        task = asyncio.create_task(self._run_group(action, jobs, now, mono0))
+        task = asyncio.create_task(self._run_group(action, jobs, now, mono0, skip))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -320,24 +368,23 @@ class Engine:
         log.error("no longer the leader: actions stop here")
         return False
 
-    async def _skip_open_circuit(
-        self, action: Action, jobs: list[_Job], now: datetime, mono0: float
-    ) -> None:
-        """The backend's breaker is open: the attempt is spent without a call; the ladder
-        goes on to its next rung after the usual wait."""
-        assert self._breakers is not None
-        detail = {"reason": "circuit_open", "breaker": self._breakers.name(action)}
-        await self._finish(jobs, Outcome.SKIPPED, detail, now, mono0)
-
     async def _run_group(
-        self, action: Action, members: list[_Job], now: datetime, mono0: float
+        self,
+        action: Action,
+        members: list[_Job],
+        now: datetime,
+        mono0: float,
+        skip: dict[str, Any] | None,
     ) -> None:
         try:
-            async with self._slots:
-                if await self._still_leading():
-                    outcome, detail = await self._call(action, members[0])
-                else:
-                    outcome, detail = Outcome.SKIPPED, {"reason": "lost_leadership"}
+            if skip is not None:
+                outcome, detail = Outcome.SKIPPED, skip
+            else:
+                async with self._slots:
+                    if await self._still_leading():
+                        outcome, detail = await self._call(action, members[0])
+                    else:
+                        outcome, detail = Outcome.SKIPPED, {"reason": "lost_leadership"}
             if self._breakers is not None and outcome in (Outcome.OK, Outcome.FAILED):
                 at = now + timedelta(seconds=self._clock.monotonic() - mono0)
                 error = str(detail.get("error", ""))
@@ -349,7 +396,7 @@ class Engine:
             ids = ", ".join(m.act.instance_id for m in members)
             log.error(
                 "could not record the %s outcome of %s (attempt %d): %s; its intent row "
-                "stays and the next start audits it `interrupted`",
+                "stays and the next leader audits it `interrupted`",
                 action,
                 ids,
                 members[0].act.attempt,
@@ -358,6 +405,8 @@ class Engine:
         finally:
             for job in members:
                 self._busy.discard(job.act.instance_id)
+                if job.intent_id is not None:
+                    self._live.discard(job.intent_id)
 
     async def _call(self, action: Action, job: _Job) -> tuple[Outcome, dict[str, Any]]:
         recovery = self._recoveries.get(action)
@@ -398,6 +447,7 @@ class Engine:
                     detail,
                     finished_mono - job.started_mono,
                     finished_at + timedelta(seconds=job.act.delay),
+                    job.intent_id,
                 )
                 for job in jobs
             ]

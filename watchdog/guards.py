@@ -40,7 +40,12 @@ class Guards:
     # ------------------------------------------------------------------- grace
 
     def database_lost(self) -> None:
+        """Something failed to reach the database (a scan, the leader lock, an outcome
+        write, a side job): heartbeat writers may have been blocked too."""
         self._database_lost = True
+
+    def in_grace(self, now: datetime) -> bool:
+        return self.grace_until is not None and now < self.grace_until
 
     def database_back(self, now: datetime) -> None:
         """Heartbeat writers were blocked too: give everyone `grace` before judging."""

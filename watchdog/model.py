@@ -166,6 +166,7 @@ class AuditRow:
     detail: Mapping[str, Any] = field(default_factory=dict)
     duration: float | None = None
     actor: str = "watchdog"
+    intent_id: int | None = None  # an outcome row: the id of its intent (`started`) row
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -180,6 +181,7 @@ class AuditRow:
             "detail": dict(self.detail),
             "duration": self.duration,
             "actor": self.actor,
+            "intent": self.intent_id,
         }
 
 

@@ -105,6 +105,7 @@ class Finished:
     detail: Mapping[str, Any]
     duration: float
     next_action_at: datetime
+    intent_id: int | None = None  # the attempt's `started` row
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,7 @@ class NewAudit:
     detail: Mapping[str, Any] = field(default_factory=dict)
     duration: float | None = None
     actor: str = "watchdog"
+    intent_id: int | None = None  # an outcome: its intent row (one outcome per intent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +197,7 @@ class Ledger(Protocol):
         detail: Mapping[str, Any],
         duration: float,
         next_action_at: datetime,
+        intent_id: int | None = None,
     ) -> None: ...
 
     async def finish_actions(self, finished: Sequence[Finished]) -> None:
@@ -240,8 +243,13 @@ class Ledger(Protocol):
         self, instance_ids: Collection[str], since: datetime
     ) -> dict[str, int]: ...
 
-    async def reconcile_interrupted(self) -> list[AuditRow]:
-        """Give every intent row without an outcome an `interrupted` row."""
+    async def orphan_intents(self, among: Collection[int] | None = None) -> list[AuditRow]:
+        """Intent rows (`started`) that have no outcome yet, of all or of the ids `among`."""
+        ...
+
+    async def interrupt(self, intents: Sequence[AuditRow], note: str) -> list[AuditRow]:
+        """Give each intent an `interrupted` outcome, unless it has an outcome by now;
+        returns the rows written."""
         ...
 
     async def pause(self, pause: Pause, now: datetime) -> None: ...

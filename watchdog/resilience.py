@@ -13,15 +13,19 @@ What is retried:
 * An idempotent store read run through `retry_transient` that raised `StoreUnavailable`:
   SQLite busy, a PostgreSQL connection dropped or timed out. A few tries with a short
   backoff; each try is already bounded by the database timeout (`Database.guard`).
+* An idempotent store write that must not be lost, run through `retry_until_available`:
+  the outcomes of recovery calls, which the database holds to one per intent, so one
+  written twice (its commit acknowledgement lost) is appended once. Tried until the
+  database answers, with a backoff growing to a few seconds.
 
 What never is:
 
 * Permanent errors (other HTTP 4xx, an unknown program or unit, a missing table or column,
   bad configuration): a retry would only repeat them, so they are raised at once.
 * Exceptions that are not `WatchdogError`s (a bug in an adapter), and cancellation.
-* Store writes. A write whose commit acknowledgement was lost may still have committed, and
-  running it again could append a second audit row or claim an attempt twice. The engine
-  retries the next cycle instead, from the state it reads back.
+* Other store writes. A write whose commit acknowledgement was lost may still have
+  committed, and running it again could append a second audit row or claim an attempt
+  twice. The engine retries the next cycle instead, from the state it reads back.
 
 The final error keeps its type and `transient` flag; its message says how many tries were
 made, e.g. "HTTP 503 from POST http://app/restart: busy (after 3 tries)".
@@ -205,6 +209,38 @@ async def retry_transient(
         if tries > 1:
             _raise_with_tries(exc, tries)
         raise
+    return result
+
+
+async def retry_until_available(
+    func: Callable[[], Awaitable[T]],
+    *,
+    on_failure: Callable[[WatchdogError, int], None],
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    first_wait: float = 0.2,
+    max_wait: float = 5.0,
+) -> T:
+    """`await func()` (a coroutine function) until it does not raise a transient
+    `WatchdogError`, however long the store stays away; `on_failure(error, failures so
+    far)` after each transient failure. Only for idempotent writes (see the module
+    docstring); permanent errors are raised."""
+    failures = 0
+
+    def failed(state: RetryCallState) -> None:
+        nonlocal failures
+        failures += 1
+        error = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(error, WatchdogError):
+            on_failure(error, failures)
+
+    retrying = AsyncRetrying(
+        wait=_wait(first_wait, max_wait),
+        retry=retry_if_exception(_is_transient),
+        before_sleep=failed,
+        sleep=sleep,
+        reraise=True,
+    )
+    result: T = await retrying(func)
     return result
 
 

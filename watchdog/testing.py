@@ -306,10 +306,14 @@ class MemoryLedger:
         detail: Mapping[str, Any],
         duration: float,
         next_action_at: datetime,
+        intent_id: int | None = None,
     ) -> None:
+        if self._has_outcome(intent_id):
+            return  # one outcome per intent, as the SQL ledger's unique index holds it
         spec = replace(
             _row(incident, AuditAction(str(action)), outcome, attempt, detail),
             duration=round(duration, 6),
+            intent_id=intent_id,
         )
         self._write(self.clock.now, spec)
         current = self._open(incident)
@@ -319,7 +323,14 @@ class MemoryLedger:
     async def finish_actions(self, finished: Sequence[Finished]) -> None:
         for f in finished:
             await self.finish_action(
-                f.incident, f.attempt, f.action, f.outcome, f.detail, f.duration, f.next_action_at
+                f.incident,
+                f.attempt,
+                f.action,
+                f.outcome,
+                f.detail,
+                f.duration,
+                f.next_action_at,
+                f.intent_id,
             )
 
     async def exhaust(self, incident: Incident, now: datetime) -> None:
@@ -393,15 +404,19 @@ class MemoryLedger:
                 counts[incident.instance_id] = counts.get(incident.instance_id, 0) + 1
         return counts
 
-    async def reconcile_interrupted(self) -> list[AuditRow]:
+    async def orphan_intents(self, among: Collection[int] | None = None) -> list[AuditRow]:
         done = {
             (r.incident_id, r.attempt, r.action) for r in self.rows if r.outcome != Outcome.STARTED
         }
-        orphans = [
+        return [
             r
             for r in self.rows
-            if r.outcome == Outcome.STARTED and (r.incident_id, r.attempt, r.action) not in done
+            if r.outcome == Outcome.STARTED
+            and (r.incident_id, r.attempt, r.action) not in done
+            and (among is None or r.id in among)
         ]
+
+    async def interrupt(self, intents: Sequence[AuditRow], note: str) -> list[AuditRow]:
         return [
             self._write(
                 self.clock.now,
@@ -412,11 +427,16 @@ class MemoryLedger:
                     r.incident_id,
                     r.reason,
                     r.attempt,
-                    {"intent": r.id, "note": "the watchdog stopped before the outcome"},
+                    {"intent": r.id, "note": note},
+                    intent_id=r.id,
                 ),
             )
-            for r in orphans
+            for r in intents
+            if not self._has_outcome(r.id)
         ]
+
+    def _has_outcome(self, intent_id: int | None) -> bool:
+        return intent_id is not None and any(r.intent_id == intent_id for r in self.rows)
 
     async def pause(self, pause: Pause, now: datetime) -> None:
         self.pauses[pause.instance_id] = pause

@@ -658,13 +658,44 @@ async def test_suppress_flapping_counts_and_interrupted(app: AppTable, db: Datab
         "c": True,
     }
 
-    interrupted = await ledger.reconcile_interrupted()
+    interrupted = await ledger.interrupt(await ledger.orphan_intents(), "stopped")
     assert [(r.action, r.outcome, r.attempt) for r in interrupted] == [
         (AuditAction.PROCESS_RESTART, Outcome.INTERRUPTED, 1)
     ]
-    assert await ledger.reconcile_interrupted() == []
+    assert await ledger.orphan_intents() == []
     actions = [r.action for r in await ledger.audit(AuditQuery(instance_id="a"))]
     assert actions.count(AuditAction.FLAPPING) == 1
+
+
+async def test_the_database_holds_every_intent_to_one_outcome(app: AppTable, db: Database) -> None:
+    """An outcome written again (its commit acknowledgement lost), an `interrupted` after
+    the outcome, a late outcome after `interrupted`: one outcome each, whatever comes first."""
+    ledger = SqlLedger(db)
+    app.add("a", heartbeat_ago=300)
+    app.add("b", heartbeat_ago=300)
+    scan = await store(db).scan()
+    now = scan.now
+    opened = await ledger.open_incidents([Opening(scan.findings[i]) for i in ("a", "b")], now)
+    due = now + timedelta(seconds=30)
+    claims = [Claim(i, 1, Action.API_RESTART, due, {"node": "n1"}) for i in opened]
+    intent_a, intent_b = await ledger.begin_actions(claims, now)
+    assert intent_a is not None
+    assert intent_b is not None
+    orphans = await ledger.orphan_intents()
+    assert [(r.id, r.detail["node"]) for r in orphans] == [(intent_a, "n1"), (intent_b, "n1")]
+    assert [r.id for r in await ledger.orphan_intents(among=[intent_b])] == [intent_b]
+
+    ok_a = Finished(opened[0], 1, Action.API_RESTART, Outcome.OK, {}, 0.1, due, intent_a)
+    await ledger.finish_actions([ok_a])
+    await ledger.finish_actions([ok_a])  # written again after a lost acknowledgement
+    assert await ledger.interrupt(orphans, "stopped") != []  # only b's
+    late_b = Finished(opened[1], 1, Action.API_RESTART, Outcome.OK, {}, 0.1, due, intent_b)
+    await ledger.finish_actions([late_b, ok_a])  # both already have their outcome
+
+    rows = await ledger.audit(AuditQuery(actions=[AuditAction.API_RESTART]))
+    outcomes = [(r.instance_id, r.outcome, r.intent_id) for r in rows if r.outcome != "started"]
+    assert outcomes == [("a", Outcome.OK, intent_a), ("b", Outcome.INTERRUPTED, intent_b)]
+    assert await ledger.orphan_intents() == []
 
 
 async def test_fleet_state_restarts_and_brake(db: Database) -> None:

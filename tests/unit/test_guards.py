@@ -9,7 +9,9 @@ from datetime import timedelta
 import pytest
 
 from tests.unit.test_engine import API, DB, PROC, STALE, drive, make_rig
+from watchdog.daemon import CycleRunner
 from watchdog.errors import StoreUnavailable
+from watchdog.leadership import Leadership, NodeIdentity
 from watchdog.model import AuditAction, IncidentState, Outcome, Scan
 from watchdog.policy import EscalationRules, LadderStep
 from watchdog.safety import Restart, SafetyRules, brake_engaged, budget_returns_at
@@ -95,6 +97,64 @@ async def test_after_our_database_outage_heartbeats_get_grace_not_restarts() -> 
         store.beat(f"i{n}")  # the writers caught up; one instance really is frozen
     report = await rig.cycle()
     assert report.actions == [("i4", API, 1)]
+
+
+class DroppedLock:
+    """A leader lock whose database goes away while `down`: the held lock is lost, and
+    taking it again fails as the database is unreachable, as `PgAdvisoryLock` does."""
+
+    down = False
+
+    async def acquire(self) -> bool:
+        if self.down:
+            raise StoreUnavailable("leader lock unavailable: connection refused (test)")
+        return True
+
+    async def held(self) -> bool:
+        return not self.down
+
+    async def release(self) -> None:
+        return None
+
+
+class NoNodes:
+    async def update(self, *_args: object, **_kwargs: object) -> None:
+        return None
+
+    async def demote_others(self, *_args: object) -> None:
+        return None
+
+
+async def test_an_outage_seen_first_by_the_leader_lock_starts_the_grace_too() -> None:
+    """The lock check runs before the scan: when it is what meets the outage, the scan
+    never fails, and the grace must start all the same."""
+    rig = make_rig(grace=90.0)
+    lock = DroppedLock()
+    me = NodeIdentity("n1", "host", 1)
+    lead = Leadership(lock, NoNodes(), rig.ledger, me, lambda: rig.clock.now)
+    runner = CycleRunner(rig.engine, leadership=lead)
+    for n in range(5):
+        rig.store.add(f"i{n}")
+    assert await runner.tick()
+    rig.clock.advance(95)  # past the grace after start
+    for n in range(5):
+        rig.store.beat(f"i{n}")
+    assert await runner.tick()
+    lock.down = True
+    for _ in range(3):
+        await runner.tick()  # lost the lock, then cannot reach the database to take it
+    rig.clock.advance(120)  # heartbeat writers were blocked too: every heartbeat is stale
+    lock.down = False
+    assert await runner.tick()
+    assert runner.last_report is not None
+    assert runner.last_report.unhealthy == 5
+    assert runner.last_report.opened == 0  # no mass restart when the database returns
+    rig.clock.advance(91)
+    for n in range(4):
+        rig.store.beat(f"i{n}")  # the writers caught up; one instance really is frozen
+    assert await runner.tick()
+    await rig.engine.drain(5.0)
+    assert runner.last_report.actions == [("i4", API, 1)]
 
 
 # --------------------------------------------------------------------------- brake
@@ -191,11 +251,11 @@ async def test_an_intent_without_outcome_is_reconciled_once_and_not_repeated() -
     # The watchdog dies between the intent and the outcome of attempt 1.
     assert await rig.ledger.begin_action(incident, 1, API, scan.now, retry_at) is not None
 
-    rows = await rig.ledger.reconcile_interrupted()
+    rows = await rig.ledger.interrupt(await rig.ledger.orphan_intents(), "stopped")
     assert [(r.action, r.outcome, r.attempt) for r in rows] == [
         (AuditAction.API_RESTART, Outcome.INTERRUPTED, 1)
     ]
-    assert await rig.ledger.reconcile_interrupted() == []
+    assert await rig.ledger.orphan_intents() == []
     report = await rig.cycle()
     assert report.actions == []  # attempt 1 was claimed: it is not silently repeated
     rig.clock.advance(31)

@@ -1,4 +1,5 @@
-"""Group commit of outcome rows: one write when idle, the rest together, errors to all."""
+"""Group commit of outcome rows: one write when idle, the rest together, errors to all;
+while the database is away, outcomes are held (bounded) and written once it answers."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from watchdog.errors import StoreUnavailable
+from watchdog.errors import StoreError, StoreUnavailable
 from watchdog.model import Action, Incident, IncidentState, Outcome, Reason
 from watchdog.outcomes import OutcomeWriter
 from watchdog.ports import Finished
@@ -27,14 +28,17 @@ class GatedLedger:
     def __init__(self) -> None:
         self.batches: list[list[int]] = []
         self.gate = asyncio.Event()
-        self.fail_next = False
+        self.fail_with: Exception | None = None  # once
+        self.down = False  # every write fails as unavailable while set
 
     async def finish_actions(self, rows: Sequence[Finished]) -> None:
         self.batches.append([f.incident.id for f in rows])
         await self.gate.wait()
-        if self.fail_next:
-            self.fail_next = False
+        if self.down:
             raise StoreUnavailable("database unavailable (record outcomes): gone")
+        if self.fail_with is not None:
+            error, self.fail_with = self.fail_with, None
+            raise error
 
 
 async def test_outcomes_arriving_during_a_write_are_committed_together() -> None:
@@ -51,15 +55,68 @@ async def test_outcomes_arriving_during_a_write_are_committed_together() -> None
     assert ledger.batches == [[1], [2, 3, 4]]
 
 
-async def test_a_failed_write_reaches_its_callers_and_the_next_write_goes_on() -> None:
+async def test_a_rejected_write_reaches_its_callers_and_the_next_write_goes_on() -> None:
     ledger = GatedLedger()
-    ledger.fail_next = True
+    ledger.fail_with = StoreError("database rejected a statement (record outcomes): no")
     ledger.gate.set()
     writer = OutcomeWriter(ledger)  # type: ignore[arg-type]
-    with pytest.raises(StoreUnavailable):
+    with pytest.raises(StoreError, match="rejected"):
         await writer.write([finished(1), finished(2)])
     await writer.write([finished(3)])
     assert ledger.batches == [[1, 2], [3]]
+
+
+async def test_while_the_database_is_away_outcomes_are_held_and_written_once_it_answers() -> None:
+    ledger = GatedLedger()
+    ledger.gate.set()
+    ledger.down = True
+    waits: list[float] = []
+    outages: list[str] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 4:
+            ledger.down = False  # the database answers again during the fourth wait
+        await asyncio.sleep(0)
+
+    writer = OutcomeWriter(
+        ledger,  # type: ignore[arg-type]
+        sleep=sleep,
+        linger=0,
+        on_unavailable=lambda: outages.append("lost"),
+    )
+    first = asyncio.create_task(writer.write([finished(1)]))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    later = asyncio.create_task(writer.write([finished(2)]))  # arrives mid-outage
+    while not first.done():
+        await asyncio.sleep(0)
+    await asyncio.gather(first, later)
+    assert len(waits) == 4
+    assert all(0 < w <= 5.0 for w in waits)
+    assert outages == ["lost"] * 4  # every failed try tells the guards
+    # The held batch is tried again as it was; the one that came meanwhile follows.
+    assert ledger.batches == [[1]] * 5 + [[2]]
+    assert writer.held == []
+
+
+async def test_outcomes_held_are_bounded_and_listed() -> None:
+    ledger = GatedLedger()
+    ledger.down = True
+    ledger.gate.set()
+
+    async def sleep(_seconds: float) -> None:
+        await asyncio.sleep(0.001)
+
+    writer = OutcomeWriter(ledger, sleep=sleep, max_held=2)  # type: ignore[arg-type]
+    held = asyncio.create_task(writer.write([finished(1), finished(2)]))
+    await asyncio.sleep(0.01)
+    with pytest.raises(StoreUnavailable, match="2 outcomes already wait"):
+        await writer.write([finished(3)])
+    assert [f.incident.id for f in writer.held] == [1, 2]
+    ledger.down = False
+    await held
+    assert writer.held == []
 
 
 async def test_batches_are_bounded() -> None:

@@ -16,6 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event, exc
 from sqlalchemy.dialects.postgresql import ARRAY, JSON
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -120,6 +122,14 @@ class Database:
             .table_valued(*listed, with_ordinality="n", name=name)
             .render_derived()
         )
+
+    def insert_skipping(self, table: sa.Table, unique: str | None) -> sa.Insert:
+        """INSERT into `table`; with `unique` (a column under a unique index), a row that
+        would repeat a value there is skipped (ON CONFLICT DO NOTHING)."""
+        if unique is None:
+            return sa.insert(table)
+        dialect_insert = sqlite_insert if self.is_sqlite else postgresql_insert
+        return dialect_insert(table).on_conflict_do_nothing(index_elements=[unique])
 
     def now_expr(self) -> sa.ColumnElement[Any]:
         """The database clock as a SQL expression."""

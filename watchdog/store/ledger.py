@@ -190,7 +190,9 @@ class SqlLedger:
             for o in openings
         ]
         async with self._db.begin("open incidents") as conn:
-            new_ids = [i for i, _ in await self._insert(conn, incidents, OPENING_COLUMNS, data)]
+            new_ids = [
+                i for i, _at, _key in await self._insert(conn, incidents, OPENING_COLUMNS, data)
+            ]
             specs = [
                 NewAudit(
                     o.finding.instance_id,
@@ -280,18 +282,27 @@ class SqlLedger:
         detail: Mapping[str, Any],
         duration: float,
         next_action_at: datetime,
+        intent_id: int | None = None,
     ) -> None:
         await self.finish_actions(
-            [Finished(incident, attempt, action, outcome, detail, duration, next_action_at)]
+            [
+                Finished(
+                    incident, attempt, action, outcome, detail, duration, next_action_at, intent_id
+                )
+            ]
         )
 
     async def finish_actions(self, finished: Sequence[Finished]) -> None:
         """The outcome rows (stamped with the database clock at commit) and each open
-        incident's next due time, all in one transaction."""
+        incident's next due time, all in one transaction. Idempotent: an intent that has
+        its outcome already gets no second one, so a write whose commit acknowledgement
+        was lost may be written again."""
         if not finished:
             return
         specs = [
-            attempt_audit(f.incident, f.action, f.outcome, f.attempt, f.detail, f.duration)
+            attempt_audit(
+                f.incident, f.action, f.outcome, f.attempt, f.detail, f.duration, f.intent_id
+            )
             for f in finished
         ]
         due = self._db.rows(
@@ -474,10 +485,11 @@ class SqlLedger:
         async with self._db.connect("count incidents") as conn:
             return {str(r[0]): int(r[1]) for r in await conn.execute(query)}
 
-    async def reconcile_interrupted(self) -> list[AuditRow]:
-        """Intent rows with no outcome (the watchdog died mid-action) get `interrupted`."""
+    async def orphan_intents(self, among: Collection[int] | None = None) -> list[AuditRow]:
+        """Intent rows without an outcome: no later row of the same incident, attempt and
+        action (rows from before outcomes named their intent count too)."""
         later = audit.alias("later")
-        orphans = sa.select(audit).where(
+        query = sa.select(audit).where(
             audit.c.outcome == str(Outcome.STARTED),
             ~sa.exists().where(
                 later.c.incident_id == audit.c.incident_id,
@@ -486,23 +498,35 @@ class SqlLedger:
                 later.c.id > audit.c.id,
             ),
         )
-        written: list[AuditRow] = []
-        async with self._db.begin("reconcile interrupted actions") as conn:
-            now = await self._db.read_now(conn)
-            for row in (await conn.execute(orphans)).all():
-                detail = {"intent": row.id, "note": "the watchdog stopped before the outcome"}
-                spec = NewAudit(
-                    row.instance_id,
-                    AuditAction(row.action),
-                    Outcome.INTERRUPTED,
-                    row.incident_id,
-                    row.reason,
-                    row.attempt,
-                    detail,
-                )
-                written.append(await self.insert_audit(conn, now, spec))
-        for new_row in written:
-            self._emit(new_row)
+        if among is not None:
+            if not among:
+                return []
+            query = query.where(audit.c.id.in_(sorted(among)))  # a few: the ones still waiting
+        async with self._db.connect("find intents without outcome") as conn:
+            rows = (await conn.execute(query.order_by(audit.c.id))).all()
+        return [audit_row(row) for row in rows]
+
+    async def interrupt(self, intents: Sequence[AuditRow], note: str) -> list[AuditRow]:
+        """An `interrupted` outcome for each intent that still has none."""
+        specs = [
+            NewAudit(
+                row.instance_id,
+                row.action,
+                Outcome.INTERRUPTED,
+                row.incident_id,
+                row.reason,
+                row.attempt,
+                {"intent": row.id, "note": note},
+                intent_id=row.id,
+            )
+            for row in intents
+        ]
+        if not specs:
+            return []
+        async with self._db.begin("record interrupted actions") as conn:
+            written = await self.insert_audits(conn, None, specs)
+        for row in written:
+            self._emit(row)
         return written
 
     # ---------------------------------------------------------------- helpers
@@ -536,7 +560,12 @@ class SqlLedger:
         self, conn: AsyncConnection, at: datetime | None, specs: Sequence[NewAudit]
     ) -> list[AuditRow]:
         """Append rows in one statement; their ids follow the order of `specs`. `at` None:
-        stamped with the database clock (on PostgreSQL inside the INSERT, no extra trip)."""
+        stamped with the database clock (on PostgreSQL inside the INSERT, no extra trip).
+
+        Outcome rows (with an `intent_id`) whose intent has an outcome already are left
+        out: the database holds each intent to one outcome, so writing outcomes again
+        (after a lost commit acknowledgement) appends nothing twice. Returns the rows
+        written."""
         if not specs:
             return []
         if at is None and self._db.is_sqlite:
@@ -552,11 +581,16 @@ class SqlLedger:
                 json.dumps(dict(spec.detail), sort_keys=True, default=str),
                 spec.duration,
                 spec.actor,
+                spec.intent_id,
             )
             for spec in specs
         ]
         stamp = sa.func.now() if at is None else sa.literal(at, UtcDateTime())
-        written = await self._insert(conn, audit, AUDIT_COLUMNS, data, at=stamp)
+        outcomes = any(spec.intent_id is not None for spec in specs)
+        written = await self._insert(
+            conn, audit, AUDIT_COLUMNS, data, at=stamp, unique="intent_id" if outcomes else None
+        )
+        kept = _inserted(specs, {intent_id for _id, _at, intent_id in written})
         return [
             AuditRow(
                 new_id,
@@ -570,8 +604,9 @@ class SqlLedger:
                 dict(spec.detail),
                 spec.duration,
                 spec.actor,
+                spec.intent_id,
             )
-            for spec, (new_id, stamped) in zip(specs, written, strict=True)
+            for spec, (new_id, stamped, _intent) in zip(kept, written, strict=True)
         ]
 
     async def _insert(
@@ -582,9 +617,12 @@ class SqlLedger:
         data: Sequence[Sequence[Any]],
         *,
         at: sa.ColumnElement[Any] | None = None,
-    ) -> list[tuple[int, Any]]:
-        """Insert rows in one short statement: (new id, `at`) of each, in the order of
-        `data`. `at`, when given, fills the column of that name in every row.
+        unique: str | None = None,
+    ) -> list[tuple[int, Any, Any]]:
+        """Insert rows in one short statement: (new id, `at`, `unique`) of each, in the
+        order of `data`. `at`, when given, fills the column of that name in every row.
+        `unique`: a column with a unique index; a row that would repeat a value already
+        there is skipped (and missing from the result).
 
         Rows go in in `n` order, so the ids (from one sequence, ascending) sort into it."""
         rows = self._db.rows("batch", {c: table.c[c].type for c in columns}, data)
@@ -593,10 +631,27 @@ class SqlLedger:
         if at is not None:
             fields.append(at)
             names.append("at")
-        select = sa.select(*fields).order_by(rows.c.n)
+        # WHERE true: SQLite would otherwise read ON CONFLICT as a join's ON.
+        select = sa.select(*fields).where(sa.true()).order_by(rows.c.n)
         stamp = table.c.at if at is not None else sa.null()
-        insert = sa.insert(table).from_select(names, select).returning(table.c.id, stamp)
-        return sorted((row[0], row[1]) for row in await conn.execute(insert))
+        key = table.c[unique] if unique is not None else sa.null()
+        insert = self._db.insert_skipping(table, unique).from_select(names, select)
+        returned = await conn.execute(insert.returning(table.c.id, stamp, key))
+        return sorted((row[0], row[1], row[2]) for row in returned)
+
+
+def _inserted(specs: Sequence[NewAudit], intents: Collection[Any]) -> list[NewAudit]:
+    """The specs an insert kept, in order: all but outcomes of an intent it skipped (and
+    of an intent given twice, all but the first)."""
+    kept: list[NewAudit] = []
+    taken: set[int] = set()
+    for spec in specs:
+        if spec.intent_id is None:
+            kept.append(spec)
+        elif spec.intent_id in intents and spec.intent_id not in taken:
+            taken.add(spec.intent_id)
+            kept.append(spec)
+    return kept
 
 
 def _in_force(held: Mapping[str, Pause], now: datetime) -> dict[str, Pause]:

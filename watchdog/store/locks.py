@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -26,11 +27,21 @@ _HELD = """SELECT EXISTS (
 
 
 class PgAdvisoryLock:
-    def __init__(self, url: str, key: int, timeout: float) -> None:
+    """`on_lost` is called when the lock's connection fails: the database was away (or
+    our session was killed), which the engine's guards treat as an outage."""
+
+    def __init__(
+        self,
+        url: str,
+        key: int,
+        timeout: float,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
         parsed = make_url(url).set(drivername="postgresql")
         self._conninfo = parsed.render_as_string(hide_password=False)
         self._key = key
         self._timeout = timeout
+        self._on_lost = on_lost
         self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
 
     async def acquire(self) -> bool:
@@ -57,6 +68,8 @@ class PgAdvisoryLock:
                 return bool(row and row[0])
         except (TimeoutError, psycopg.Error, OSError):
             await self.release()  # a lost session has lost its lock
+            if self._on_lost is not None:
+                self._on_lost()
             return False
 
     async def release(self) -> None:

@@ -57,8 +57,9 @@ def attempt_audit(
     attempt: int,
     detail: Mapping[str, Any],
     duration: float | None = None,
+    intent_id: int | None = None,
 ) -> NewAudit:
-    """An attempt's audit row: its intent (`started`) or its outcome."""
+    """An attempt's audit row: its intent (`started`) or its outcome (of `intent_id`)."""
     return NewAudit(
         incident.instance_id,
         AuditAction(str(action)),
@@ -68,6 +69,7 @@ def attempt_audit(
         attempt,
         detail,
         None if duration is None else round(duration, 6),
+        intent_id=intent_id,
     )
 
 
@@ -93,6 +95,7 @@ AUDIT_COLUMNS = (  # and "at", stamped apart
     "detail",
     "duration",
     "actor",
+    "intent_id",
 )
 ACTIONABLE = (str(IncidentState.OPEN), str(IncidentState.SUPPRESSED))
 
@@ -156,4 +159,5 @@ def audit_row(row: sa.Row[Any]) -> AuditRow:
         detail=json.loads(row.detail or "{}"),
         duration=row.duration,
         actor=row.actor,
+        intent_id=row.intent_id,
     )

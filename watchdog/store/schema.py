@@ -71,6 +71,8 @@ audit = sa.Table(
     sa.Column("detail", sa.Text, nullable=False, default="{}"),
     sa.Column("duration", sa.Float),
     sa.Column("actor", sa.Text, nullable=False),
+    # An outcome row names its intent; a unique index makes it one outcome per intent.
+    sa.Column("intent_id", sa.BigInteger().with_variant(sa.Integer, "sqlite")),
 )
 
 pauses = sa.Table(
