@@ -6,9 +6,10 @@ whose outcome never was, because the node acting died. A new leader audits them
   (a leader that lost and regained its lock still finishes its own actions);
 * an intent of another node waits while that node is alive: its outcome may still come
   (held through an outage, or of a call that outlived its lock). A node is taken for
-  dead when its row says it stopped (`gone`) or is missing, or when its row has not
-  changed for `node_timeout` seconds while this node watched (measured on our own
-  clock, so no two hosts' clocks are compared);
+  dead when its row says it stopped (`gone`) or is missing, when it ran on this host
+  and its process is gone, or when its row has not changed for `node_timeout` seconds
+  while this node watched (measured on our own clock, so no two hosts' clocks are
+  compared);
 * an intent written before intents named their node is interrupted at once.
 
 The database holds each intent to one outcome, so an `interrupted` racing a late outcome
@@ -22,6 +23,8 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime
 from typing import Protocol
 
+import psutil
+
 from watchdog.model import AuditRow
 from watchdog.observability import get_logger
 from watchdog.ports import Ledger
@@ -34,6 +37,12 @@ NOTE = "the watchdog stopped before the outcome"
 class NodeRow(Protocol):
     @property
     def node_id(self) -> str: ...
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def pid(self) -> int: ...
 
     @property
     def role(self) -> str: ...
@@ -66,6 +75,8 @@ class IntentReconciler:
         live: Collection[int],
         *,
         node_timeout: float,
+        host: str | None = None,
+        pid_alive: Callable[[int], bool] = psutil.pid_exists,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ledger = ledger
@@ -73,6 +84,8 @@ class IntentReconciler:
         self._me = me
         self._live = live  # the engine's set of intents in flight here, read as it changes
         self._node_timeout = node_timeout
+        self._host = host  # nodes on this host are known dead as soon as their process is
+        self._pid_alive = pid_alive
         self._monotonic = monotonic
         self._waiting: set[int] = set()
         # node → (its row's last updated_at, when we first saw that value: monotonic)
@@ -113,7 +126,11 @@ class IntentReconciler:
 
     def _watch(self, rows: Sequence[NodeRow]) -> None:
         now = self._monotonic()
-        current = {row.node_id: row for row in rows if row.role != "gone"}
+        current = {
+            row.node_id: row
+            for row in rows
+            if row.role != "gone" and (row.host != self._host or self._pid_alive(row.pid))
+        }
         self._seen = {
             node_id: (
                 self._seen[node_id]

@@ -87,6 +87,7 @@ async def _run(
         me.node_id,
         live,
         node_timeout=max(10.0, 3 * settings.detection.interval + settings.database.timeout),
+        host=me.host,
     )
     leadership = await _leadership(runtime, me, breakers, reconciler, guards, dry_run)
     async with open_recoveries(runtime) as recoveries, _alert_jobs(runtime, leadership) as jobs:

@@ -19,6 +19,8 @@ class NodeRow:
     node_id: str
     role: str
     updated_at: datetime | None
+    host: str = "elsewhere"
+    pid: int = 1
 
 
 class Fleet:
@@ -62,7 +64,14 @@ async def test_only_intents_no_live_action_owns_are_interrupted() -> None:
     live: set[int] = set()
     mono = [0.0]
     reconciler = IntentReconciler(
-        ledger, fleet.all, ME, live, node_timeout=20.0, monotonic=lambda: mono[0]
+        ledger,
+        fleet.all,
+        ME,
+        live,
+        node_timeout=20.0,
+        host="here",
+        pid_alive=lambda pid: pid != 666,
+        monotonic=lambda: mono[0],
     )
     own_in_flight = await intent(ledger, "own-in-flight", ME)
     live.add(own_in_flight)
@@ -71,14 +80,19 @@ async def test_only_intents_no_live_action_owns_are_interrupted() -> None:
     await intent(ledger, "of-n2", "n2")
     await intent(ledger, "of-gone", "n3")
     await intent(ledger, "of-unknown", "n4")
+    await intent(ledger, "of-killed-here", "n5")
+    await intent(ledger, "of-live-here", "n6")
     fleet.rows = {
         "n2": NodeRow("n2", "standby", clock.now),
         "n3": NodeRow("n3", "gone", clock.now),
+        "n5": NodeRow("n5", "leader", clock.now, host="here", pid=666),  # kill -9
+        "n6": NodeRow("n6", "standby", clock.now, host="here", pid=7),
     }
 
     await reconciler.on_lead()
-    assert interrupted(ledger) == {"own-dead", "legacy", "of-gone", "of-unknown"}
-    assert len(reconciler.waiting) == 2
+    early = {"own-dead", "legacy", "of-gone", "of-unknown", "of-killed-here"}
+    assert interrupted(ledger) == early
+    assert len(reconciler.waiting) == 3
 
     # n2 keeps checking in: its intent waits for its outcome; ours finishes meanwhile.
     mono[0] += 30.0
@@ -87,18 +101,19 @@ async def test_only_intents_no_live_action_owns_are_interrupted() -> None:
     incident = (await ledger.load_open())["own-in-flight"]
     ok = Finished(incident, 1, Action.API_RESTART, Outcome.OK, {}, 0.1, clock.now, own_in_flight)
     await ledger.finish_actions([ok])
+    fleet.rows["n6"] = NodeRow("n6", "standby", clock.now + timedelta(seconds=30), "here", 7)
     await reconciler.recheck()
-    assert interrupted(ledger) == {"own-dead", "legacy", "of-gone", "of-unknown"}
-    assert len(reconciler.waiting) == 1
+    assert interrupted(ledger) == early
+    assert len(reconciler.waiting) == 2
 
-    # n2's row stops changing: once it has been still for node_timeout, n2 is dead.
+    # Their rows stop changing: once one has been still for node_timeout, it is dead.
     mono[0] += 19.0
     await reconciler.recheck()
     assert "of-n2" not in interrupted(ledger)
     mono[0] += 2.0
     await reconciler.recheck()
-    assert "of-n2" in interrupted(ledger)
+    assert {"of-n2", "of-live-here"} <= interrupted(ledger)
     assert reconciler.waiting == frozenset()
     assert await ledger.orphan_intents() == []
     outcomes = [r for r in ledger.rows if r.outcome is not Outcome.STARTED and r.intent_id]
-    assert len(outcomes) == len({r.intent_id for r in outcomes}) == 6
+    assert len(outcomes) == len({r.intent_id for r in outcomes}) == 8
