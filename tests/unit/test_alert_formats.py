@@ -180,6 +180,14 @@ def test_slack_payload_is_the_summary() -> None:
     assert formats.payload("slack", EXHAUSTED) == {"text": formats.summary(EXHAUSTED)}
 
 
+def test_a_hostile_instance_id_is_text_in_slack_not_a_mention_or_a_link() -> None:
+    hostile = row("exhausted", instance="<!channel> & <https://evil.example|click>")
+    text = formats.payload("slack", hostile)["text"]
+    assert text.startswith("&lt;!channel&gt; &amp; &lt;https://evil.example|click&gt;: ")
+    assert "<" not in text
+    assert ">" not in text
+
+
 def test_alertmanager_payload_raises_an_alert() -> None:
     assert formats.payload("alertmanager", RESTART) == [
         {

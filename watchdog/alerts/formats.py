@@ -178,7 +178,10 @@ def json_payload(row: AuditRow) -> dict[str, Any]:
 
 
 def slack_payload(row: AuditRow) -> dict[str, Any]:
-    return {"text": summary(row)}
+    # Slack reads <...> as links and mentions (<!channel>): values from the application's
+    # table (instance ids, process names) are shown as text, never as markup.
+    text = summary(row).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return {"text": text}
 
 
 def alertmanager_payload(row: AuditRow) -> list[dict[str, Any]]:
