@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import sqlalchemy as sa
 
 INSTALL_HINT = (
     "PostgreSQL server binaries (initdb, pg_ctl) not found: install them "
@@ -174,6 +175,23 @@ def _wait_stopped(procs: list[psutil.Process], timeout: float = 5.0) -> None:
             if time.monotonic() > deadline:
                 raise AssertionError(f"process {proc.pid} did not stop after SIGSTOP")
             time.sleep(0.005)
+
+
+def create_database(server_url: str, name: str) -> str:
+    """A new, empty database `name` on the server; returns its URL."""
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return sa.engine.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()
 
 
 @contextmanager

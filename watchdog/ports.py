@@ -124,6 +124,20 @@ class NewAudit:
     intent_id: int | None = None  # an outcome: its intent row (one outcome per intent)
 
 
+def interruption(intent: AuditRow, note: str) -> NewAudit:
+    """The `interrupted` outcome of an intent row whose action left no outcome."""
+    return NewAudit(
+        intent.instance_id,
+        intent.action,
+        Outcome.INTERRUPTED,
+        intent.incident_id,
+        intent.reason,
+        intent.attempt,
+        {"intent": intent.id, "note": note},
+        intent_id=intent.id,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class AuditQuery:
     instance_id: str | None = None

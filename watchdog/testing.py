@@ -46,6 +46,7 @@ from watchdog.ports import (
     LedgerState,
     NewAudit,
     Opening,
+    interruption,
 )
 from watchdog.safety import Restart
 
@@ -417,22 +418,9 @@ class MemoryLedger:
         ]
 
     async def interrupt(self, intents: Sequence[AuditRow], note: str) -> list[AuditRow]:
+        now = self.clock.now
         return [
-            self._write(
-                self.clock.now,
-                NewAudit(
-                    r.instance_id,
-                    r.action,
-                    Outcome.INTERRUPTED,
-                    r.incident_id,
-                    r.reason,
-                    r.attempt,
-                    {"intent": r.id, "note": note},
-                    intent_id=r.id,
-                ),
-            )
-            for r in intents
-            if not self._has_outcome(r.id)
+            self._write(now, interruption(r, note)) for r in intents if not self._has_outcome(r.id)
         ]
 
     def _has_outcome(self, intent_id: int | None) -> bool:

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from tests.apptable import AppTable
 from tests.e2e.helpers import ctl, start_daemon, watchdog_env
 from tests.httpapp import RestartApi, restart_api
-from tests.pg import Cluster
+from tests.pg import Cluster, create_database, drop_database
 from tests.waiting import wait_for
 
 TOKEN = "faults-token"
@@ -46,15 +46,22 @@ def server() -> Iterator[Cluster]:
 def db_url(server: Cluster) -> Iterator[str]:
     server.start()
     name = f"faults_{next(_databases)}"
+    yield create_database(server.url, name)
+    server.start()
+    _set_read_only(server, on=False)  # whatever a failed test left behind
+    drop_database(server.url, name)
+
+
+def _set_read_only(server: Cluster, *, on: bool) -> None:
     admin = sa.create_engine(server.url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    yield sa.engine.make_url(server.url).set(database=name).render_as_string(hide_password=False)
-    server.start()
-    with admin.connect() as conn:
-        conn.execute(sa.text("ALTER SYSTEM RESET default_transaction_read_only"))
+        setting = (
+            "SET default_transaction_read_only = on"
+            if on
+            else "RESET default_transaction_read_only"
+        )
+        conn.execute(sa.text(f"ALTER SYSTEM {setting}"))
         conn.execute(sa.text("SELECT pg_reload_conf()"))
-        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
     admin.dispose()
 
 
@@ -235,15 +242,10 @@ def _kill_connections(server: Cluster, release: Callable[[], None], db: str) -> 
 
 
 def _read_only(server: Cluster, release: Callable[[], None], _db: str) -> None:
-    admin = sa.create_engine(server.url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    with admin.connect() as conn:
-        conn.execute(sa.text("ALTER SYSTEM SET default_transaction_read_only = on"))
-        conn.execute(sa.text("SELECT pg_reload_conf()"))
-        release()
-        threading.Event().wait(2.5)
-        conn.execute(sa.text("ALTER SYSTEM RESET default_transaction_read_only"))
-        conn.execute(sa.text("SELECT pg_reload_conf()"))
-    admin.dispose()
+    _set_read_only(server, on=True)
+    release()  # the calls answer while no transaction may write
+    threading.Event().wait(2.5)
+    _set_read_only(server, on=False)
 
 
 @pytest.mark.parametrize(

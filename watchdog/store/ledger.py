@@ -36,6 +36,7 @@ from watchdog.ports import (
     LedgerState,
     NewAudit,
     Opening,
+    interruption,
 )
 from watchdog.store.database import Database, as_utc
 from watchdog.store.records import (
@@ -508,19 +509,7 @@ class SqlLedger:
 
     async def interrupt(self, intents: Sequence[AuditRow], note: str) -> list[AuditRow]:
         """An `interrupted` outcome for each intent that still has none."""
-        specs = [
-            NewAudit(
-                row.instance_id,
-                row.action,
-                Outcome.INTERRUPTED,
-                row.incident_id,
-                row.reason,
-                row.attempt,
-                {"intent": row.id, "note": note},
-                intent_id=row.id,
-            )
-            for row in intents
-        ]
+        specs = [interruption(row, note) for row in intents]
         if not specs:
             return []
         async with self._db.begin("record interrupted actions") as conn:
