@@ -89,17 +89,25 @@ def time_to_threshold(row: InstanceRow, rules: DetectionRules) -> float | None:
     return min(positive) if positive else None
 
 
+# The row is there but a value the rules need cannot be read: neither recovered nor
+# dismissed (its health was not checked); see `store.instances` for what is reported.
+UNREADABLE = "unreadable"
+
+
 def unmonitored_reason(
-    enabled: bool | None, status: str | None, rules: DetectionRules
+    enabled: bool | None, status: str | None, rules: DetectionRules, *, readable: bool = True
 ) -> str | None:
     """Why an instance is outside the watchdog's care, or None when it is monitored.
 
-    `enabled` None means the row no longer exists.
+    `enabled` None means the row no longer exists; `readable` False, that its status or
+    timestamps cannot be read.
     """
     if enabled is None:
         return "deleted"
     if not enabled:
         return "disabled"
+    if status is None or not readable:
+        return UNREADABLE
     if status in rules.ignored_statuses:
         return f"status {status}"
     return None
@@ -208,9 +216,9 @@ def decide(rules: EscalationRules, world: World, jitter: Callable[[], float]) ->
     for instance_id, incident in sorted(world.incidents.items()):
         if instance_id in world.findings or instance_id in world.busy:
             continue
-        if instance_id in world.unjudged:
-            continue  # health not checked is not health
         why = world.unmonitored.get(instance_id)
+        if instance_id in world.unjudged or why == UNREADABLE:
+            continue  # health not checked is not health
         decisions.append(Resolve(incident) if why is None else Dismiss(incident, why))
     if world.grace_until is not None and world.now < world.grace_until:
         return decisions

@@ -23,7 +23,7 @@ from watchdog.model import (
     Reason,
     Scan,
 )
-from watchdog.policy import DetectionRules, InstanceRow, classify
+from watchdog.policy import UNREADABLE, DetectionRules, InstanceRow, classify
 from watchdog.ports import AuditQuery, Claim, Closing, Finished, Opening
 from watchdog.store import migrate
 from watchdog.store.database import Database
@@ -605,6 +605,50 @@ async def test_unmonitored_says_why(app: AppTable, db: Database) -> None:
     app.add("banned", status="TOS_BLOCK")
     found = await store(db).unmonitored(["fine", "off", "banned", "gone"])
     assert found == {"off": "disabled", "banned": "status TOS_BLOCK", "gone": "deleted"}
+
+
+async def test_a_row_that_cannot_be_read_any_more_is_not_taken_for_healthy(
+    app: AppTable, db: Database
+) -> None:
+    """An unhealthy instance whose row turns unreadable leaves the scan (no threshold can
+    be compared): asked about it, the store says so, and the incident is not closed."""
+    ts = "TEXT" if app.is_sqlite else "timestamptz"
+    with app.engine.begin() as conn:
+        conn.execute(
+            sa.text(f"""
+            CREATE TABLE loose (
+              id TEXT, enabled BOOLEAN DEFAULT TRUE, connection_status TEXT,
+              status_changed_at {ts}, last_heartbeat_at {ts}, force_reconnect BOOLEAN,
+              process TEXT)""")
+        )
+    loose = AppTable(app.url, InstancesSettings(table="loose"))
+    try:
+        for instance_id in ("no-status", "no-change-time", "garbage", "fine"):
+            loose.add(instance_id, heartbeat_ago=1)
+        with loose.engine.begin() as conn:
+            conn.execute(
+                sa.text("UPDATE loose SET connection_status = NULL WHERE id = 'no-status'")
+            )
+            conn.execute(
+                sa.text("UPDATE loose SET status_changed_at = NULL WHERE id = 'no-change-time'")
+            )
+            if app.is_sqlite:
+                conn.execute(
+                    sa.text(
+                        "UPDATE loose SET status_changed_at = 'soon', last_heartbeat_at = 1.7e9 "
+                        "WHERE id = 'garbage'"
+                    )
+                )
+        mapping = InstancesSettings(table="loose")
+        found = await store(db, mapping).unmonitored(
+            ["no-status", "no-change-time", "garbage", "fine"]
+        )
+    finally:
+        loose.dispose()
+    unreadable = {"no-status": UNREADABLE, "no-change-time": UNREADABLE}
+    if app.is_sqlite:
+        unreadable["garbage"] = UNREADABLE
+    assert found == unreadable
 
 
 async def test_unmonitored_among_many_healthy_ids_names_only_the_one_that_left(

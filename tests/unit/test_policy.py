@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from watchdog.model import Action, Finding, Incident, IncidentState, Pause, Reason
 from watchdog.policy import (
+    UNREADABLE,
     Act,
     Decision,
     DetectionRules,
@@ -341,9 +342,10 @@ def test_busy_instance_gets_no_decision_at_all() -> None:
 
 def test_an_open_incident_whose_row_cannot_be_read_is_not_called_recovered() -> None:
     unreadable = world(incidents=[incident(attempt=1)], unjudged=["a"])
+    left_the_scan = world(incidents=[incident(attempt=1)], unmonitored={"a": UNREADABLE})
     readable_again = world(incidents=[incident(attempt=1)])
 
-    assert run(unreadable) == []
+    assert run(unreadable) == run(left_the_scan) == []
     assert [type(d) for d in run(readable_again)] == [Resolve]
 
 

@@ -337,30 +337,44 @@ class SqlInstanceStore:
             return (await conn.execute(query)).first() is not None
 
     async def unmonitored(self, instance_ids: Collection[str]) -> dict[str, str]:
-        """Which of these instances left the watchdog's care, and why. The database
-        returns only the rows that may have (missing, or not certainly monitored), so
+        """Which of these instances left the watchdog's care, and why (`UNREADABLE`: the
+        row is there but its status or a timestamp cannot be read). The database returns
+        only the rows that may have (missing, not certainly monitored, unreadable), so
         thousands of ids of healthy instances cost one short answer."""
         m = self._map
         ids = self._db.listed("ids", instance_ids)
         row_id = self._col(m.id)
         certainly_monitored = sa.func.coalesce(sa.and_(*self._monitored()), sa.false())
+        readable = sa.func.coalesce(self._readable(), sa.false())
         query = (
-            sa.select(ids.c.value, row_id, self._col(m.enabled), self._col(m.status))
+            sa.select(ids.c.value, row_id, self._col(m.enabled), self._col(m.status), readable)
             .select_from(ids.outerjoin(self._table, row_id == ids.c.value))
-            .where(sa.or_(row_id.is_(None), sa.not_(certainly_monitored)))
+            .where(sa.or_(row_id.is_(None), sa.not_(certainly_monitored), sa.not_(readable)))
         )
         async with self._db.connect("instance states") as conn:
             rows = (await conn.execute(query)).all()
         result: dict[str, str] = {}
-        for instance_id, found, enabled, status in rows:
+        for instance_id, found, enabled, status, can_read in rows:
             if found is None:  # the row is gone
                 enabled, status = None, None
             else:
-                enabled, status = bool(enabled), str(status)
-            why = unmonitored_reason(enabled, status, self._rules)
+                enabled = bool(enabled)
+                status = None if status is None else str(status)
+            why = unmonitored_reason(enabled, status, self._rules, readable=bool(can_read))
             if why is not None:
                 result[str(instance_id)] = why
         return result
+
+    def _readable(self) -> sa.ColumnElement[bool]:
+        """The timestamps the rules need can be read (a NULL heartbeat is "never beat")."""
+        changed = self._col(self._map.status_changed_at)
+        heartbeat = self._col(self._map.heartbeat)
+        if not self._db.is_sqlite:
+            return changed.is_not(None)
+        return sa.and_(
+            sa.func.julianday(changed).is_not(None),
+            sa.or_(heartbeat.is_(None), sa.func.julianday(heartbeat).is_not(None)),
+        )
 
     async def now(self) -> datetime:
         async with self._db.connect("database clock") as conn:
