@@ -19,7 +19,7 @@ from watchdog import render
 from watchdog.config import Settings, load_settings, redacted
 from watchdog.errors import ConfigError, NotFound, WatchdogError
 from watchdog.model import AuditAction, IncidentState, Pause, Target
-from watchdog.observability import configure_logging, emit_audit
+from watchdog.observability import configure_logging, emit_audit, one_line
 from watchdog.ports import AuditQuery, ProcessLocator
 from watchdog.store import migrate
 from watchdog.store.breakers import SqlBreakerStore
@@ -37,7 +37,7 @@ ENV_HELP = (
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"watchdogctl: {message}", err=True)
+    click.echo(f"watchdogctl: {one_line(message)}", err=True)
     sys.exit(code)
 
 
@@ -161,7 +161,7 @@ def show(ctx: Context, instance_id: str, limit: int) -> None:
             raise NotFound(f"unknown instance {instance_id!r}; `watchdogctl status` lists them")
         now = await rt.instances.now()
         pause = (await rt.ledger.load_pauses(now)).get(instance_id)
-        click.echo(f"instance {instance_id}")
+        click.echo(f"instance {one_line(instance_id)}")
         click.echo(
             f"  paused until {pause.until:%Y-%m-%d %H:%M:%S} ({pause.reason}, by {pause.actor})"
             if pause
@@ -275,7 +275,7 @@ def pause(ctx: Context, instance_id: str, duration: float, reason: str, actor: s
         now = await rt.instances.now()
         until = now + timedelta(seconds=duration)
         await rt.ledger.pause(Pause(instance_id, until, reason, actor), now)
-        click.echo(f"paused {instance_id} until {until:%Y-%m-%d %H:%M:%S} UTC")
+        click.echo(f"paused {one_line(instance_id)} until {until:%Y-%m-%d %H:%M:%S} UTC")
 
     with_runtime(ctx, work)
 
@@ -291,7 +291,7 @@ def resume(ctx: Context, instance_id: str, actor: str) -> None:
     async def work(rt: Runtime) -> None:
         if not await rt.ledger.resume(instance_id, actor):
             raise NotFound(f"instance {instance_id!r} is not paused; nothing to resume")
-        click.echo(f"resumed {instance_id}")
+        click.echo(f"resumed {one_line(instance_id)}")
 
     with_runtime(ctx, work)
 
@@ -312,7 +312,8 @@ def reset(ctx: Context, instance_id: str, actor: str) -> None:
         detail = {"attempts": incident.attempt, "state_was": str(incident.state)}
         await rt.ledger.close(incident, IncidentState.RESET, now, actor, detail)
         click.echo(
-            f"reset {instance_id}: incident {incident.id} closed at attempt {incident.attempt}"
+            f"reset {one_line(instance_id)}: incident {incident.id} closed at attempt "
+            f"{incident.attempt}"
         )
 
     with_runtime(ctx, work)

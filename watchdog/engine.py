@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from watchdog.circuit import BackendBreakers
-from watchdog.errors import RecoveryError, StoreError, WatchdogError
+from watchdog.errors import InvalidTarget, RecoveryError, StoreError, WatchdogError
 from watchdog.guards import Guards
 from watchdog.model import (
     Action,
@@ -385,7 +385,11 @@ class Engine:
                         outcome, detail = await self._call(action, members[0])
                     else:
                         outcome, detail = Outcome.SKIPPED, {"reason": "lost_leadership"}
-            if self._breakers is not None and outcome in (Outcome.OK, Outcome.FAILED):
+            if (
+                self._breakers is not None
+                and outcome in (Outcome.OK, Outcome.FAILED)
+                and not detail.get("invalid_target")
+            ):
                 at = now + timedelta(seconds=self._clock.monotonic() - mono0)
                 error = str(detail.get("error", ""))
                 await self._breakers.record(action, outcome is Outcome.OK, at, error)
@@ -419,6 +423,8 @@ class Engine:
         except TimeoutError:
             limit = recovery.timeout + self._timeout_margin
             return Outcome.FAILED, {"error": f"timed out after {limit:g}s", "transient": True}
+        except InvalidTarget as exc:  # nothing was asked of the backend: not its failure
+            return Outcome.FAILED, {"error": str(exc), "transient": False, "invalid_target": True}
         except WatchdogError as exc:
             return Outcome.FAILED, {"error": str(exc), "transient": exc.transient}
         except Exception as exc:  # an adapter bug must still leave an outcome row

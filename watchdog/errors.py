@@ -11,7 +11,9 @@ and the retry policies only ever see our own types::
     │   └── StoreSchemaError      table or column missing; permanent
     ├── RecoveryError             a recovery action did not achieve its goal
     │   ├── TransientRecoveryError   refused, reset, 502/503/504, timed out
-    │   └── PermanentRecoveryError   other 4xx, unknown program or unit, bad id
+    │   └── PermanentRecoveryError   other 4xx, unknown program or unit
+    │       └── InvalidTarget        an unsafe id or name, no process, the row gone:
+    │                                nothing was asked of the backend
     └── NotFound                  an operator named an instance the watchdog does not know
 """
 
@@ -58,6 +60,13 @@ class TransientRecoveryError(RecoveryError):
 
 class PermanentRecoveryError(RecoveryError):
     """A recovery action failed in a way no retry will fix."""
+
+
+class InvalidTarget(PermanentRecoveryError):
+    """The target cannot be acted on by this backend (an unsafe id or name, no process to
+    restart, its row gone). It says nothing about the backend's health, so it never
+    counts against the backend's circuit breaker: one hostile row cannot switch a rung
+    off for the whole fleet."""
 
 
 class NotFound(WatchdogError):

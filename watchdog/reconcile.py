@@ -116,12 +116,16 @@ class IntentReconciler:
             for row in orphans
             if may_interrupt(_owner(row), row.id, self._me, self._live, self._alive)
         ]
-        self._waiting = {row.id for row in orphans} - {row.id for row in dead}
+        interrupted = {row.id for row in dead}
+        waiting = {row.id: _owner(row) for row in orphans if row.id not in interrupted}
         written = await self._ledger.interrupt(dead, NOTE)
         if written:
             log.warning("interrupted_actions_reconciled", count=len(written))
-        if self._waiting:
-            log.info("intents_wait_for_their_owner", count=len(self._waiting))
+        others = {i: owner for i, owner in waiting.items() if owner != self._me}
+        if others.keys() - self._waiting:  # said once, when new ones are left waiting
+            nodes = sorted({str(owner) for owner in others.values()})
+            log.info("intents_wait_for_their_node", count=len(others), nodes=nodes)
+        self._waiting = set(waiting)
         return written
 
     def _watch(self, rows: Sequence[NodeRow]) -> None:

@@ -14,6 +14,7 @@ from watchdog.model import AuditRow, Incident, IncidentState, Pause
 from watchdog.observability import one_line
 from watchdog.policy import EscalationRules, is_paused, step_for_attempt
 
+_CELL_CHARS = 90  # a column is at most this wide; `--json` has every value whole
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 
@@ -141,14 +142,19 @@ def _short_time(iso: str | None) -> str:
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     # Values from the application's table (ids, process names) reach the terminal here:
-    # control characters are shown escaped, never interpreted.
-    rows = [[one_line(str(c)) for c in row] for row in rows]
+    # control characters are shown escaped, never interpreted, and a long one is cut.
+    rows = [[_cell(str(c)) for c in row] for row in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
     lines = [
         "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
         for r in (header, *rows)
     ]
     return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    shown = one_line(text)
+    return shown if len(shown) <= _CELL_CHARS else shown[: _CELL_CHARS - 1] + "…"
 
 
 def as_json(data: Any) -> str:

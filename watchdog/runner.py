@@ -244,7 +244,7 @@ async def _leadership(
             settings.database.url,
             settings.ha.lock_key,
             settings.database.timeout,
-            on_lost=guards.database_lost,  # the lock's connection failed: an outage seen
+            on_lost=lambda error: _lock_lost(guards, error),
         )
     nodes = SqlNodes(runtime.db)
     now = await runtime.instances.now()
@@ -257,6 +257,13 @@ async def _leadership(
         await breakers.load()
 
     return Leadership(lock, nodes, runtime.ledger, me, lambda: datetime.now(UTC), on_lead)
+
+
+def _lock_lost(guards: Guards, error: str) -> None:
+    """The leader lock's connection failed: the database was away or our session was
+    killed. An outage seen, whatever the scan says next."""
+    log.error("leader_lock_connection_lost", error=error)
+    guards.database_lost()
 
 
 def _version() -> str:

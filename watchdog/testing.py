@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from watchdog.errors import PermanentRecoveryError, TransientRecoveryError
+from watchdog.errors import InvalidTarget, TransientRecoveryError
 from watchdog.model import (
     Action,
     ActionResult,
@@ -540,8 +540,8 @@ class RecordingRecovery:
     def key(self, target: Target) -> str:
         if self.key_by == "instance":
             return target.instance_id
-        if target.process is None:
-            raise PermanentRecoveryError(f"instance {target.instance_id!r} has no process")
+        if target.process is None:  # as the supervisor backend says it
+            raise InvalidTarget(f"instance {target.instance_id!r} has no process")
         return target.process
 
     async def recover(self, target: Target) -> ActionResult:

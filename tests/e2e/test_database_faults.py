@@ -219,14 +219,14 @@ def _restart(server: Cluster, release: Callable[[], None], _db: str) -> None:
 
 
 def _kill_connections(server: Cluster, release: Callable[[], None], db: str) -> None:
-    """Every connection to the database is killed (the lock's too) while the calls are in
-    flight; the daemon takes the lead again before they answer."""
+    """The watchdog's connections (named in pg_stat_activity), the lock's too, are killed
+    while the calls are in flight; the daemon takes the lead again before they answer."""
     admin = sa.create_engine(server.url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     with admin.connect() as conn:
         killed = conn.execute(
             sa.text(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = :db AND pid <> pg_backend_pid()"
+                "WHERE datname = :db AND application_name LIKE 'watchdog%'"
             ),
             {"db": db},
         ).scalar_one()

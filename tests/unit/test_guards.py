@@ -290,6 +290,28 @@ async def test_an_open_breaker_skips_the_rung_and_the_ladder_goes_on() -> None:
     assert (snapshot.state, snapshot.total, snapshot.total_failures) == ("open", 6, 6)
 
 
+async def test_targets_that_cannot_be_addressed_never_open_the_breaker() -> None:
+    """Refused before any call (unsafe id, no process): one hostile row must not switch a
+    rung off for the whole fleet."""
+    restart_first = EscalationRules(
+        ladder=(LadderStep(PROC, None, 10.0),), max_attempts=50, backoff_factor=1.0
+    )
+    rig = make_rig(rules=restart_first, breakers=True, safety=SafetyRules(brake_min_unhealthy=100))
+    hostile = [f"bad{n}" for n in range(6)]
+    for instance_id in hostile:
+        rig.store.add(instance_id)  # no process: the backend cannot be asked
+    rig.store.add("a", process="p1")
+    rig.clock.advance(STALE)
+    for _ in range(3):
+        await rig.cycle()
+        rig.clock.advance(11)
+    failed = [r for r in rig.ledger.rows if r.outcome is Outcome.FAILED]
+    assert len(failed) == 18
+    assert all(r.detail["invalid_target"] for r in failed)
+    assert not [r for r in rig.ledger.rows if r.action is AuditAction.BREAKER_OPENED]
+    assert [r.outcome for r in rig.rows("a", AuditAction.PROCESS_RESTART)][1::2] == [Outcome.OK] * 3
+
+
 async def test_a_restart_an_open_breaker_skips_spends_no_restart_budget() -> None:
     restart_first = EscalationRules(ladder=(LadderStep(PROC, None, 10.0),))
     safety = SafetyRules(brake_min_unhealthy=100, fleet_restarts=6)

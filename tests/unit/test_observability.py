@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from watchdog import render
 from watchdog.model import AuditAction, AuditRow, Outcome
 from watchdog.observability import OneLineFormatter, configure_logging, emit_audit
 
@@ -55,3 +56,15 @@ def test_a_hostile_value_cannot_forge_a_line_of_the_text_log() -> None:
     finally:
         logger.removeHandler(handler)
     assert out.getvalue() == "WARNING restart of app\\nERROR forged line\\x1b[2J failed\n"
+
+
+def test_a_hostile_value_is_shown_escaped_and_cut_in_a_cli_table() -> None:
+    text = render.table(
+        ("INSTANCE", "STATE"), [("\x1b[2Jwipe\nforged", "open"), ("x" * 3000, "open")]
+    )
+    lines = text.splitlines()
+    assert len(lines) == 3
+    assert "\x1b" not in text
+    assert lines[1].startswith("\\x1b[2Jwipe\\nforged")
+    assert max(len(line) for line in lines) < 100
+    assert lines[2].split()[0].endswith("…")

@@ -15,7 +15,12 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import httpx
 
 from watchdog.actions.naming import check_placeholders
-from watchdog.errors import PermanentRecoveryError, RecoveryError, TransientRecoveryError
+from watchdog.errors import (
+    InvalidTarget,
+    PermanentRecoveryError,
+    RecoveryError,
+    TransientRecoveryError,
+)
 from watchdog.model import Action, ActionResult, Target
 
 # Statuses that mean "busy or briefly down", worth retrying later.
@@ -94,7 +99,7 @@ class ApiRestart:
         """The URL for `target`; raises on an id that cannot be a path segment."""
         instance_id = target.instance_id
         if instance_id in _DOT_SEGMENTS:
-            raise PermanentRecoveryError(
+            raise InvalidTarget(
                 f"unsafe instance id {instance_id!r} for the restart URL: an empty, '.' or "
                 "'..' path segment would address another endpoint; rename the instance"
             )

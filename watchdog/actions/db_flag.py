@@ -6,7 +6,7 @@ WatchdogErrors (transient or not), so they pass through for the engine to record
 
 from __future__ import annotations
 
-from watchdog.errors import PermanentRecoveryError
+from watchdog.errors import InvalidTarget
 from watchdog.model import Action, ActionResult, Target
 from watchdog.ports import InstanceStore
 
@@ -34,7 +34,5 @@ class DbFlag:
     async def recover(self, target: Target) -> ActionResult:
         if not await self._store.set_force_reconnect(target.instance_id):
             # Deleted since the scan: no retry will bring the row back.
-            raise PermanentRecoveryError(
-                f"instance {target.instance_id!r} is not in the instances table"
-            )
+            raise InvalidTarget(f"instance {target.instance_id!r} is not in the instances table")
         return ActionResult(detail={"flag": "force_reconnect"})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 
-from watchdog.errors import PermanentRecoveryError
+from watchdog.errors import InvalidTarget
 from watchdog.model import Target
 
 SAFE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
@@ -32,7 +32,7 @@ def check_safe_name(kind: str, value: str) -> str:
     """
     # fullmatch, because `$` alone would accept a trailing newline.
     if _SAFE_NAME.fullmatch(value) is None:
-        raise PermanentRecoveryError(f"unsafe {kind} {value!r}: {SAFE_NAME_RULE}")
+        raise InvalidTarget(f"unsafe {kind} {value!r}: {SAFE_NAME_RULE}")
     return value
 
 

@@ -42,7 +42,12 @@ from watchdog.actions.naming import (
     resolve_process,
     substitute,
 )
-from watchdog.errors import PermanentRecoveryError, RecoveryError, TransientRecoveryError
+from watchdog.errors import (
+    InvalidTarget,
+    PermanentRecoveryError,
+    RecoveryError,
+    TransientRecoveryError,
+)
 from watchdog.model import Action, ActionResult, Target
 
 _POLL = 0.1  # seconds between getProcessInfo calls while waiting for a stop
@@ -103,7 +108,7 @@ class SupervisorRestart:
             return resolve_process(self._template, target)
         instance_id = check_safe_name("instance id", target.instance_id)
         if not target.process:
-            raise PermanentRecoveryError(
+            raise InvalidTarget(
                 f"instance {instance_id!r} has no process, but the supervisor program "
                 f"{self._template!r} needs one; fill the process column or drop {{process}}"
             )

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from watchdog.errors import StoreError, StoreSchemaError, StoreTimeout, StoreUnavailable
 
+APPLICATION_NAME = "watchdog"  # how the watchdog's sessions show in pg_stat_activity
 _CANCEL_GRACE = 0.25  # seconds a timed-out query gets to be cancelled before it is dropped
 _REFUSED_HINTS = ("does not exist", "authentication failed", "no pg_hba.conf entry")
 _SCHEMA_HINTS = ("no such table", "no such column", "does not exist", "undefinedtable")
@@ -61,6 +62,7 @@ class Database:
             "pool_pre_ping": True,
             "connect_args": {
                 "connect_timeout": max(1, int(self.timeout)),
+                "application_name": APPLICATION_NAME,
                 # The server stops a runaway statement too, not only our client-side timeout.
                 "options": f"-c statement_timeout={millis} -c lock_timeout={millis}",
             },

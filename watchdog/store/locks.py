@@ -19,6 +19,9 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from watchdog.errors import ConfigError, StoreUnavailable
+from watchdog.store.database import APPLICATION_NAME
+
+LOCK_APPLICATION_NAME = APPLICATION_NAME + "-leader-lock"
 
 _HELD = """SELECT EXISTS (
   SELECT 1 FROM pg_locks
@@ -35,7 +38,7 @@ class PgAdvisoryLock:
         url: str,
         key: int,
         timeout: float,
-        on_lost: Callable[[], None] | None = None,
+        on_lost: Callable[[str], None] | None = None,
     ) -> None:
         parsed = make_url(url).set(drivername="postgresql")
         self._conninfo = parsed.render_as_string(hide_password=False)
@@ -49,7 +52,10 @@ class PgAdvisoryLock:
             async with asyncio.timeout(self._timeout):
                 if self._conn is None or self._conn.closed:
                     self._conn = await psycopg.AsyncConnection.connect(
-                        self._conninfo, autocommit=True, connect_timeout=max(1, int(self._timeout))
+                        self._conninfo,
+                        autocommit=True,
+                        connect_timeout=max(1, int(self._timeout)),
+                        application_name=LOCK_APPLICATION_NAME,
                     )
                 cursor = await self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,))
                 row = await cursor.fetchone()
@@ -66,10 +72,10 @@ class PgAdvisoryLock:
                 cursor = await self._conn.execute(_HELD, (self._key,))
                 row = await cursor.fetchone()
                 return bool(row and row[0])
-        except (TimeoutError, psycopg.Error, OSError):
+        except (TimeoutError, psycopg.Error, OSError) as exc:
             await self.release()  # a lost session has lost its lock
             if self._on_lost is not None:
-                self._on_lost()
+                self._on_lost(_one_line(exc))
             return False
 
     async def release(self) -> None:
