@@ -183,3 +183,33 @@ def test_db_flag_never_lands_on_a_row_named_none(tmp_path: Path, watchdogctl: st
         }
     assert flagged == ACTED  # "None", the NULL id and the empty id untouched
     engine.dispose()
+
+
+def test_an_incident_whose_row_turns_unreadable_stays_open(
+    tmp_path: Path, watchdogctl: str
+) -> None:
+    db = tmp_path / "app.db"
+    engine = make_table(db, [("frozen", "CONNECTED", STALE, STALE)])
+    with restart_api(RestartApi()) as api:
+        config = write_config(tmp_path, db, api.url(), "api_restart")
+        assert run_once(watchdogctl, config).returncode == 0
+        with engine.begin() as conn:  # the application starts writing garbage
+            conn.execute(
+                sa.text(
+                    "UPDATE instances SET status_changed_at = 'soon', "
+                    "last_heartbeat_at = 1700000000"
+                )
+            )
+        again = run_once(watchdogctl, config)
+    assert again.returncode == 0, again.stdout + again.stderr
+    actions = [r["action"] for r in audit(watchdogctl, config, token=TOKEN) if r["instance"] != "*"]
+    assert "recovered" not in actions  # its health was not checked
+    status = subprocess.run(
+        [watchdogctl, "--config", str(config), "status", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=watchdog_env(TOKEN),
+    )
+    assert [s["id"] for s in json.loads(status.stdout)] == ["frozen"]
+    engine.dispose()
