@@ -140,11 +140,8 @@ async def test_scan_reads_an_integer_id_as_text_and_a_null_process_as_none(
     assert texts.findings["007"].process is None
 
 
-async def test_a_row_that_cannot_be_read_is_reported_and_the_others_judged(
-    app: AppTable, db: Database
-) -> None:
-    """A table without NOT NULL (and, on SQLite, any value in any column): a bad value is
-    its row's problem, never the scan's."""
+def loose_table(app: AppTable) -> AppTable:
+    """The instances table as a hand-made schema may have it: no NOT NULL, no key."""
     ts = "TEXT" if app.is_sqlite else "timestamptz"
     with app.engine.begin() as conn:
         conn.execute(
@@ -154,7 +151,15 @@ async def test_a_row_that_cannot_be_read_is_reported_and_the_others_judged(
               status_changed_at {ts}, last_heartbeat_at {ts}, force_reconnect BOOLEAN,
               process TEXT)""")
         )
-    loose = AppTable(app.url, InstancesSettings(table="loose"))
+    return AppTable(app.url, InstancesSettings(table="loose"))
+
+
+async def test_a_row_that_cannot_be_read_is_reported_and_the_others_judged(
+    app: AppTable, db: Database
+) -> None:
+    """A table without NOT NULL (and, on SQLite, any value in any column): a bad value is
+    its row's problem, never the scan's."""
+    loose = loose_table(app)
     try:
         loose.add("frozen", heartbeat_ago=300)
         loose.add("fine", heartbeat_ago=1)
@@ -612,16 +617,7 @@ async def test_a_row_that_cannot_be_read_any_more_is_not_taken_for_healthy(
 ) -> None:
     """An unhealthy instance whose row turns unreadable leaves the scan (no threshold can
     be compared): asked about it, the store says so, and the incident is not closed."""
-    ts = "TEXT" if app.is_sqlite else "timestamptz"
-    with app.engine.begin() as conn:
-        conn.execute(
-            sa.text(f"""
-            CREATE TABLE loose (
-              id TEXT, enabled BOOLEAN DEFAULT TRUE, connection_status TEXT,
-              status_changed_at {ts}, last_heartbeat_at {ts}, force_reconnect BOOLEAN,
-              process TEXT)""")
-        )
-    loose = AppTable(app.url, InstancesSettings(table="loose"))
+    loose = loose_table(app)
     try:
         for instance_id in ("no-status", "no-change-time", "garbage", "fine"):
             loose.add(instance_id, heartbeat_ago=1)
