@@ -139,6 +139,7 @@ async def measure(
                     await auto.execute(sa.text(statement))
         rules = DetectionSettings().rules()
         store = SqlInstanceStore(db, InstancesSettings(), rules)
+        await store.check()  # reads the column types, as the daemon does at start
         ledger = TimedLedger(db)
         engine = Engine(
             store, ledger, {}, EscalationSettings().rules(), MonotonicClock(), dry_run=True

@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
@@ -58,6 +59,21 @@ class InstancesSettings(_Section):
     heartbeat: Identifier = "last_heartbeat_at"
     force_reconnect: Identifier = "force_reconnect"
     process: Identifier | Literal[""] = "process"  # "": the table has no process column
+    # Timestamps stored without an offset are in this zone (IANA name).
+    timezone: str = "UTC"
+    # Timestamps stored as numbers are Unix epoch in this unit.
+    epoch_unit: Literal["s", "ms"] = "s"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                "must be an IANA time zone name such as UTC or Europe/Berlin"
+            ) from None
+        return name
 
 
 class DetectionSettings(_Section):
@@ -67,6 +83,9 @@ class DetectionSettings(_Section):
     # After the watchdog starts or its database comes back, heartbeat writers get this long
     # to catch up before anyone is judged (None: stale_after).
     grace: Annotated[float, Field(ge=0)] | None = None
+    # A timestamp further ahead of the database clock than this is not believed: the row
+    # is unjudgeable (a writer's clock, or a wrong timezone or epoch_unit).
+    max_clock_skew: Seconds = 30.0
     connecting_statuses: tuple[str, ...] = ("CONNECTING", "RECONNECTING", "INITIALIZING", "LOADING")
     ignored_statuses: tuple[str, ...] = ("LOGOUT", "TOS_BLOCK", "BANNED")
 
@@ -76,6 +95,7 @@ class DetectionSettings(_Section):
             self.connecting_after,
             frozenset(self.connecting_statuses),
             frozenset(self.ignored_statuses),
+            self.max_clock_skew,
         )
 
 

@@ -122,6 +122,7 @@ class Scan:
     enabled_count: int = 0  # monitored instances: enabled, status not ignored
     next_deadline: float | None = None  # seconds until the next healthy one could turn stale
     unjudgeable: tuple[Unjudgeable, ...] = ()
+    rows_total: int | None = None  # every row of the table, when this scan counted them
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ of its own (jitter is passed in). The SQL detection query in `store.instances` m
 
 from __future__ import annotations
 
+import string
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -17,14 +18,31 @@ from watchdog.model import Action, Finding, Incident, IncidentState, Pause, Reas
 # ---------------------------------------------------------------------------- rules
 
 
+_ASCII_UPPER = str.maketrans(string.ascii_lowercase, string.ascii_uppercase)
+
+
+def status_key(status: str) -> str:
+    """A status as the rules compare it: its ASCII letters upper-case (as the detection
+    query's upper() in the C collation, and SQLite's, have it)."""
+    return status.translate(_ASCII_UPPER)
+
+
 @dataclass(frozen=True, slots=True)
 class DetectionRules:
+    """Statuses compare case-insensitively: the lists are kept as `status_key`s."""
+
     stale_after: float = 90.0
     connecting_after: float = 120.0
     connecting_statuses: frozenset[str] = frozenset(
         {"CONNECTING", "RECONNECTING", "INITIALIZING", "LOADING"}
     )
     ignored_statuses: frozenset[str] = frozenset({"LOGOUT", "TOS_BLOCK", "BANNED"})
+    max_clock_skew: float = 30.0  # a time further ahead than this is not believed
+
+    def __post_init__(self) -> None:
+        for name in ("connecting_statuses", "ignored_statuses"):
+            upper = frozenset(status_key(s) for s in getattr(self, name))
+            object.__setattr__(self, name, upper)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,24 +84,26 @@ class InstanceRow(NamedTuple):
 
 def classify(row: InstanceRow, rules: DetectionRules) -> Finding | None:
     """Return why `row` is unhealthy, or None when it is healthy or not ours to judge."""
-    if not row.enabled or row.status in rules.ignored_statuses:
+    status = status_key(row.status)
+    if not row.enabled or status in rules.ignored_statuses:
         return None
     if row.heartbeat_age is None and row.status_age > rules.stale_after:
         return _finding(row, Reason.NEVER_BEAT, row.status_age, rules.stale_after)
     if row.heartbeat_age is not None and row.heartbeat_age > rules.stale_after:
         return _finding(row, Reason.STALE_HEARTBEAT, row.heartbeat_age, rules.stale_after)
-    if row.status in rules.connecting_statuses and row.status_age > rules.connecting_after:
+    if status in rules.connecting_statuses and row.status_age > rules.connecting_after:
         return _finding(row, Reason.STUCK_CONNECTING, row.status_age, rules.connecting_after)
     return None
 
 
 def time_to_threshold(row: InstanceRow, rules: DetectionRules) -> float | None:
     """Seconds until a healthy, monitored `row` would cross a threshold if nothing changed."""
-    if not row.enabled or row.status in rules.ignored_statuses:
+    status = status_key(row.status)
+    if not row.enabled or status in rules.ignored_statuses:
         return None
     age = row.status_age if row.heartbeat_age is None else row.heartbeat_age
     left = [rules.stale_after - age]
-    if row.status in rules.connecting_statuses:
+    if status in rules.connecting_statuses:
         left.append(rules.connecting_after - row.status_age)
     positive = [s for s in left if s > 0]
     return min(positive) if positive else None
@@ -108,7 +128,7 @@ def unmonitored_reason(
         return "disabled"
     if status is None or not readable:
         return UNREADABLE
-    if status in rules.ignored_statuses:
+    if status_key(status) in rules.ignored_statuses:
         return f"status {status}"
     return None
 

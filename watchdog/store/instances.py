@@ -1,10 +1,12 @@
 """The application's table, mapped from `[instances]`: one detection query per cycle,
-one aggregate returning the database clock and the rows near a threshold as JSON (and,
-once a minute or when it matters, the monitored count, in the same pass).
+one aggregate returning the database clock and, as JSON, the rows near a threshold and
+every row that cannot be judged (and, once a minute or when it matters, the counts of the
+table and of the monitored rows, in the same pass).
 
-The query's WHERE clause mirrors `policy.classify` (a test checks that they agree);
-the reason is then decided by `classify` itself on the ages the database computed, so
-the rule lives in one place. Ages are measured on the database clock.
+How values are read (time zones, epoch numbers, text flags, case) is `readings.py`; the
+query's WHERE clause mirrors `policy.classify` (a test checks that they agree), and the
+reason is then decided by `classify` itself on the ages the database computed
+(`judging.py`), so the rule lives in one place. Ages are measured on the database clock.
 
 The only write is the force-reconnect flag.
 """
@@ -13,66 +15,30 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Collection
-from datetime import datetime
+from collections.abc import Callable, Collection, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from watchdog.config import InstancesSettings
-from watchdog.errors import StoreTimeout
-from watchdog.model import Finding, Scan, Unjudgeable
-from watchdog.policy import (
-    DetectionRules,
-    InstanceRow,
-    classify,
-    time_to_threshold,
-    unmonitored_reason,
-)
+from watchdog.errors import StoreSchemaError, StoreTimeout
+from watchdog.model import Scan
+from watchdog.policy import DetectionRules, status_key, unmonitored_reason
 from watchdog.resilience import retry_transient
 from watchdog.store.database import Database, as_utc
+from watchdog.store.judging import judge
+from watchdog.store.readings import FlagKind, Reading, ReadingSql, TimeKind, flag_kind, time_kind
 
 # PostgreSQL (14+) looks a list of this many entries up in a hash table built once per
 # query; a shorter one is compared entry by entry on every row.
 _HASHED_LIST = 9
-_RAW_CHARS = 64  # of a value that cannot be read, as reported
 
-_FIX_ID = "give the row a non-empty text id: an instance without one cannot be addressed"
-_FIX_STATUS = "the application must write a status into the row"
-_FIX_PROCESS = "write the hosting program's name as text, or NULL for the configured default"
-_FIX_TIME = (
-    "the application must write timestamps the database can read "
-    "(timestamptz; in SQLite, its own text format or ISO-8601 in UTC)"
+_PG_COLUMNS = sa.text(
+    "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull "
+    "FROM pg_attribute a WHERE a.attrelid = to_regclass(:table) "
+    "AND a.attnum > 0 AND NOT a.attisdropped"
 )
-
-_Judged = tuple[dict[str, Finding], tuple[Unjudgeable, ...], float | None]
-
-
-def _sqlite_text(
-    value: sa.ColumnElement[Any], *, unless_time: bool = False
-) -> sa.ColumnElement[Any]:
-    """An SQLite value for the JSON aggregate: text, or a BLOB as a one-element JSON array
-    of its hex (a BLOB itself would fail the whole statement, and one that is not UTF-8
-    would fail it as text). `unless_time`: NULL when julianday() can read the value."""
-    as_text = sa.case(
-        (sa.func.typeof(value) == "blob", sa.func.json_array(sa.func.hex(value))),
-        else_=sa.cast(value, sa.Text),
-    )
-    if unless_time:
-        return sa.case((sa.func.julianday(value).is_(None), as_text))
-    return as_text
-
-
-def _binary(value: object) -> bool:
-    """A BLOB as `_sqlite_text` sends it."""
-    return isinstance(value, list)
-
-
-def _cut(raw: object) -> str | None:
-    if raw is None:
-        return None
-    text = f"x'{raw[0]}'" if isinstance(raw, list) and raw else str(raw)
-    return text if len(text) <= _RAW_CHARS else text[: _RAW_CHARS - 1] + "…"
 
 
 class SqlInstanceStore:
@@ -95,6 +61,7 @@ class SqlInstanceStore:
         count_every: float = 60.0,
         exact_share: float = 0.25,
         monotonic: Callable[[], float] = time.monotonic,
+        reading: Reading | None = None,
     ) -> None:
         self._db = db
         self._map = mapping
@@ -116,30 +83,23 @@ class SqlInstanceStore:
         if mapping.process:
             columns.append(mapping.process)
         self._table = sa.table(name, *(sa.column(c) for c in columns), schema=schema or None)
+        self._use(reading or Reading.assumed(db.is_sqlite, mapping))
+
+    def _use(self, reading: Reading) -> None:
+        """Build every statement for this way of reading the table."""
+        self._sql = ReadingSql(reading)
         self._counting_query = self._build_scan(counting=True)
         self._near_query = self._build_scan(counting=False)
         self._count_query = (
-            sa.select(sa.func.count()).select_from(self._table).where(*self._monitored())
+            sa.select(sa.func.count()).select_from(self._table).where(self._monitored())
         )
+
+    @property
+    def reading(self) -> Reading:
+        return self._sql.reading
 
     def _col(self, name: str) -> sa.ColumnClause[Any]:
         return self._table.c[name]
-
-    def _age(self, column: sa.ColumnClause[Any]) -> sa.ColumnElement[Any]:
-        """Seconds between `column` and the database's now."""
-        if self._db.is_sqlite:
-            days = sa.func.julianday("now") - sa.func.julianday(column)
-            return sa.cast(days * 86400.0, sa.Float)
-        return sa.cast(sa.extract("epoch", sa.func.now() - column), sa.Float)
-
-    def _older_than(self, column: sa.ColumnClause[Any], seconds: float) -> sa.ColumnElement[Any]:
-        """`column` lies more than `seconds` before the database's now. Written as a plain
-        comparison of the column (no per-row arithmetic on it): cheap on every row, and an
-        index on the column can serve it."""
-        if self._db.is_sqlite:  # text timestamps in more than one format: julianday()
-            return sa.func.julianday(column) < sa.func.julianday("now") - seconds / 86400.0
-        interval: sa.ColumnElement[Any] = sa.literal_column(f"interval '{seconds:.6f} seconds'")
-        return column < sa.func.now() - interval
 
     @property
     def detection_query(self) -> sa.Select[Any]:
@@ -152,63 +112,104 @@ class SqlInstanceStore:
         return self._counting_query
 
     def _build_scan(self, *, counting: bool) -> sa.Select[Any]:
-        m, r = self._map, self._rules
+        m, r, sql = self._map, self._rules, self._sql
+        kinds = sql.reading
         status, heartbeat = self._col(m.status), self._col(m.heartbeat)
         changed = self._col(m.status_changed_at)
         process = self._col(m.process) if m.process else sa.null()
         ahead = self._lookahead
-        # Unhealthy, or within `lookahead` of it: classify() picks the unhealthy ones and
+        # Unhealthy, within `lookahead` of it, or with a heartbeat that cannot be believed:
+        # judging.judge() tells which, classify() picks the unhealthy ones and
         # time_to_threshold() the next deadline among the rest (the rules live there).
         near = sa.or_(
-            sa.and_(heartbeat.is_(None), self._older_than(changed, r.stale_after - ahead)),
-            self._older_than(heartbeat, r.stale_after - ahead),
             sa.and_(
-                status.in_(self._inline(r.connecting_statuses)),
-                self._older_than(changed, r.connecting_after - ahead),
+                heartbeat.is_(None),
+                sql.older_than(changed, kinds.changed, r.stale_after - ahead),
+            ),
+            sql.outside(heartbeat, kinds.heartbeat, r.stale_after - ahead, r.max_clock_skew),
+            sa.and_(
+                self._status_in(r.connecting_statuses),
+                sql.older_than(changed, kinds.changed, r.connecting_after - ahead),
             ),
         )
-        monitored = self._monitored()
-        fields: tuple[sa.ColumnElement[Any], ...] = (
-            self._col(m.id),
-            status,
-            process,
-            self._age(changed),
-            self._age(heartbeat),
+        bad = self._unjudgeable(heartbeat=False)  # the heartbeat's part is in `near`
+        enabled = sql.enabled(self._col(m.enabled))
+        fields = (
+            self._col(m.id) if not kinds.sqlite else sql.text(self._col(m.id)),
+            sql.text(status),
+            sql.text(process) if m.process else process,
+            sql.age(changed, kinds.changed),
+            sql.age(heartbeat, kinds.heartbeat),
+            sql.raw_if_unreadable(changed, kinds.changed),
+            sql.raw_if_unreadable(heartbeat, kinds.heartbeat),
+            self._raw_enabled(enabled),
         )
-        if self._db.is_sqlite:
-            # SQLite columns hold any type: values as text (see `_sqlite_text`), and the
-            # raw timestamps that julianday() cannot read, so that garbage is reported,
-            # never mistaken for NULL ("never beat").
-            fields = (
-                *(_sqlite_text(f) for f in fields[:3]),
-                *fields[3:],
-                _sqlite_text(changed, unless_time=True),
-                _sqlite_text(heartbeat, unless_time=True),
-            )
         # One aggregate, no GROUP BY: exactly one row back even when nothing matches, so
-        # the database's now always comes back. The candidates come as one JSON array of
-        # [id, status, process, status_age, heartbeat_age(, raw unreadable status_changed_at,
-        # raw unreadable heartbeat on SQLite)] arrays. Counting, every
-        # monitored row is visited (and counted) and the near ones aggregated; otherwise
-        # the WHERE clause holds only the timestamp cut-offs and the status list filters
-        # the aggregate (in the WHERE clause the planner would test it on every row first).
-        keep = near if counting else sa.and_(*monitored)
-        near_rows: sa.ColumnElement[Any]
+        # the database's now always comes back. The rows come as one JSON array of the
+        # arrays `judging.judge` reads. Kept: the monitored rows near a threshold, and
+        # every row that may be monitored but cannot be judged, so each one is reported
+        # every cycle. Counting, every row is visited and the table and the monitored
+        # rows counted; otherwise the WHERE clause holds only the cut-offs and the tests
+        # for values that cannot be read, and the status list filters the aggregate (in
+        # the WHERE clause the planner would test it on every row first).
+        wanted = sa.or_(near, bad)
+        keep = sa.or_(self._monitored(), sa.and_(self._maybe_monitored(enabled), bad))
+        if counting:
+            keep = sa.and_(wanted, keep)
+        rows: sa.ColumnElement[Any]
         if self._db.is_sqlite:
             grouped = sa.func.json_group_array(sa.func.json_array(*fields)).filter(keep)
-            near_rows = sa.type_coerce(grouped, sa.Text)
+            rows = sa.type_coerce(grouped, sa.Text)
         else:
             # As text: psycopg would decode a json column itself; text reads alike on both.
             aggregated = sa.func.json_agg(sa.func.json_build_array(*fields)).filter(keep)
-            near_rows = sa.cast(aggregated, sa.Text)
+            rows = sa.cast(aggregated, sa.Text)
         clock = self._db.now_expr().label("now")
         if counting:
-            counted = sa.func.count().label("monitored")
-            query = sa.select(clock, counted, near_rows.label("near")).where(*monitored)
+            monitored = sa.func.count().filter(self._monitored()).label("monitored")
+            total = sa.func.count().label("total")
+            query = sa.select(clock, monitored, total, rows.label("near"))
         else:
             missing = sa.null().label("monitored")
-            query = sa.select(clock, missing, near_rows.label("near")).where(near)
+            query = sa.select(clock, missing, sa.null().label("total"), rows.label("near"))
+            query = query.where(wanted)
         return query.select_from(self._table)
+
+    def _unjudgeable(self, *, heartbeat: bool = True) -> sa.ColumnElement[bool]:
+        """A value the rules need cannot be read, or a time is ahead of the database clock
+        by more than the skew allowed. `heartbeat` False: the heartbeat's own test left
+        out (the scan has it in its `near` test already)."""
+        m, sql = self._map, self._sql
+        kinds, not_null = sql.reading, sql.reading.not_null
+        skew = self._rules.max_clock_skew
+        row_id = self._col(m.id)
+        nullable = m.status_changed_at not in not_null
+        changed = self._col(m.status_changed_at)
+        tests = [sql.unsure(changed, kinds.changed, skew, nullable=nullable)]
+        if m.id not in not_null:
+            tests.append(row_id.is_(None))
+        if kinds.text_id is None:  # not inspected yet: whatever the type, as text
+            tests.append(sa.cast(row_id, sa.Text) == "")
+        elif kinds.text_id:
+            tests.append(row_id == "")
+        if m.status not in not_null:
+            tests.append(self._col(m.status).is_(None))
+        # A boolean or a number declared NOT NULL is always true or false; text may not be.
+        if not (kinds.enabled in (FlagKind.BOOLEAN, FlagKind.NUMBER) and m.enabled in not_null):
+            tests.append(sql.enabled_unreadable(self._col(m.enabled)))
+        if heartbeat:
+            beat = self._col(m.heartbeat)
+            unsure = sql.unsure(beat, kinds.heartbeat, skew, nullable=False)
+            tests.append(sa.and_(beat.is_not(None), unsure))
+        return sa.or_(*tests)
+
+    def _raw_enabled(self, enabled: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        """The `enabled` value as text where it is neither true nor false; else NULL."""
+        m, sql = self._map, self._sql
+        if sql.reading.enabled is FlagKind.BOOLEAN and m.enabled in sql.reading.not_null:
+            return sa.null()
+        shown = sa.func.coalesce(sql.text(self._col(m.enabled)), "NULL")
+        return sa.case((enabled.is_(None), shown))
 
     def _inline(self, statuses: Collection[str]) -> sa.BindParameter[Any]:
         """Configured statuses written into the SQL text as quoted literals, not parameters:
@@ -216,18 +217,32 @@ class SqlInstanceStore:
         rebuilt for every one of the table's rows (a quarter of the query's time at 100k).
         On PostgreSQL the list is padded to a hashed lookup's length by repeating its last
         entry (same meaning): a third less time for the detection query at 100k rows."""
-        listed = sorted(statuses)
+        listed = sorted(status_key(s) for s in statuses)
         if listed and not self._db.is_sqlite:
             listed += listed[-1:] * (_HASHED_LIST - len(listed))
         return sa.bindparam(None, listed, expanding=True, literal_execute=True)
 
-    def _monitored(self) -> list[sa.ColumnElement[bool]]:
+    def _status_in(self, statuses: Collection[str]) -> sa.ColumnElement[bool]:
+        listed = self._inline(statuses)
+        lengths = sorted({len(status_key(s).encode()) for s in statuses})
+        return self._sql.status_in(self._col(self._map.status), listed, lengths)
+
+    def _monitored(self) -> sa.ColumnElement[bool]:
         """Enabled and not in an ignored status: the rows the watchdog looks after."""
-        monitored = [self._col(self._map.enabled) == sa.true()]
+        enabled = self._sql.enabled(self._col(self._map.enabled))
+        monitored: list[sa.ColumnElement[bool]] = [enabled == sa.true()]
         if self._rules.ignored_statuses:
-            ignored = self._inline(self._rules.ignored_statuses)
-            monitored.append(self._col(self._map.status).not_in(ignored))
-        return monitored
+            monitored.append(sa.not_(self._status_in(self._rules.ignored_statuses)))
+        return sa.and_(*monitored)
+
+    def _maybe_monitored(self, enabled: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
+        """Not known to be outside the watchdog's care: `enabled` is not false and the
+        status is not an ignored one (either may be unreadable)."""
+        maybe: list[sa.ColumnElement[bool]] = [sa.func.coalesce(enabled, sa.true()) == sa.true()]
+        if self._rules.ignored_statuses:
+            ignored = self._status_in(self._rules.ignored_statuses)
+            maybe.append(sa.func.coalesce(sa.not_(ignored), sa.true()) == sa.true())
+        return sa.and_(*maybe)
 
     async def scan(self) -> Scan:
         """One detection query; a transient fault (SQLite busy, a dropped PostgreSQL
@@ -237,17 +252,22 @@ class SqlInstanceStore:
     async def _scan_once(self) -> Scan:
         counted = self._counted
         counting = counted is None or self._monotonic() - counted[1] >= self._count_every
+        params = self._sql.params(datetime.now(UTC))
         async with self._db.connect("detection query") as conn:
             query = self._counting_query if counting else self._near_query
-            row = (await conn.execute(query)).one()
-            findings, unjudgeable, deadline = self._judge(row.near)
+            row = (await conn.execute(query, params)).one()
+            # NULL (PostgreSQL) or '[]' (SQLite) when no row is kept.
+            rows = json.loads(row.near) if row.near else ()
+            findings, unjudgeable, deadline = judge(rows, self._map, self._rules)
+            total = None if row.total is None else int(row.total)
             if counting:
                 monitored = int(row.monitored)
             else:
                 assert counted is not None
                 monitored = counted[0]
                 if len(findings) >= self._exact_share * monitored:  # a ratio may matter
-                    monitored = int((await conn.execute(self._count_query)).scalar_one())
+                    statement = self._count_query
+                    monitored = int((await conn.execute(statement, params)).scalar_one())
                     counting = True
         if counting:
             self._counted = (monitored, self._monotonic())
@@ -257,68 +277,8 @@ class SqlInstanceStore:
             enabled_count=monitored,
             next_deadline=deadline,
             unjudgeable=unjudgeable,
+            rows_total=total,
         )
-
-    def _judge(self, near_rows: str | None) -> _Judged:
-        """The findings among the rows near a threshold, the rows that cannot be judged,
-        and the soonest deadline among the healthy rest (seconds)."""
-        findings: dict[str, Finding] = {}
-        unjudgeable: list[Unjudgeable] = []
-        deadline: float | None = None
-        rules = self._rules
-        # NULL (PostgreSQL) or '[]' (SQLite) when no row is near a threshold. Positional:
-        # a thousand rows a cycle after a mass failure. A bad value is its row's problem:
-        # that row is reported and skipped, every other row is judged as usual.
-        for fields in json.loads(near_rows) if near_rows else ():
-            instance = self._read(fields)
-            if isinstance(instance, Unjudgeable):
-                unjudgeable.append(instance)
-                continue
-            finding = classify(instance, rules)
-            if finding is not None:
-                findings[finding.instance_id] = finding
-                continue
-            left = time_to_threshold(instance, rules)
-            if left is not None and (deadline is None or left < deadline):
-                deadline = left
-        return findings, tuple(unjudgeable), deadline
-
-    def _read(self, fields: list[Any]) -> InstanceRow | Unjudgeable:
-        """One near row as an InstanceRow, or why it cannot be judged. The id comes as text
-        whatever the column's type (a JSON number for an integer id on PostgreSQL)."""
-        m = self._map
-        instance_id, status, process, status_age, heartbeat_age = fields[:5]
-        raw_changed, raw_heartbeat = fields[5:] if len(fields) > 5 else (None, None)
-        if _binary(instance_id):
-            return Unjudgeable(_cut(instance_id), m.id, _cut(instance_id), "binary", _FIX_ID)
-        if instance_id is None or instance_id == "":
-            value = None if instance_id is None else ""
-            why = "the id is NULL" if value is None else "the id is empty"
-            return Unjudgeable(value, m.id, value, why, _FIX_ID)
-        name = str(instance_id)
-        if status is None or _binary(status):
-            why = "binary" if status is not None else "the status is NULL"
-            return Unjudgeable(name, m.status, _cut(status), why, _FIX_STATUS)
-        if _binary(process):
-            return Unjudgeable(name, m.process, _cut(process), "binary", _FIX_PROCESS)
-        if status_age is None:
-            why = "not a timestamp" if raw_changed is not None else "NULL"
-            return Unjudgeable(name, m.status_changed_at, _cut(raw_changed), why, _FIX_TIME)
-        if heartbeat_age is None and raw_heartbeat is not None:
-            why = "not a timestamp"
-            return Unjudgeable(name, m.heartbeat, _cut(raw_heartbeat), why, _FIX_TIME)
-        try:
-            return InstanceRow(
-                name,
-                True,
-                str(status),
-                float(status_age),
-                None if heartbeat_age is None else float(heartbeat_age),
-                None if process is None else str(process),
-            )
-        except (TypeError, ValueError) as exc:  # whatever else a hand-made table holds
-            why = f"unreadable: {exc}"
-            return Unjudgeable(name, m.status_changed_at, None, why, _FIX_TIME)
 
     async def set_force_reconnect(self, instance_id: str) -> bool:
         m = self._map
@@ -338,50 +298,99 @@ class SqlInstanceStore:
 
     async def unmonitored(self, instance_ids: Collection[str]) -> dict[str, str]:
         """Which of these instances left the watchdog's care, and why (`UNREADABLE`: the
-        row is there but its status or a timestamp cannot be read). The database returns
+        row is there but a value the rules need cannot be read). The database returns
         only the rows that may have (missing, not certainly monitored, unreadable), so
         thousands of ids of healthy instances cost one short answer."""
         m = self._map
         ids = self._db.listed("ids", instance_ids)
         row_id = self._col(m.id)
-        certainly_monitored = sa.func.coalesce(sa.and_(*self._monitored()), sa.false())
-        readable = sa.func.coalesce(self._readable(), sa.false())
+        enabled = self._sql.enabled(self._col(m.enabled))
+        certainly_monitored = sa.func.coalesce(self._monitored(), sa.false())
+        unreadable = sa.func.coalesce(self._unjudgeable(), sa.false())
         query = (
-            sa.select(ids.c.value, row_id, self._col(m.enabled), self._col(m.status), readable)
+            sa.select(ids.c.value, row_id, enabled, self._col(m.status), unreadable)
             .select_from(ids.outerjoin(self._table, row_id == ids.c.value))
-            .where(sa.or_(row_id.is_(None), sa.not_(certainly_monitored), sa.not_(readable)))
+            .where(sa.or_(row_id.is_(None), sa.not_(certainly_monitored), unreadable))
         )
         async with self._db.connect("instance states") as conn:
-            rows = (await conn.execute(query)).all()
+            rows = (await conn.execute(query, self._sql.params(datetime.now(UTC)))).all()
         result: dict[str, str] = {}
-        for instance_id, found, enabled, status, can_read in rows:
+        for instance_id, found, is_enabled, status, cannot_read in rows:
             if found is None:  # the row is gone
-                enabled, status = None, None
+                why = unmonitored_reason(None, None, self._rules)
             else:
-                enabled = bool(enabled)
-                status = None if status is None else str(status)
-            why = unmonitored_reason(enabled, status, self._rules, readable=bool(can_read))
+                readable = is_enabled is not None and not cannot_read
+                text = None if status is None else str(status)
+                why = unmonitored_reason(
+                    bool(is_enabled) or not readable, text, self._rules, readable=readable
+                )
             if why is not None:
                 result[str(instance_id)] = why
         return result
-
-    def _readable(self) -> sa.ColumnElement[bool]:
-        """The timestamps the rules need can be read (a NULL heartbeat is "never beat")."""
-        changed = self._col(self._map.status_changed_at)
-        heartbeat = self._col(self._map.heartbeat)
-        if not self._db.is_sqlite:
-            return changed.is_not(None)
-        return sa.and_(
-            sa.func.julianday(changed).is_not(None),
-            sa.or_(heartbeat.is_(None), sa.func.julianday(heartbeat).is_not(None)),
-        )
 
     async def now(self) -> datetime:
         async with self._db.connect("database clock") as conn:
             return await self._db.read_now(conn)
 
-    async def check(self) -> None:
-        """Fail fast, naming the key to fix, when the mapped table or a column is missing."""
+    async def check(self) -> Reading:
+        """Fail fast, naming the key to fix, when the mapped table or a column is missing
+        or of a type the watchdog cannot read; then read the table the way its column
+        types say (PostgreSQL) and return that reading."""
         probe = sa.select(*self._table.c).limit(1)
         async with self._db.connect("instances table check") as conn:
             await conn.execute(probe)
+            reading = await self._inspect(conn)
+        self._use(reading)
+        return reading
+
+    async def _inspect(self, conn: Any) -> Reading:
+        m = self._map
+        assumed = Reading.assumed(self._db.is_sqlite, m)
+        columns = await self._columns(conn)
+        not_null = frozenset(name for name, (_type, required) in columns.items() if required)
+        if self._db.is_sqlite:
+            return Reading(
+                True,
+                TimeKind.PER_VALUE,
+                TimeKind.PER_VALUE,
+                assumed.enabled,
+                m.timezone,
+                m.epoch_unit,
+                not_null,
+                text_id=True,
+            )
+        keys = {
+            "id": m.id,
+            "status_changed_at": m.status_changed_at,
+            "heartbeat": m.heartbeat,
+            "enabled": m.enabled,
+        }
+        for key, column in keys.items():
+            if column not in columns:
+                raise StoreSchemaError(
+                    f"[instances] {key}: table {m.table} has no column {column}; fix the mapping"
+                )
+        return Reading(
+            False,
+            time_kind(columns[m.status_changed_at][0], "status_changed_at", m.status_changed_at),
+            time_kind(columns[m.heartbeat][0], "heartbeat", m.heartbeat),
+            flag_kind(columns[m.enabled][0], m.enabled),
+            m.timezone,
+            m.epoch_unit,
+            not_null,
+            text_id=columns[m.id][0].split("(")[0] in ("text", "character varying", "character"),
+        )
+
+    async def _columns(self, conn: Any) -> Mapping[str, tuple[str, bool]]:
+        """Column name → (declared type, NOT NULL) of the mapped table."""
+        if not self._db.is_sqlite:
+            found = await conn.execute(_PG_COLUMNS, {"table": self._map.table})
+            return {str(name): (str(kind), bool(required)) for name, kind, required in found}
+        schema, _, name = self._map.table.rpartition(".")
+        pragma = (
+            f'PRAGMA "{schema}".table_info("{name}")'
+            if schema
+            else (f'PRAGMA table_info("{name}")')
+        )
+        found = await conn.execute(sa.text(pragma))
+        return {str(r[1]): (str(r[2]), bool(r[3])) for r in found}

@@ -1,0 +1,118 @@
+"""One row of the detection query's aggregate, read into the pure core's terms: an
+`InstanceRow` for `policy.classify`, or an `Unjudgeable` saying which value could not be
+read and what to do about it. Never raises on a row's content."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from watchdog.config import InstancesSettings
+from watchdog.model import Finding, Unjudgeable
+from watchdog.policy import DetectionRules, InstanceRow, classify, time_to_threshold
+
+_RAW_CHARS = 64  # of a value that cannot be read, as reported
+
+FIX_ID = "give the row a non-empty text id: an instance without one cannot be addressed"
+FIX_ENABLED = "write true or false (also 1/0, yes/no, t/f) into the enabled column"
+FIX_STATUS = "the application must write a status into the row"
+FIX_PROCESS = "write the hosting program's name as text, or NULL for the configured default"
+FIX_TIME = (
+    "write a time the watchdog can read (timestamptz; ISO-8601 or SQLite's format; an epoch "
+    "number), or set [instances] epoch_unit to how the application writes numbers"
+)
+FIX_AHEAD = (
+    "check the clock of the host that writes it, and [instances] timezone and epoch_unit: "
+    "a time ahead of the database clock by more than [detection] max_clock_skew is not believed"
+)
+
+Judged = tuple[dict[str, Finding], tuple[Unjudgeable, ...], float | None]
+
+
+def judge(
+    rows: Sequence[Sequence[Any]], mapping: InstancesSettings, rules: DetectionRules
+) -> Judged:
+    """The findings among `rows`, the rows that cannot be judged, and the soonest deadline
+    among the healthy rest (seconds). Each row is [id, status, process, status age,
+    heartbeat age, raw status_changed_at, raw heartbeat, raw enabled], a raw value set
+    only where it could not be read. A bad value is its row's problem: that row is
+    reported and skipped, every other row is judged as usual."""
+    findings: dict[str, Finding] = {}
+    unjudgeable: list[Unjudgeable] = []
+    deadline: float | None = None
+    for fields in rows:
+        instance = read(fields, mapping, rules)
+        if isinstance(instance, Unjudgeable):
+            unjudgeable.append(instance)
+            continue
+        finding = classify(instance, rules)
+        if finding is not None:
+            findings[finding.instance_id] = finding
+            continue
+        left = time_to_threshold(instance, rules)
+        if left is not None and (deadline is None or left < deadline):
+            deadline = left
+    return findings, tuple(unjudgeable), deadline
+
+
+def read(
+    fields: Sequence[Any], mapping: InstancesSettings, rules: DetectionRules
+) -> InstanceRow | Unjudgeable:
+    """One row as an InstanceRow, or why it cannot be judged. The id comes as text
+    whatever the column's type (a JSON number for an integer id on PostgreSQL)."""
+    instance_id, status, process, status_age, heartbeat_age = fields[:5]
+    raw_changed, raw_heartbeat, raw_enabled = (list(fields[5:8]) + [None] * 3)[:3]
+    bad = _bad_value(instance_id, raw_enabled, status, process, mapping)
+    if bad is not None:
+        return bad
+    name = str(instance_id)
+    m = mapping
+    if raw_changed is not None or status_age is None:
+        why = "not a time" if raw_changed is not None else "NULL"
+        return Unjudgeable(name, m.status_changed_at, cut(raw_changed), why, FIX_TIME)
+    if raw_heartbeat is not None:
+        return Unjudgeable(name, m.heartbeat, cut(raw_heartbeat), "not a time", FIX_TIME)
+    try:
+        changed = float(status_age)
+        beat = None if heartbeat_age is None else float(heartbeat_age)
+    except (TypeError, ValueError) as exc:  # whatever else a hand-made table holds
+        return Unjudgeable(name, m.status_changed_at, None, f"unreadable: {exc}", FIX_TIME)
+    for column, age in ((m.status_changed_at, changed), (m.heartbeat, beat)):
+        if age is not None and -age > rules.max_clock_skew:
+            why = f"{-age:.1f} s ahead of the database clock"
+            return Unjudgeable(name, column, None, why, FIX_AHEAD)
+    hosted = None if process is None else str(process)
+    return InstanceRow(name, True, str(status), changed, beat, hosted)
+
+
+def _bad_value(
+    instance_id: Any, raw_enabled: Any, status: Any, process: Any, m: InstancesSettings
+) -> Unjudgeable | None:
+    """The row's id, `enabled`, status or process cannot be read."""
+    if binary(instance_id):
+        return Unjudgeable(cut(instance_id), m.id, cut(instance_id), "binary", FIX_ID)
+    if instance_id is None or instance_id == "":
+        value = None if instance_id is None else ""
+        why = "the id is NULL" if value is None else "the id is empty"
+        return Unjudgeable(value, m.id, value, why, FIX_ID)
+    name = str(instance_id)
+    if raw_enabled is not None:
+        return Unjudgeable(name, m.enabled, cut(raw_enabled), "not a true or false", FIX_ENABLED)
+    if status is None or binary(status):
+        why = "binary" if status is not None else "the status is NULL"
+        return Unjudgeable(name, m.status, cut(status), why, FIX_STATUS)
+    if binary(process):
+        return Unjudgeable(name, m.process, cut(process), "binary", FIX_PROCESS)
+    return None
+
+
+def binary(value: object) -> bool:
+    """A BLOB as `ReadingSql.text` sends it: a one-element JSON array of its hex."""
+    return isinstance(value, list)
+
+
+def cut(raw: object) -> str | None:
+    if raw is None:
+        return None
+    text = f"x'{raw[0]}'" if isinstance(raw, list) and raw else str(raw)
+    return text if len(text) <= _RAW_CHARS else text[: _RAW_CHARS - 1] + "…"
