@@ -85,7 +85,7 @@ class CycleRunner:
 
     def _after_good_cycle(self, report: CycleReport, duration: float) -> None:
         self._leave_outage()
-        self._unjudgeable.observe(report.unjudgeable)
+        self._unjudgeable.observe(report)
         if self.monitor is not None:
             self.monitor.good(report, duration, self._engine, leader=True)
         self.last_report, self.good_cycles = report, self.good_cycles + 1

@@ -64,7 +64,8 @@ class CycleReport:
     unhealthy: int
     monitored: int = 0
     next_deadline: float | None = None  # seconds until a healthy instance could turn stale
-    unjudgeable: tuple[Unjudgeable, ...] = ()  # rows near a threshold that cannot be read
+    unjudgeable: tuple[Unjudgeable, ...] = ()  # rows that cannot be judged
+    rows_total: int | None = None  # the table's rows, when this cycle's scan counted them
     open_by_state: dict[str, int] = field(default_factory=dict)
     opened: int = 0
     acted: int = 0
@@ -194,6 +195,7 @@ class Engine:
             monitored=scan.enabled_count,
             next_deadline=scan.next_deadline,
             unjudgeable=scan.unjudgeable,
+            rows_total=scan.rows_total,
             open_by_state=dict(Counter(str(i.state) for i in incidents.values())),
         )
         decisions = decide(self._rules, world, self._jitter)
@@ -206,6 +208,7 @@ class Engine:
             )
         else:
             await self._apply(decisions, dict(incidents), report, scan.now, mono0)
+            await self._guards.report_unjudgeable(scan)
             if self._breakers is not None:
                 await self._breakers.save(scan.now)
         return report

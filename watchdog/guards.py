@@ -1,12 +1,14 @@
 """The engine's protections against making an outage worse, with the state they keep
 between cycles: grace after the watchdog's own database outage (and its start), the
-mass-failure brake, restart budgets and flapping. The rules themselves are pure
-functions in `safety.py`; this module applies them and writes down what they decided.
+mass-failure brake, restart budgets and flapping, and the fleet alert raised while rows
+cannot be judged. The rules themselves are pure functions in `safety.py`; this module
+applies them and writes down what they decided.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,6 +18,8 @@ from watchdog.ports import FleetState, Ledger
 from watchdog.safety import Restart, SafetyRules, brake_engaged, budget_returns_at, is_flapping
 
 log = logging.getLogger("watchdog.guards")
+
+_SAMPLE = 5  # instance ids named in the unjudgeable alert
 
 
 class Guards:
@@ -35,6 +39,7 @@ class Guards:
         self._database_lost = startup_grace  # the start counts as an outage of our view
         self.grace_until: datetime | None = None
         self._brake: bool | None = None  # None: not yet read back from the store
+        self._unjudgeable: bool | None = None  # likewise
         self._history: list[Restart] | None = None
 
     # ------------------------------------------------------------------- grace
@@ -72,6 +77,29 @@ class Guards:
     @property
     def braking(self) -> bool:
         return bool(self._brake)
+
+    # ------------------------------------------------------------ unjudgeable
+
+    async def report_unjudgeable(self, scan: Scan) -> None:
+        """Audit (and so alert) when rows that cannot be judged appear, and when none is
+        left; the state is stored, so a restart raises no second alert."""
+        if self._fleet is None:
+            return
+        if self._unjudgeable is None:
+            stored = await self._fleet.unjudgeable()
+            self._unjudgeable = bool(stored and stored.get("present"))
+        present = bool(scan.unjudgeable)
+        if present == self._unjudgeable:
+            return
+        detail: dict[str, Any] = {}
+        if present:
+            detail = {
+                "count": len(scan.unjudgeable),
+                "columns": dict(Counter(u.column for u in scan.unjudgeable)),
+                "sample": [u.instance_id for u in scan.unjudgeable[:_SAMPLE]],
+            }
+        await self._fleet.set_unjudgeable(present, scan.now, detail)
+        self._unjudgeable = present
 
     # ----------------------------------------------------------------- budgets
 

@@ -282,7 +282,8 @@ class Ledger(Protocol):
 
 
 class FleetState(Protocol):
-    """Fleet-wide state: the restarts the watchdog started, and the brake."""
+    """Fleet-wide state: the restarts the watchdog started, the brake, and whether rows
+    that cannot be judged were reported."""
 
     async def recent_restarts(self, since: datetime) -> list[Restart]: ...
 
@@ -291,6 +292,12 @@ class FleetState(Protocol):
     ) -> None: ...
 
     async def brake(self) -> dict[str, Any] | None: ...
+
+    async def unjudgeable(self) -> dict[str, Any] | None: ...
+
+    async def set_unjudgeable(
+        self, present: bool, now: datetime, detail: Mapping[str, Any]
+    ) -> AuditRow: ...
 
     async def set_brake(
         self, engaged: bool, now: datetime, detail: Mapping[str, Any]

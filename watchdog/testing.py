@@ -482,6 +482,7 @@ class MemoryFleetState:
         self.ledger = ledger
         self.restarts: list[tuple[Restart, list[str]]] = []
         self.brake_state: dict[str, Any] | None = None
+        self.unjudgeable_state: dict[str, Any] | None = None
 
     async def recent_restarts(self, since: datetime) -> list[Restart]:
         return [r for r, _ids in self.restarts if r.at >= since]
@@ -495,6 +496,16 @@ class MemoryFleetState:
     async def set_brake(self, engaged: bool, now: datetime, detail: Mapping[str, Any]) -> AuditRow:
         self.brake_state = {"engaged": engaged, "since": now.isoformat(), **detail}
         action = AuditAction.BRAKE_ENGAGED if engaged else AuditAction.BRAKE_RELEASED
+        return await self.ledger.append(NewAudit("*", action, Outcome.OK, detail=detail))
+
+    async def unjudgeable(self) -> dict[str, Any] | None:
+        return self.unjudgeable_state
+
+    async def set_unjudgeable(
+        self, present: bool, now: datetime, detail: Mapping[str, Any]
+    ) -> AuditRow:
+        self.unjudgeable_state = {"present": present, "since": now.isoformat(), **detail}
+        action = AuditAction.UNJUDGEABLE if present else AuditAction.UNJUDGEABLE_CLEARED
         return await self.ledger.append(NewAudit("*", action, Outcome.OK, detail=detail))
 
 

@@ -150,7 +150,11 @@ def test_poison_rows_are_skipped_and_reported_and_the_rest_is_judged(
     assert by_id[None]["column"] == "id"
     assert all(r["level"] == "warning" for r in reported)
 
-    rows = [r for r in audit(watchdogctl, config, token=TOKEN) if r["instance"] != "*"]
+    trail = audit(watchdogctl, config, token=TOKEN)
+    (alert,) = [r for r in trail if r["action"] == "unjudgeable"]  # the fleet alert, once
+    assert alert["instance"] == "*"
+    assert alert["detail"]["count"] == len(UNJUDGEABLE)  # type: ignore[index]
+    rows = [r for r in trail if r["instance"] != "*"]
     assert {r["instance"] for r in rows} == ACTED
     sent = {r["instance"]: r for r in rows if r["outcome"] == "ok"}
     port = api.port
@@ -212,4 +216,18 @@ def test_an_incident_whose_row_turns_unreadable_stays_open(
         env=watchdog_env(TOKEN),
     )
     assert [s["id"] for s in json.loads(status.stdout)] == ["frozen"]
+    engine.dispose()
+
+
+def test_a_table_with_no_monitored_row_is_a_warning(tmp_path: Path, watchdogctl: str) -> None:
+    db = tmp_path / "app.db"
+    engine = make_table(db, [("a", "CONNECTED", STALE, FRESH), ("b", "CONNECTED", STALE, FRESH)])
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE instances SET enabled = 'off'"))  # read as false
+    with restart_api(RestartApi()) as api:
+        result = run_once(watchdogctl, write_config(tmp_path, db, api.url(), "api_restart"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    (warning,) = events(result.stdout, "no_instance_monitored")
+    assert warning["rows"] == 2
+    assert "[instances] enabled" in warning["fix"]
     engine.dispose()

@@ -287,3 +287,23 @@ def test_scrub_removes_webhook_paths_queries_and_tokens() -> None:
         "token *** and http://elsewhere:8080/***"
     )
     assert len(scrub("x" * 1000, hook, None)) == 300
+
+
+def test_the_unjudgeable_alert_names_the_count_the_columns_and_some_rows() -> None:
+    raised = row(
+        "unjudgeable",
+        instance="*",
+        attempt=None,
+        reason=None,
+        count=3,
+        columns={"last_heartbeat_at": 2, "id": 1},
+        sample=["a", None, "c"],
+    )
+    assert formats.alert_worthy(raised)
+    assert formats.summary(raised).startswith(
+        "fleet: 3 row(s) cannot be judged (last_heartbeat_at ×2, id ×1), e.g. a, None, c"
+    )
+    cleared = row("unjudgeable_cleared", instance="*", attempt=None, reason=None)
+    (alert,) = formats.alertmanager_payload(cleared)
+    assert alert["labels"]["alertname"] == "WatchdogUnjudgeableRows"
+    assert "endsAt" in alert

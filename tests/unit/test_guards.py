@@ -4,6 +4,7 @@ and interrupted actions reconciled at start."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -12,7 +13,7 @@ from tests.unit.test_engine import API, DB, PROC, STALE, drive, make_rig
 from watchdog.daemon import CycleRunner
 from watchdog.errors import StoreUnavailable
 from watchdog.leadership import Leadership, NodeIdentity
-from watchdog.model import AuditAction, IncidentState, Outcome, Scan
+from watchdog.model import AuditAction, IncidentState, Outcome, Scan, Unjudgeable
 from watchdog.policy import EscalationRules, LadderStep
 from watchdog.safety import Restart, SafetyRules, brake_engaged, budget_returns_at
 from watchdog.testing import EPOCH, MemoryInstanceStore
@@ -155,6 +156,41 @@ async def test_an_outage_seen_first_by_the_leader_lock_starts_the_grace_too() ->
     assert await runner.tick()
     await rig.engine.drain(5.0)
     assert runner.last_report.actions == [("i4", API, 1)]
+
+
+class BlindStore(MemoryInstanceStore):
+    """Reports the ids in `unreadable` as rows that cannot be judged."""
+
+    unreadable: tuple[str, ...] = ()
+
+    async def scan(self) -> Scan:
+        scan = await super().scan()
+        rows = tuple(
+            Unjudgeable(i, "last_heartbeat_at", "soon", "not a time", "fix it")
+            for i in self.unreadable
+        )
+        return replace(scan, unjudgeable=rows)
+
+
+async def test_rows_that_cannot_be_judged_raise_one_fleet_alert_until_none_is_left() -> None:
+    rig = make_rig(fleet=True)
+    store = BlindStore(rig.clock)
+    rig.engine._instances = store  # type: ignore[attr-defined]
+    store.add("ok")
+    await rig.cycle()
+    store.unreadable = ("x", "y")
+    await rig.cycle()
+    store.unreadable = ("x", "y", "z")
+    await rig.cycle()  # still present: no second alert
+    store.unreadable = ()
+    await rig.cycle()
+    fleet = [r for r in rig.ledger.rows if r.instance_id == "*"]
+    assert [r.action for r in fleet] == [AuditAction.UNJUDGEABLE, AuditAction.UNJUDGEABLE_CLEARED]
+    assert fleet[0].detail == {
+        "count": 2,
+        "columns": {"last_heartbeat_at": 2},
+        "sample": ["x", "y"],
+    }
 
 
 # --------------------------------------------------------------------------- brake

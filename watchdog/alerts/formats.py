@@ -41,6 +41,8 @@ KINDS: Final[Mapping[str, AlertKind]] = {
     "breaker_opened": AlertKind("WatchdogBreakerOpen", "warning"),
     "breaker_closed": AlertKind("WatchdogBreakerOpen", "warning", resolves=True),
     "leader_changed": AlertKind("WatchdogLeaderChanged", "warning"),
+    "unjudgeable": AlertKind("WatchdogUnjudgeableRows", "warning"),
+    "unjudgeable_cleared": AlertKind("WatchdogUnjudgeableRows", "warning", resolves=True),
 }
 
 ALERT_ACTIONS: Final = frozenset(KINDS)
@@ -112,6 +114,19 @@ def _leader_changed(row: AuditRow, d: Mapping[str, Any]) -> str:
     return f"watchdog leader is now {_v(node)}{where}"
 
 
+def _unjudgeable(_row: AuditRow, d: Mapping[str, Any]) -> str:
+    columns = ", ".join(f"{_v(c)} ×{n}" for c, n in dict(d.get("columns") or {}).items())
+    sample = ", ".join(_v(i) for i in d.get("sample") or ())
+    return (
+        f"fleet: {d.get('count', '?')} row(s) cannot be judged ({columns}), e.g. {sample}; "
+        "they are never acted on: see the daemon's `instance_unjudgeable` log lines"
+    )
+
+
+def _unjudgeable_cleared(_row: AuditRow, _d: Mapping[str, Any]) -> str:
+    return "fleet: every row can be judged again"
+
+
 def _generic(row: AuditRow, _d: Mapping[str, Any]) -> str:
     return f"{_who(row)}: {row.action} {row.outcome}"
 
@@ -125,6 +140,8 @@ _SUMMARIES: Final[dict[str, Callable[[AuditRow, Mapping[str, Any]], str]]] = {
     "breaker_opened": _breaker_opened,
     "breaker_closed": _breaker_closed,
     "leader_changed": _leader_changed,
+    "unjudgeable": _unjudgeable,
+    "unjudgeable_cleared": _unjudgeable_cleared,
 }
 
 

@@ -19,6 +19,7 @@ from watchdog.store.ledger import SqlLedger
 from watchdog.store.schema import flags, restarts
 
 BRAKE = "brake"
+UNJUDGEABLE = "unjudgeable"
 FLEET = "*"  # the instance column of fleet-wide audit rows
 
 
@@ -39,18 +40,42 @@ class SqlFleetState:
 
     async def brake(self) -> dict[str, Any] | None:
         """The brake's last recorded state: {"engaged": bool, ...} or None if never set."""
-        query = sa.select(flags.c.value).where(flags.c.name == BRAKE)
-        async with self._db.connect("read brake") as conn:
+        return await self._flag(BRAKE)
+
+    async def set_brake(self, engaged: bool, now: datetime, detail: Mapping[str, Any]) -> AuditRow:
+        action = AuditAction.BRAKE_ENGAGED if engaged else AuditAction.BRAKE_RELEASED
+        return await self._set_flag(BRAKE, {"engaged": engaged}, action, now, detail)
+
+    async def unjudgeable(self) -> dict[str, Any] | None:
+        """Whether rows that cannot be judged were last reported: {"present": bool, ...}."""
+        return await self._flag(UNJUDGEABLE)
+
+    async def set_unjudgeable(
+        self, present: bool, now: datetime, detail: Mapping[str, Any]
+    ) -> AuditRow:
+        action = AuditAction.UNJUDGEABLE if present else AuditAction.UNJUDGEABLE_CLEARED
+        return await self._set_flag(UNJUDGEABLE, {"present": present}, action, now, detail)
+
+    async def _flag(self, name: str) -> dict[str, Any] | None:
+        query = sa.select(flags.c.value).where(flags.c.name == name)
+        async with self._db.connect(f"read {name}") as conn:
             value = (await conn.execute(query)).scalar_one_or_none()
         return None if value is None else dict(json.loads(value))
 
-    async def set_brake(self, engaged: bool, now: datetime, detail: Mapping[str, Any]) -> AuditRow:
-        value = json.dumps({"engaged": engaged, "since": now.isoformat(), **detail})
-        action = AuditAction.BRAKE_ENGAGED if engaged else AuditAction.BRAKE_RELEASED
+    async def _set_flag(
+        self,
+        name: str,
+        state: Mapping[str, Any],
+        action: AuditAction,
+        now: datetime,
+        detail: Mapping[str, Any],
+    ) -> AuditRow:
+        """Store a fleet-wide state and audit its change, in one transaction."""
+        value = json.dumps({**state, "since": now.isoformat(), **detail})
         spec = NewAudit(FLEET, action, Outcome.OK, detail=detail)
-        async with self._db.begin("set brake") as conn:
-            await conn.execute(sa.delete(flags).where(flags.c.name == BRAKE))
-            await conn.execute(sa.insert(flags).values(name=BRAKE, value=value, updated_at=now))
+        async with self._db.begin(f"set {name}") as conn:
+            await conn.execute(sa.delete(flags).where(flags.c.name == name))
+            await conn.execute(sa.insert(flags).values(name=name, value=value, updated_at=now))
             row = await self._ledger.insert_audit(conn, now, spec)
         self._ledger.emit(row)
         return row
