@@ -10,7 +10,7 @@ import asyncio
 import functools
 import sys
 from collections.abc import Callable, Coroutine
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 import click
@@ -25,7 +25,7 @@ from watchdog.store import migrate
 from watchdog.store.breakers import SqlBreakerStore
 from watchdog.store.fleet import SqlFleetState
 from watchdog.store.nodes import SqlNodes
-from watchdog.wiring import Runtime, login_user, open_runtime
+from watchdog.wiring import Runtime, check_backends, login_user, open_runtime
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -100,6 +100,7 @@ def run(ctx: Context, once: bool, dry_run: bool) -> None:
     from watchdog.runner import run_daemon
 
     settings = ctx.settings(require_secrets=not dry_run)
+    check_backends(settings)  # what config check checks, before anything starts
     configure_logging(settings.daemon.log_level)
     sys.exit(run_async(run_daemon(settings, once=once, dry_run=dry_run)))
 
@@ -214,9 +215,23 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
         raise click.BadParameter(str(exc)) from None
 
 
+def _since(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Checked now (a usage error, exit 2); turned into a time once the clock is read."""
+    if value is not None:
+        try:
+            render.parse_since(value, datetime.now(UTC))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
 @cli.command()
 @click.option("--instance", "instance_id", help="Only this instance.")
-@click.option("--since", callback=_duration, help="Only rows newer than this, e.g. 1h, 30m.")
+@click.option(
+    "--since",
+    callback=_since,
+    help="Only rows newer than this: a duration (1h, 30m) or an ISO-8601 time.",
+)
 @click.option(
     "--action",
     "actions",
@@ -231,7 +246,7 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 def audit(
     ctx: Context,
     instance_id: str | None,
-    since: float | None,
+    since: str | None,
     actions: tuple[str, ...],
     limit: int,
     as_json: bool,
@@ -239,7 +254,7 @@ def audit(
     """The audit trail, oldest first."""
 
     async def work(rt: Runtime) -> None:
-        since_at = (await rt.instances.now()) - timedelta(seconds=since) if since else None
+        since_at = render.parse_since(since, await rt.instances.now()) if since else None
         query = AuditQuery(instance_id, since_at, [AuditAction(a) for a in actions], limit)
         rows = await rt.ledger.audit(query)
         if as_json:
@@ -359,13 +374,40 @@ def config() -> None:
 
 
 @config.command("check")
+@click.option("--offline", is_flag=True, help="Do not connect to the database.")
 @pass_ctx
 @handle_errors
-def config_check(ctx: Context) -> None:
-    """Validate the configuration and print it, secrets redacted."""
+def config_check(ctx: Context, offline: bool) -> None:
+    """Check everything `run` will use and print the configuration, secrets masked.
+
+    Connects by default: the database answers, the mapped table and columns exist and
+    how their values are read, the watchdog's tables are current."""
     settings = ctx.settings(require_secrets=True)
+    check_backends(settings)
     click.echo(render.as_json(redacted(settings)))
+    if not offline:
+        for line in run_async(_check_database(settings)):
+            click.echo(line, err=True)
     click.echo("configuration ok", err=True)
+
+
+async def _check_database(settings: Settings) -> list[str]:
+    """What `run` meets at start, as lines for the operator; raises on what stops it."""
+    async with open_runtime(settings, emit_audit) as rt:
+        revision = await migrate.current_revision(rt.db)
+        if rt.db.is_sqlite:
+            tables = f"watchdog tables: revision {revision or 'none'} (run upgrades SQLite itself)"
+        else:
+            await migrate.require_current(rt.db)
+            tables = f"watchdog tables: revision {revision} (current)"
+        reading = await rt.instances.check()
+        mapping = settings.instances
+        lines = [f"database: answers ({rt.db.dialect})", tables]
+        lines += [
+            f"table {mapping.table}: {column} read as {how}"
+            for column, how in reading.describe(mapping).items()
+        ]
+        return lines
 
 
 @cli.command()

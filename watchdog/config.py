@@ -19,13 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from watchdog.errors import ConfigError
+from watchdog.masking import mask_url, mask_urls_in, mask_webhook
 from watchdog.model import Action
 from watchdog.policy import DetectionRules, EscalationRules, LadderStep
 
 ENV_PREFIX = "WATCHDOG_"
 CONFIG_ENV = "WATCHDOG_CONFIG"
 
-Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+# At most ten years: a longer duration overflows the dates it is added to.
+Seconds = Annotated[float, Field(gt=0, le=315_576_000, allow_inf_nan=False)]
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 QualifiedName = Annotated[
     str, Field(pattern=r"^([A-Za-z_][A-Za-z0-9_]*\.)?[A-Za-z_][A-Za-z0-9_]*$")
@@ -82,7 +84,7 @@ class DetectionSettings(_Section):
     connecting_after: Seconds = 120.0
     # After the watchdog starts or its database comes back, heartbeat writers get this long
     # to catch up before anyone is judged (None: stale_after).
-    grace: Annotated[float, Field(ge=0)] | None = None
+    grace: Annotated[float, Field(ge=0, le=315_576_000)] | None = None
     # A timestamp further ahead of the database clock than this is not believed: the row
     # is unjudgeable (a writer's clock, or a wrong timezone or epoch_unit).
     max_clock_skew: Seconds = 30.0
@@ -119,7 +121,7 @@ class EscalationSettings(_Section):
     backoff_factor: Annotated[float, Field(ge=1.0, le=10.0)] = 1.5
     backoff_cap: Seconds = 300.0
     jitter: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
-    reopen_window: Annotated[float, Field(ge=0.0)] = 600.0
+    reopen_window: Annotated[float, Field(ge=0.0, le=315_576_000)] = 600.0
 
     @field_validator("ladder")
     @classmethod
@@ -362,7 +364,7 @@ def _describe(error: ErrorDetails, path: str | Path | None) -> str:
         return f"config error: {key}: unknown key; check its spelling (see README, Configuration)"
     got = error.get("input")
     if isinstance(got, str):
-        got = redact_url(got)  # a URL in the message must not carry its password
+        got = mask_urls_in(got)  # a URL in the message must not carry its password
     shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
     msg = error["msg"].removeprefix("Value error, ")
     return f"config error: {key}: {msg}{shown}; fix it in {where}"
@@ -384,21 +386,10 @@ def redacted(settings: Settings, env: Mapping[str, str] | None = None) -> dict[s
     """The effective configuration as plain data, with every secret masked."""
     env = os.environ if env is None else env
     data = settings.model_dump(mode="json")
-    data["database"]["url"] = redact_url(settings.database.url)
-    data["process"]["supervisor_url"] = redact_url(settings.process.supervisor_url)
+    data["database"]["url"] = mask_url(settings.database.url)
+    data["process"]["supervisor_url"] = mask_url(settings.process.supervisor_url)
     token_env = settings.api.token_env
     data["api"]["token"] = "(set)" if token_env and env.get(token_env) else "(unset)"
     for sink in data["alerts"]["sinks"]:
-        sink["url"] = redact_webhook(sink["url"])  # a webhook URL is itself a credential
+        sink["url"] = mask_webhook(sink["url"])  # a webhook URL is itself a credential
     return data
-
-
-def redact_webhook(url: str) -> str:
-    """Keep scheme and host of a webhook URL; its path and query often hold the secret."""
-    parts = redact_url(url).split("/", 3)
-    return "/".join(parts[:3]) + "/***" if len(parts) > 3 and parts[3] else "/".join(parts)
-
-
-def redact_url(url: str) -> str:
-    """Mask the password of scheme://user:password@host URLs."""
-    return re.sub(r"^([a-z0-9+.-]+://[^:/@]*):[^@/]*@", r"\1:***@", url, flags=re.IGNORECASE)

@@ -34,9 +34,9 @@ from functools import partial
 from typing import Any, Final, Protocol
 
 from watchdog.config import HealthSettings
+from watchdog.masking import mask_urls_in
 from watchdog.metrics import CONTENT_TYPE, Metrics
 from watchdog.observability import get_logger
-from watchdog.probes import redact
 
 log = get_logger(component="health")
 
@@ -310,7 +310,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 
 def _one_line(path: str, exc: Exception) -> str:
-    message = redact(" ".join(str(exc).split()))
+    message = mask_urls_in(" ".join(str(exc).split()))
     if len(message) > _MAX_ERROR:
         message = message[: _MAX_ERROR - 3] + "..."
     text = f"{path} failed: {type(exc).__name__}"

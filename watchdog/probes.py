@@ -3,8 +3,9 @@ HTTP server so the daemon can judge itself without loading the server's library.
 
 from __future__ import annotations
 
-import re
 from typing import Final
+
+from watchdog.masking import mask_urls_in
 
 ALIVE_INTERVALS: Final = 3.0  # the loop is alive while its last attempt is this recent
 
@@ -22,18 +23,10 @@ def readiness(
     """`HealthSource.ready` from its two facts: the database answered the last cycle,
     and the last good cycle was `since_good` seconds ago (None: none yet)."""
     if not database_ok:
-        detail = f": {redact(database_error)}" if database_error else ""
+        detail = f": {mask_urls_in(database_error)}" if database_error else ""
         return False, f"database unreachable{detail}"
     if since_good is None:
         return False, "no good cycle yet"
     if since_good > max_age:
         return False, f"last good cycle {since_good:.0f}s ago (limit {max_age:g}s)"
     return True, "ok"
-
-
-_CREDENTIALS = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]*):[^@/\s]*@", re.IGNORECASE)
-
-
-def redact(text: str) -> str:
-    """Mask the password of every scheme://user:password@host URL in `text`."""
-    return _CREDENTIALS.sub(r"\1:***@", text)

@@ -6,7 +6,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from watchdog.breaker import BreakerSnapshot
@@ -19,8 +19,12 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 
 
+MAX_DURATION = 10 * 365.25 * 86400  # ten years: beyond, a time is no longer a date
+
+
 def parse_duration(text: str) -> float:
-    """'90', '90s', '5m', '2h', '1h30m', '1d' → seconds. ValueError on anything else."""
+    """'90', '90s', '5m', '2h', '1h30m', '1d' → seconds, at most ten years. ValueError on
+    anything else."""
     text = text.strip().lower()
     if re.fullmatch(r"\d+(\.\d+)?", text):
         seconds = float(text)
@@ -30,7 +34,19 @@ def parse_duration(text: str) -> float:
         raise ValueError(f"{text!r} is not a duration; use e.g. 90s, 15m, 2h or 1d")
     if seconds <= 0:
         raise ValueError(f"{text!r} must be longer than zero")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{text!r} is longer than ten years; give a shorter duration")
     return seconds
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """A duration back from `now` ('2h') or an ISO-8601 time ('2026-11-29T10:00:00Z';
+    without an offset, UTC). ValueError on anything else."""
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return now - timedelta(seconds=parse_duration(text))
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 def human_delta(seconds: float) -> str:

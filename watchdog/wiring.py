@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import httpx
 from sqlalchemy.engine import make_url
 
-from watchdog.actions.api import ApiRestart, HttpClients
+from watchdog.actions.api import ApiRestart, HttpClients, check_api
 from watchdog.actions.command import CommandRestart
 from watchdog.actions.db_flag import DbFlag
 from watchdog.actions.systemd import SystemdRestart
@@ -131,6 +131,21 @@ def _build(
     if action is Action.DB_FLAG:
         return DbFlag(runtime.instances, settings.database.timeout)
     return _process_backend(settings)
+
+
+def check_backends(settings: Settings) -> None:
+    """Every recovery backend the ladder uses, checked as `run` builds it but without any
+    I/O: a bad template, URL or token stops `config check` and `run` with one line naming
+    the key (exit 2), not a failure later."""
+    actions = settings.escalation.actions()
+    if Action.API_RESTART in actions:
+        api = settings.api
+        try:
+            check_api(api.restart_url, api.method, settings.api_token(), api.timeout)
+        except ValueError as exc:
+            raise ConfigError(f"config error: {exc}") from None
+    if Action.PROCESS_RESTART in actions:
+        _process_backend(settings)
 
 
 def _process_backend(settings: Settings) -> Recovery:

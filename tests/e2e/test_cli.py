@@ -139,6 +139,8 @@ def test_a_healthy_instance_can_be_paused_ahead_of_maintenance(
         (["pause", "healthy", "--for", "soon", "--reason", "x"], 2, "is not a duration"),
         (["pause", "healthy", "--for", "0s", "--reason", "x"], 2, "longer than zero"),
         (["audit", "--since", "yesterday"], 2, "is not a duration"),
+        (["audit", "--since", "99999999h"], 2, "longer than ten years"),
+        (["pause", "healthy", "--for", "99999999h", "--reason", "x"], 2, "longer than ten years"),
     ],
 )
 def test_operator_mistakes_get_one_clear_line(
@@ -179,13 +181,100 @@ def test_configuration_errors_exit_2(watchdogctl: str, env: dict[str, str], need
     one_line_error(ctl(watchdogctl, "config", "check", env=env), 2, needle)
 
 
-def test_config_check_masks_secrets(watchdogctl: str) -> None:
+@pytest.mark.parametrize("password", ["hunter2", "pa/ss", "p@ss:w"])
+def test_config_check_masks_secrets(watchdogctl: str, password: str) -> None:
     env = {
-        "WATCHDOG_DATABASE__URL": "postgresql+psycopg://wd:hunter2@db/app",
+        "WATCHDOG_DATABASE__URL": f"postgresql+psycopg://wd:{password}@db/app",
         "WATCHDOG_API_TOKEN": "tok-secret-123",
     }
-    result = ctl(watchdogctl, "config", "check", env=env)
+    result = ctl(watchdogctl, "config", "check", "--offline", env=env)
     assert result.returncode == 0, result.stderr
-    assert "hunter2" not in result.stdout + result.stderr
+    assert password not in result.stdout + result.stderr
     assert "tok-secret-123" not in result.stdout + result.stderr
     assert json.loads(result.stdout)["api"]["token"] == "(set)"
+    assert json.loads(result.stdout)["database"]["url"] == "postgresql+psycopg://wd:***@db/app"
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        (
+            {"WATCHDOG_API__RESTART_URL": "http://app/{ID}/restart/{id}"},
+            "config error: api.restart_url 'http://app/{ID}/restart/{id}' has unknown placeholder",
+        ),
+        (
+            {
+                "WATCHDOG_PROCESS__BACKEND": "command",
+                "WATCHDOG_PROCESS__COMMAND": '["pm2", "restart", "{proces}"]',
+            },
+            "config error: process.command: ",
+        ),
+        (
+            {
+                "WATCHDOG_PROCESS__UNIT": "app@{instance}.service",
+                "WATCHDOG_PROCESS__BACKEND": "systemd",
+            },
+            "config error: process.unit: ",
+        ),
+    ],
+)
+def test_what_run_would_refuse_config_check_refuses(
+    watchdogctl: str, env: dict[str, str], needle: str
+) -> None:
+    env = {**env, "WATCHDOG_API_TOKEN": "t"}
+    one_line_error(ctl(watchdogctl, "config", "check", "--offline", *(), env=env), 2, needle)
+    one_line_error(ctl(watchdogctl, "run", "--once", env=env), 2, needle)
+
+
+def test_config_check_connects_and_says_how_it_reads_the_table(
+    watchdogctl: str, config: Path
+) -> None:
+    result = ctl(
+        watchdogctl, "--config", str(config), "config", "check", env={"WATCHDOG_API_TOKEN": "t"}
+    )
+    assert result.returncode == 0, result.stderr
+    assert "database: answers (sqlite)" in result.stderr
+    assert "table instances: last_heartbeat_at read as per value" in result.stderr
+    assert result.stderr.strip().endswith("configuration ok")
+
+
+@pytest.mark.parametrize(
+    ("mapping", "needle"),
+    [
+        ("table = 'sessions'", "config error: instances.table: the database has no table sessions"),
+        (
+            "heartbeat = 'last_beat'",
+            "config error: instances.heartbeat: table instances has no column last_beat",
+        ),
+    ],
+)
+def test_a_wrong_table_or_column_is_exit_2_in_config_check_and_run(
+    watchdogctl: str, config: Path, mapping: str, needle: str
+) -> None:
+    config.write_text(config.read_text() + f"\n[instances]\n{mapping}\n")
+    env = {"WATCHDOG_API_TOKEN": "t"}
+    one_line_error(ctl(watchdogctl, "--config", str(config), "config", "check", env=env), 2, needle)
+    one_line_error(ctl(watchdogctl, "--config", str(config), "run", "--once", env=env), 2, needle)
+
+
+def test_an_unreachable_database_is_exit_1(watchdogctl: str) -> None:
+    env = {
+        "WATCHDOG_DATABASE__URL": "postgresql+psycopg://wd:pw@127.0.0.1:9/app",  # discard port
+        "WATCHDOG_DATABASE__TIMEOUT": "2",
+        "WATCHDOG_API_TOKEN": "t",
+    }
+    result = ctl(watchdogctl, "config", "check", env=env)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "pw@" not in result.stderr
+
+
+def test_audit_since_an_iso_time(watchdogctl: str, config: Path) -> None:
+    assert ctl(watchdogctl, "--config", str(config), "run", "--once").returncode == 0
+    every = ctl(
+        watchdogctl, "--config", str(config), "audit", "--json", "--since", "2000-01-01T00:00:00Z"
+    )
+    assert every.returncode == 0, every.stderr
+    assert json.loads(every.stdout)
+    none = ctl(watchdogctl, "--config", str(config), "audit", "--json", "--since", "2999-01-01")
+    assert json.loads(none.stdout) == []

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from watchdog.config import InstancesSettings
-from watchdog.errors import StoreSchemaError
+from watchdog.errors import ConfigError
 from watchdog.model import Reason, Scan
 from watchdog.policy import DetectionRules
 from watchdog.store import migrate
@@ -352,7 +352,8 @@ async def test_postgres_a_column_type_it_cannot_read_names_the_key(
 ) -> None:
     make_table(pg_url, {"last_heartbeat_at": "date"}, [])
     with pytest.raises(
-        StoreSchemaError, match=r"^\[instances\] heartbeat: column last_heartbeat_at has type date"
+        ConfigError,
+        match=r"^config error: instances.heartbeat: column last_heartbeat_at has type date",
     ):
         await scan(pg_db)
 

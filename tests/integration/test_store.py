@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from tests.apptable import AppTable
 from watchdog.config import InstancesSettings
-from watchdog.errors import StoreError, StoreSchemaError
+from watchdog.errors import ConfigError, StoreError, StoreSchemaError
 from watchdog.model import (
     Action,
     AuditAction,
@@ -287,6 +287,20 @@ async def test_a_missing_table_names_the_fix(db: Database) -> None:
     instances = store(db, InstancesSettings(table="no_such_table"))
     with pytest.raises(StoreSchemaError, match=r"\[instances\]"):
         await instances.scan()
+    with pytest.raises(ConfigError, match=r"^config error: instances.table: .*no_such_table"):
+        await instances.check()
+
+
+@pytest.mark.parametrize(
+    ("key", "column"), [("heartbeat", "last_beat"), ("process", "host"), ("id", "sid")]
+)
+async def test_a_missing_column_names_its_key(
+    app: AppTable, db: Database, key: str, column: str
+) -> None:
+    instances = store(db, InstancesSettings(**{key: column}))
+    pattern = rf"^config error: instances.{key}: table instances has no column {column}; "
+    with pytest.raises(ConfigError, match=pattern):
+        await instances.check()
 
 
 # ---------------------------------------------------------------------------- ledger

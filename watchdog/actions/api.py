@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import httpx
 
@@ -21,6 +21,7 @@ from watchdog.errors import (
     RecoveryError,
     TransientRecoveryError,
 )
+from watchdog.masking import mask_url
 from watchdog.model import Action, ActionResult, Target
 
 # Statuses that mean "busy or briefly down", worth retrying later.
@@ -58,6 +59,21 @@ class HttpClients:
             self._idle.append(client)  # last in, first out: its connection is the warmest
 
 
+def check_api(url_template: str, method: str, token: str | None, timeout: float) -> None:
+    """Raise ValueError, naming the configuration key, on settings the rung cannot use."""
+    check_placeholders("api.restart_url", mask_url(url_template), ("{id}",))
+    if _METHOD.fullmatch(method.upper()) is None:
+        raise ValueError(f"api.method must be an HTTP method such as POST, got {method!r}")
+    if timeout <= 0:
+        raise ValueError(f"api.timeout must be positive, got {timeout!r}")
+    if token and _TOKEN.fullmatch(token) is None:
+        # Deliberately not echoed: it is a secret.
+        raise ValueError(
+            "the token in the variable api.token_env names must be visible ASCII without "
+            "spaces or line breaks"
+        )
+
+
 class ApiRestart:
     """Send `method url_template` with `{id}` replaced by the URL-quoted instance id."""
 
@@ -69,15 +85,8 @@ class ApiRestart:
         token: str | None = None,
         timeout: float = 10.0,
     ) -> None:
-        check_placeholders("api url", url_template, ("{id}",))
+        check_api(url_template, method, token, timeout)
         method = method.upper()
-        if _METHOD.fullmatch(method) is None:
-            raise ValueError(f"api method must be an HTTP method such as POST, got {method!r}")
-        if timeout <= 0:
-            raise ValueError(f"api timeout must be positive, got {timeout!r}")
-        if token and _TOKEN.fullmatch(token) is None:
-            # Deliberately not echoed: it is a secret.
-            raise ValueError("api token must be visible ASCII without spaces or line breaks")
         self._clients = client if isinstance(client, HttpClients) else HttpClients([client])
         self._url_template = url_template
         self._method = method
@@ -111,7 +120,7 @@ class ApiRestart:
     async def recover(self, target: Target) -> ActionResult:
         url = self.url_for(target)
         response = await self._send(url)
-        shown = _display_url(str(response.request.url))  # as sent, not as templated
+        shown = mask_url(str(response.request.url))  # as sent, not as templated
         if response.is_success:
             return ActionResult(detail={"status": response.status_code, "url": shown})
         raise self._status_error(response, shown)
@@ -119,13 +128,13 @@ class ApiRestart:
     async def _send(self, url: str) -> httpx.Response:
         # The headers stay out of this frame's locals and the httpx error (whose request
         # carries them) is not chained, so tracebacks that print locals never show the token.
-        what = f"HTTP {self._method} {_display_url(url)}"
+        what = f"HTTP {self._method} {mask_url(url)}"
         try:
             with self._clients.lease() as client:
                 request = client.build_request(
                     self._method, url, headers=self._headers(), timeout=self._timeout
                 )
-                what = f"HTTP {self._method} {_display_url(str(request.url))}"
+                what = f"HTTP {self._method} {mask_url(str(request.url))}"
                 return await client.send(request)
         except httpx.TimeoutException as exc:
             error = self._error(
@@ -176,12 +185,3 @@ def _os_reason(exc: BaseException) -> str | None:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
-
-
-def _display_url(url: str) -> str:
-    """`url` with any password in its userinfo masked, for results and messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import http.client
 import ipaddress
-import re
 import socket
 import threading
 import xmlrpc.client
@@ -48,6 +47,7 @@ from watchdog.errors import (
     RecoveryError,
     TransientRecoveryError,
 )
+from watchdog.masking import without_userinfo
 from watchdog.model import Action, ActionResult, Target
 
 _POLL = 0.1  # seconds between getProcessInfo calls while waiting for a stop
@@ -55,7 +55,6 @@ _KILL_GRACE = 5.0  # seconds a program may take to go down after our SIGKILL
 _LOCATE_TIMEOUT = 5.0  # `watchdogctl show` should not hang on a stuck supervisord
 _STOPPED_STATES = frozenset({"STOPPED", "EXITED", "FATAL", "UNKNOWN"})
 # Everything up to the last `@`: a password may hold `/`, `#` or `@` that were not escaped.
-_CREDENTIALS = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^@]*@")
 _CHECK_URL = "check that supervisord runs and [process] supervisor_url"
 
 
@@ -216,7 +215,7 @@ class _ServerUrl:
                     "supervisor url 'unix://' has no socket path; use e.g. unix:///run/supervisor.sock"
                 )
             return cls(display=url, socket_path=url[len("unix://") :])
-        display = _CREDENTIALS.sub(r"\1", url)
+        display = without_userinfo(url)
         if url.startswith("http://"):
             return cls._parse_http(url, display)
         raise ValueError(

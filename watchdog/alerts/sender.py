@@ -32,8 +32,9 @@ import httpx
 
 from watchdog.alerts import formats
 from watchdog.alerts.outbox import Claimed, NewAlert, SqlOutbox
-from watchdog.config import SinkSettings, redact_webhook
+from watchdog.config import SinkSettings
 from watchdog.errors import StoreError
+from watchdog.masking import mask_urls_in
 from watchdog.model import AuditRow
 from watchdog.store.database import Database
 
@@ -48,7 +49,6 @@ REJECTED = frozenset({400, 413, 422})
 _ERROR_CHARS = 300
 _BODY_CHARS = 120
 _TOKEN = re.compile(r"[!-~]+")  # visible ASCII: anything else cannot go in a header
-_URL = re.compile(r"[a-z][a-z0-9+.-]*://[^\s'\"<>]+", re.IGNORECASE)
 
 
 def backoff(attempts: int) -> float:
@@ -307,7 +307,7 @@ def scrub(text: str, sink: SinkSettings, token: str | None) -> str:
     """One line without the sink's URL path or query, any URL's path, or the token."""
     for secret in _secrets(sink, token):
         text = text.replace(secret, "***")
-    text = _URL.sub(lambda m: redact_webhook(m.group(0)), text)
+    text = mask_urls_in(text, webhook=True)
     line = " ".join(text.split())
     return line if len(line) <= _ERROR_CHARS else line[: _ERROR_CHARS - 1] + "…"
 

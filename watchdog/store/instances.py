@@ -22,7 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from watchdog.config import InstancesSettings
-from watchdog.errors import StoreSchemaError, StoreTimeout
+from watchdog.errors import ConfigError, StoreTimeout
 from watchdog.model import Scan
 from watchdog.policy import DetectionRules, status_key, unmonitored_reason
 from watchdog.resilience import retry_transient
@@ -333,43 +333,54 @@ class SqlInstanceStore:
             return await self._db.read_now(conn)
 
     async def check(self) -> Reading:
-        """Fail fast, naming the key to fix, when the mapped table or a column is missing
-        or of a type the watchdog cannot read; then read the table the way its column
-        types say (PostgreSQL) and return that reading."""
-        probe = sa.select(*self._table.c).limit(1)
+        """Read the mapped table's columns and their types, then read the table the way
+        they say (PostgreSQL) and return that reading. A missing table or column, or a
+        type the watchdog cannot read, is a ConfigError naming the key to fix."""
         async with self._db.connect("instances table check") as conn:
-            await conn.execute(probe)
-            reading = await self._inspect(conn)
+            columns = await self._columns(conn)
+            self._require(columns)
+            await conn.execute(sa.select(*self._table.c).limit(1))  # and may we read it?
+        reading = self._reading(columns)
         self._use(reading)
         return reading
 
-    async def _inspect(self, conn: Any) -> Reading:
+    def _require(self, columns: Mapping[str, tuple[str, bool]]) -> None:
         m = self._map
-        assumed = Reading.assumed(self._db.is_sqlite, m)
-        columns = await self._columns(conn)
+        if not columns:
+            raise ConfigError(
+                f"config error: instances.table: the database has no table {m.table} (or this "
+                "user cannot see it); fix [instances] table"
+            )
+        mapped = {
+            "id": m.id,
+            "enabled": m.enabled,
+            "status": m.status,
+            "status_changed_at": m.status_changed_at,
+            "heartbeat": m.heartbeat,
+            "force_reconnect": m.force_reconnect,
+            "process": m.process,
+        }
+        for key, column in mapped.items():
+            if column and column not in columns:
+                raise ConfigError(
+                    f"config error: instances.{key}: table {m.table} has no column {column}; "
+                    f"fix [instances] {key} (columns: {', '.join(sorted(columns))})"
+                )
+
+    def _reading(self, columns: Mapping[str, tuple[str, bool]]) -> Reading:
+        m = self._map
         not_null = frozenset(name for name, (_type, required) in columns.items() if required)
         if self._db.is_sqlite:
             return Reading(
                 True,
                 TimeKind.PER_VALUE,
                 TimeKind.PER_VALUE,
-                assumed.enabled,
+                FlagKind.PER_VALUE,
                 m.timezone,
                 m.epoch_unit,
                 not_null,
                 text_id=True,
             )
-        keys = {
-            "id": m.id,
-            "status_changed_at": m.status_changed_at,
-            "heartbeat": m.heartbeat,
-            "enabled": m.enabled,
-        }
-        for key, column in keys.items():
-            if column not in columns:
-                raise StoreSchemaError(
-                    f"[instances] {key}: table {m.table} has no column {column}; fix the mapping"
-                )
         return Reading(
             False,
             time_kind(columns[m.status_changed_at][0], "status_changed_at", m.status_changed_at),

@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 
 from watchdog.config import InstancesSettings
-from watchdog.errors import StoreSchemaError
+from watchdog.errors import ConfigError
 
 TRUE_WORDS = ("1", "on", "t", "true", "y", "yes")
 FALSE_WORDS = ("0", "f", "false", "n", "no", "off")
@@ -121,9 +121,9 @@ def time_kind(type_name: str, key: str, column: str) -> TimeKind:
         return TimeKind.EPOCH
     if base in _TEXTS:
         return TimeKind.TEXT
-    raise StoreSchemaError(
-        f"[instances] {key}: column {column} has type {type_name}; the watchdog reads "
-        "timestamptz, timestamp, an epoch number or text there"
+    raise ConfigError(
+        f"config error: instances.{key}: column {column} has type {type_name}; the watchdog "
+        "reads timestamptz, timestamp, an epoch number or text there"
     )
 
 
@@ -135,9 +135,9 @@ def flag_kind(type_name: str, column: str) -> FlagKind:
         return FlagKind.NUMBER
     if base in _TEXTS:
         return FlagKind.TEXT
-    raise StoreSchemaError(
-        f"[instances] enabled: column {column} has type {type_name}; the watchdog reads a "
-        "boolean, a number or text (true/false, yes/no, 1/0) there"
+    raise ConfigError(
+        f"config error: instances.enabled: column {column} has type {type_name}; the "
+        "watchdog reads a boolean, a number or text (true/false, yes/no, 1/0) there"
     )
 
 
