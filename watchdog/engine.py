@@ -131,6 +131,7 @@ class Engine:
         # Dry-run: incidents it would have closed (instance id → incident id).
         self._dry_run_closed: dict[str, int] = {}
         self._stopping = False
+        self._first_cycle = True
 
     @property
     def busy(self) -> frozenset[str]:
@@ -160,7 +161,9 @@ class Engine:
             self._guards.database_lost()  # no action while we cannot read the truth
             raise
         mono0 = self._clock.monotonic()
-        self._guards.database_back(scan.now)
+        if self._guards.database_back(scan.now) and not self._dry_run:
+            await self._guards.record_grace(scan.now, after_start=self._first_cycle)
+        self._first_cycle = False
         self._guards.new_cycle()
         in_grace = self._guards.in_grace(scan.now)
         state = await self._ledger.load_state(scan.now)

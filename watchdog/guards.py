@@ -52,11 +52,22 @@ class Guards:
     def in_grace(self, now: datetime) -> bool:
         return self.grace_until is not None and now < self.grace_until
 
-    def database_back(self, now: datetime) -> None:
-        """Heartbeat writers were blocked too: give everyone `grace` before judging."""
-        if self._database_lost and self._grace > 0:
+    def database_back(self, now: datetime) -> bool:
+        """Heartbeat writers were blocked too: give everyone `grace` before judging. True
+        when a grace starts now."""
+        started = self._database_lost and self._grace > 0
+        if started:
             self.grace_until = now + timedelta(seconds=self._grace)
         self._database_lost = False
+        return started
+
+    async def record_grace(self, now: datetime, *, after_start: bool) -> None:
+        """Write the grace down (audit row and fleet state), so that `status` and
+        `explain` can say why nothing happens until it ends."""
+        if self._fleet is None or self.grace_until is None:
+            return
+        why = "the watchdog started" if after_start else "the watchdog's database was away"
+        await self._fleet.set_grace(self.grace_until, now, {"why": why, "seconds": self._grace})
 
     # ------------------------------------------------------------------- brake
 

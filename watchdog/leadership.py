@@ -10,7 +10,6 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Protocol
 
 from watchdog.errors import StoreError
@@ -29,11 +28,11 @@ class LeaderLock(Protocol):
 
 
 class NodeRegistry(Protocol):
-    async def update(
-        self, node_id: str, role: str, now: datetime, good_cycle: datetime | None = None
-    ) -> None: ...
+    """Node rows, stamped with the database clock (never a host's)."""
 
-    async def demote_others(self, node_id: str, now: datetime) -> None:
+    async def update(self, node_id: str, role: str, *, good_cycle: bool = False) -> None: ...
+
+    async def demote_others(self, node_id: str) -> None:
         """Other nodes still marked leader lost the lock: mark them `lost`."""
         ...
 
@@ -52,14 +51,12 @@ class Leadership:
         nodes: NodeRegistry,
         ledger: Ledger,
         me: NodeIdentity,
-        clock: Callable[[], datetime],
         on_lead: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._lock = lock
         self._nodes = nodes
         self._ledger = ledger
         self._me = me
-        self._clock = clock
         self._on_lead = on_lead
         self.is_leader = False
         self._fence_check: asyncio.Future[bool] | None = None
@@ -79,7 +76,7 @@ class Leadership:
                 return True
             self.is_leader = False
             log.error("lost the leader lock: acting stops until it is won again")
-            await self._nodes.update(self._me.node_id, "standby", self._clock())
+            await self._nodes.update(self._me.node_id, "standby")
             return False
         if not await self._lock.acquire():
             return False
@@ -92,8 +89,8 @@ class Leadership:
         await self._ledger.append(
             NewAudit("*", AuditAction.LEADER_CHANGED, Outcome.OK, detail=detail)
         )
-        await self._nodes.demote_others(self._me.node_id, self._clock())
-        await self._nodes.update(self._me.node_id, "leader", self._clock())
+        await self._nodes.demote_others(self._me.node_id)
+        await self._nodes.update(self._me.node_id, "leader")
         log.warning("this node leads now: %s", self._me.node_id)
         if self._on_lead is not None:
             await self._on_lead()
@@ -111,14 +108,13 @@ class Leadership:
         return await asyncio.shield(self._fence_check)
 
     async def good_cycle(self) -> None:
-        now = self._clock()
-        await self._nodes.update(self._me.node_id, self.role, now, good_cycle=now)
+        await self._nodes.update(self._me.node_id, self.role, good_cycle=True)
 
     async def stop(self) -> None:
         """Release the lock and mark this node gone (a clean stop)."""
         self.is_leader = False
         await self._lock.release()
         try:
-            await self._nodes.update(self._me.node_id, "gone", self._clock())
+            await self._nodes.update(self._me.node_id, "gone")
         except StoreError as exc:
             log.warning("could not mark this node gone: %s", exc)

@@ -48,6 +48,7 @@ class AuditAction(enum.StrEnum):
     BREAKER_OPENED = "breaker_opened"
     BREAKER_CLOSED = "breaker_closed"
     LEADER_CHANGED = "leader_changed"  # this node took over acting for the fleet
+    GRACE = "grace"  # after our start or our database's outage: nobody judged until then
     UNJUDGEABLE = "unjudgeable"  # rows the watchdog cannot judge appeared in the table
     UNJUDGEABLE_CLEARED = "unjudgeable_cleared"  # every row can be judged again
 

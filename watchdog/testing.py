@@ -483,6 +483,7 @@ class MemoryFleetState:
         self.restarts: list[tuple[Restart, list[str]]] = []
         self.brake_state: dict[str, Any] | None = None
         self.unjudgeable_state: dict[str, Any] | None = None
+        self.grace_state: dict[str, Any] | None = None
 
     async def recent_restarts(self, since: datetime) -> list[Restart]:
         return [r for r, _ids in self.restarts if r.at >= since]
@@ -497,6 +498,16 @@ class MemoryFleetState:
         self.brake_state = {"engaged": engaged, "since": now.isoformat(), **detail}
         action = AuditAction.BRAKE_ENGAGED if engaged else AuditAction.BRAKE_RELEASED
         return await self.ledger.append(NewAudit("*", action, Outcome.OK, detail=detail))
+
+    async def grace(self) -> dict[str, Any] | None:
+        return self.grace_state
+
+    async def set_grace(
+        self, until: datetime, now: datetime, detail: Mapping[str, Any]
+    ) -> AuditRow:
+        self.grace_state = {"until": until.isoformat(), "since": now.isoformat(), **detail}
+        full = {**detail, "until": until.isoformat()}
+        return await self.ledger.append(NewAudit("*", AuditAction.GRACE, Outcome.OK, detail=full))
 
     async def unjudgeable(self) -> dict[str, Any] | None:
         return self.unjudgeable_state

@@ -132,7 +132,7 @@ async def test_an_outage_seen_first_by_the_leader_lock_starts_the_grace_too() ->
     rig = make_rig(grace=90.0)
     lock = DroppedLock()
     me = NodeIdentity("n1", "host", 1)
-    lead = Leadership(lock, NoNodes(), rig.ledger, me, lambda: rig.clock.now)
+    lead = Leadership(lock, NoNodes(), rig.ledger, me)
     runner = CycleRunner(rig.engine, leadership=lead)
     for n in range(5):
         rig.store.add(f"i{n}")

@@ -31,14 +31,14 @@ class Nodes:
     async def update(self, *_args: object, **_kwargs: object) -> None:
         return None
 
-    async def demote_others(self, *_args: object) -> None:
+    async def demote_others(self, *_args: object, **_kwargs: object) -> None:
         return None
 
 
 def leadership(lock: CountingLock) -> Leadership:
     me = NodeIdentity("n1", "host", 1)
     clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
-    return Leadership(lock, Nodes(), MemoryLedger(clock), me, lambda: clock.now)
+    return Leadership(lock, Nodes(), MemoryLedger(clock), me)
 
 
 async def test_concurrent_fences_share_one_check_and_a_later_one_asks_again() -> None:

@@ -20,6 +20,7 @@ from watchdog.store.schema import flags, restarts
 
 BRAKE = "brake"
 UNJUDGEABLE = "unjudgeable"
+GRACE = "grace"
 FLEET = "*"  # the instance column of fleet-wide audit rows
 
 
@@ -45,6 +46,16 @@ class SqlFleetState:
     async def set_brake(self, engaged: bool, now: datetime, detail: Mapping[str, Any]) -> AuditRow:
         action = AuditAction.BRAKE_ENGAGED if engaged else AuditAction.BRAKE_RELEASED
         return await self._set_flag(BRAKE, {"engaged": engaged}, action, now, detail)
+
+    async def grace(self) -> dict[str, Any] | None:
+        """The last grace the leader started: {"until": iso time, ...} or None."""
+        return await self._flag(GRACE)
+
+    async def set_grace(
+        self, until: datetime, now: datetime, detail: Mapping[str, Any]
+    ) -> AuditRow:
+        full = {**detail, "until": until.isoformat()}
+        return await self._set_flag(GRACE, {}, AuditAction.GRACE, now, full)
 
     async def unjudgeable(self) -> dict[str, Any] | None:
         """Whether rows that cannot be judged were last reported: {"present": bool, ...}."""

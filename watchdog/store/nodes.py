@@ -1,4 +1,6 @@
-"""The `watchdog_nodes` table: every running replica, its role and its last good cycle."""
+"""The `watchdog_nodes` table: every running replica, its role and its last good cycle.
+Every time in it is the database's clock, so replicas on hosts whose clocks differ are
+compared fairly."""
 
 from __future__ import annotations
 
@@ -42,26 +44,26 @@ class SqlNodes:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def register(self, node: Node, now: datetime) -> None:
-        values = {**_values(node), "updated_at": now}
+    async def register(self, node: Node) -> None:
+        values = {**_values(node), "updated_at": self._db.now_expr()}
+        values["started_at"] = self._db.now_expr()
         async with self._db.begin("register node") as conn:
             await conn.execute(sa.delete(nodes).where(nodes.c.node_id == node.node_id))
             await conn.execute(sa.insert(nodes).values(values))
 
-    async def update(
-        self, node_id: str, role: str, now: datetime, good_cycle: datetime | None = None
-    ) -> None:
+    async def update(self, node_id: str, role: str, *, good_cycle: bool = False) -> None:
+        now = self._db.now_expr()
         values: dict[str, Any] = {"role": role, "updated_at": now}
-        if good_cycle is not None:
-            values["last_good_cycle_at"] = good_cycle
+        if good_cycle:
+            values["last_good_cycle_at"] = now
         async with self._db.begin("update node") as conn:
             await conn.execute(sa.update(nodes).where(nodes.c.node_id == node_id).values(values))
 
-    async def demote_others(self, node_id: str, now: datetime) -> None:
+    async def demote_others(self, node_id: str) -> None:
         statement = (
             sa.update(nodes)
             .where(nodes.c.role == "leader", nodes.c.node_id != node_id)
-            .values(role="lost", updated_at=now)
+            .values(role="lost", updated_at=self._db.now_expr())
         )
         async with self._db.begin("demote old leader") as conn:
             await conn.execute(statement)
