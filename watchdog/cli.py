@@ -15,16 +15,14 @@ from typing import Any, ParamSpec, TypeVar
 
 import click
 
-from watchdog import render
+from watchdog import render, views
 from watchdog.config import Settings, load_settings, redacted
 from watchdog.errors import ConfigError, NotFound, WatchdogError
-from watchdog.model import AuditAction, IncidentState, Pause, Target
+from watchdog.model import AuditAction, IncidentState, Pause, RowFacts, Target, Verdict
 from watchdog.observability import configure_logging, emit_audit, one_line
 from watchdog.ports import AuditQuery, ProcessLocator
+from watchdog.situation import human_delta, stamp
 from watchdog.store import migrate
-from watchdog.store.breakers import SqlBreakerStore
-from watchdog.store.fleet import SqlFleetState
-from watchdog.store.nodes import SqlNodes
 from watchdog.wiring import Runtime, check_backends, login_user, open_runtime
 
 P = ParamSpec("P")
@@ -126,22 +124,48 @@ def with_runtime(ctx: Context, work: Callable[[Runtime], Coroutine[Any, Any, T]]
 @pass_ctx
 @handle_errors
 def status(ctx: Context, as_json: bool) -> None:
-    """Tracked instances: open incidents and pauses."""
+    """The fleet as the table says it now, who acts, and every instance needing attention."""
 
     async def work(rt: Runtime) -> None:
-        now = await rt.instances.now()
-        state = await rt.ledger.load_state(now)
-        rules = rt.settings.escalation.rules()
-        tracked = render.tracked(state.incidents, state.pauses)
-        records = [render.status_record(t, rules, now) for t in tracked]
+        view = await views.fleet_view(rt)
+        records = views.status_records(view, rt.settings.escalation.rules())
         if as_json:
             click.echo(render.as_json(records))
             return
-        click.echo(render.nodes_table([n.as_json() for n in await SqlNodes(rt.db).all()], now))
-        click.echo(render.brake_line(await SqlFleetState(rt.db, rt.ledger).brake()))
-        click.echo(render.breaker_table(await SqlBreakerStore(rt.db).load()))
+        interval = rt.settings.detection.interval
+        nodes = [views.node_record(n, view.now, interval) for n in view.nodes]
+        click.echo(render.fleet_line(view.census, rt.settings.instances.table, view.table_error))
+        click.echo(f"acting: {view.acting.detail} (as of {stamp(view.now)})")
+        click.echo(render.nodes_table(nodes, view.now))
+        click.echo(render.brake_line(view.brake))
+        click.echo(render.breaker_table(view.breakers))
         click.echo()
-        click.echo(render.status_table(records, now))
+        click.echo(render.status_table(records, view.census))
+
+    with_runtime(ctx, work)
+
+
+@cli.command()
+@click.argument("instance_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_ctx
+@handle_errors
+def explain(ctx: Context, instance_id: str, as_json: bool) -> None:
+    """Why the watchdog is or is not acting on one instance, and what it does next."""
+
+    async def work(rt: Runtime) -> None:
+        view = await views.fleet_view(rt)
+        row = await rt.instances.inspect_row(instance_id) if view.scan is not None else None
+        history = await rt.ledger.incident_history(instance_id, 1)
+        if row is None and not history and instance_id not in view.pauses:
+            raise NotFound(
+                f"unknown instance {instance_id!r}: neither in table "
+                f"{rt.settings.instances.table} nor in the watchdog's records"
+            )
+        if row is None and view.scan is not None:
+            row = RowFacts(instance_id, Verdict.DELETED, "the row is gone from the table", {})
+        explained = views.explanation(view, instance_id, row, history, rt.settings)
+        click.echo(render.as_json(explained) if as_json else render.explanation(explained))
 
     with_runtime(ctx, work)
 
@@ -194,7 +218,7 @@ async def _hosting_process(rt: Runtime, instance_id: str, process: str | None) -
         return f"  hosting process {name}: not running or not visible from here"
     return (
         f"  hosting process {name}: pid {facts['pid']}, {facts['state']}, up "
-        f"{render.human_delta(facts['uptime'])}, rss {facts['rss'] / 2**20:.1f} MiB"
+        f"{human_delta(facts['uptime'])}, rss {facts['rss'] / 2**20:.1f} MiB"
     )
 
 

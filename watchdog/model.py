@@ -129,6 +129,43 @@ class Scan:
 
 
 @dataclass(frozen=True, slots=True)
+class Census:
+    """The application's table as the watchdog reads it now (for `status`)."""
+
+    rows: int
+    monitored: int  # enabled, status not ignored
+    healthy: int
+    unhealthy: int
+    disabled: int
+    ignored: int
+    unjudgeable: int
+
+
+class Verdict(enum.StrEnum):
+    """What the table says of one instance now."""
+
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    DISABLED = "disabled"
+    IGNORED = "ignored"
+    DELETED = "deleted"
+    UNJUDGEABLE = "unjudgeable"
+
+
+@dataclass(frozen=True, slots=True)
+class RowFacts:
+    """One row of the application's table, read now: its raw values, and the verdict
+    with the rule and numbers behind it (for `explain`)."""
+
+    instance_id: str
+    verdict: Verdict
+    rule: str  # e.g. "heartbeat age 143.2 s > stale_after 90 s"
+    raw: Mapping[str, str | None]  # column → the stored value as text
+    finding: Finding | None = None
+    unjudgeable: Unjudgeable | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Incident:
     """One episode of an instance being unhealthy, from detection to close."""
 

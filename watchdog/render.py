@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from watchdog.breaker import BreakerSnapshot
-from watchdog.model import AuditRow, Incident, IncidentState, Pause
+from watchdog.model import AuditRow, Census
 from watchdog.observability import one_line
-from watchdog.policy import EscalationRules, is_paused, step_for_attempt
+from watchdog.situation import human_delta, stamp
 
 _CELL_CHARS = 90  # a column is at most this wide; `--json` has every value whole
+_NARROWEST = 8  # columns are not narrowed below this to fit the terminal
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 
@@ -49,79 +50,70 @@ def parse_since(text: str, now: datetime) -> datetime:
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
-def human_delta(seconds: float) -> str:
-    """12s, 4m05s, 2h10m: short and sortable by eye."""
-    whole = round(abs(seconds))
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-
-
-@dataclass(frozen=True, slots=True)
-class Tracked:
-    """One line of `watchdogctl status`: an instance with an incident or a pause."""
-
-    instance_id: str
-    incident: Incident | None
-    pause: Pause | None
-
-
-def tracked(incidents: Mapping[str, Incident], pauses: Mapping[str, Pause]) -> list[Tracked]:
-    ids = sorted(set(incidents) | set(pauses))
-    return [Tracked(i, incidents.get(i), pauses.get(i)) for i in ids]
-
-
-def status_record(item: Tracked, rules: EscalationRules, now: datetime) -> dict[str, Any]:
-    incident, paused = item.incident, is_paused(item.pause, now)
-    state = "paused" if paused else (str(incident.state) if incident else "paused")
-    next_action: str | None = None
-    next_at: datetime | None = None
-    if incident is not None and incident.state in (IncidentState.OPEN, IncidentState.SUPPRESSED):
-        step = step_for_attempt(rules, incident.attempt + 1)
-        next_action = str(step.action) if step else "exhaust"
-        next_at = incident.next_action_at
-    return {
-        "id": item.instance_id,
-        "state": state,
-        "reason": str(incident.reason) if incident else None,
-        "attempt": incident.attempt if incident else 0,
-        "last_action": str(incident.last_action) if incident and incident.last_action else None,
-        "next_action": next_action,
-        "next_action_at": next_at.isoformat() if next_at else None,
-        "paused_until": item.pause.until.isoformat() if item.pause and paused else None,
-        "pause_reason": item.pause.reason if item.pause and paused else None,
-        "flapping": bool(incident and incident.flapping),
-        "incident": incident.id if incident else None,
-        "opened_at": incident.opened_at.isoformat() if incident else None,
-    }
-
-
-def _when(iso: str | None, now: datetime) -> str:
-    if iso is None:
-        return "-"
-    delta = (datetime.fromisoformat(iso) - now).total_seconds()
-    return f"in {human_delta(delta)}" if delta > 0 else "due"
-
-
-def status_table(records: Sequence[Mapping[str, Any]], now: datetime) -> str:
+def status_table(records: Sequence[Mapping[str, Any]], census: Census | None) -> str:
     if not records:
-        return "no tracked instances: every enabled instance is healthy"
-    header = ("INSTANCE", "STATE", "REASON", "ATTEMPT", "NEXT", "WHEN", "PAUSED UNTIL")
+        if census is not None and census.unhealthy == census.unjudgeable == 0:
+            return (
+                "no instance needs attention: the table says all "
+                f"{census.monitored} monitored instances are healthy"
+            )
+        return "no instance listed"
+    header = ("INSTANCE", "VERDICT", "STATE", "REASON", "ATTEMPT", "NEXT", "WHEN")
     rows = [
         (
             r["id"],
+            r["verdict"] or "?",
             r["state"] + (" (flapping)" if r.get("flapping") else ""),
             r["reason"] or "-",
             str(r["attempt"]),
             r["next_action"] or "-",
-            _when(r["next_action_at"], now),
-            _short_time(r["paused_until"]),
+            r["when"],
         )
         for r in records
     ]
     return table(header, rows)
+
+
+def explanation(e: Mapping[str, Any]) -> str:
+    """`explain` for people: the row, the verdict, the incident and every guard."""
+    lines = [f"instance {one_line(str(e['id']))}  (database clock {_short_time(e['now'])})"]
+    if e["row"] is not None:
+        reading = e["reading"] or {}
+        lines.append("row:")
+        for column, value in e["row"].items():
+            how = f"  [{reading[column]}]" if column in reading else ""
+            shown = "NULL" if value is None else one_line(str(value))
+            lines.append(f"  {column:<20} {shown}{how}")
+    lines.append(f"verdict: {e['verdict'] or 'unknown'}: {e['rule']}")
+    incident = e["incident"]
+    if incident is None:
+        lines.append("incident: none")
+    else:
+        lines.append(
+            f"incident {incident['id']}: {incident['state']} {incident['reason']}, attempt "
+            f"{incident['attempt']}" + (f" ({incident['rung']})" if incident["rung"] else "")
+        )
+    lines.append(f"next: {e['next_action'] or 'nothing'}: {e['when']}")
+    lines.append(f"acting: {e['acting']}")
+    lines.append("guards:")
+    for guard in e["guards"]:
+        mark = "ok  " if guard["ok"] else "HOLD"
+        lines.append(f"  {mark} {guard['name']:<10} {one_line(str(guard['detail']))}")
+    blocked = ", ".join(e["blocked_by"]) or "nothing: the next action runs when due"
+    lines.append(f"blocked by: {blocked}")
+    return "\n".join(lines)
+
+
+def fleet_line(census: Census | None, table_name: str, error: str) -> str:
+    """What the application's table says now, in one line."""
+    if census is None:
+        return f"fleet: cannot read table {table_name}: {error}"
+    c = census
+    return (
+        f"fleet: {c.rows} rows in {table_name}, {c.monitored} monitored: {c.healthy} healthy, "
+        f"{c.unhealthy} unhealthy, {c.unjudgeable} unjudgeable; {c.disabled} disabled, "
+        f"{c.ignored} ignored"
+    )
 
 
 def audit_table(rows: Sequence[AuditRow]) -> str:
@@ -130,7 +122,7 @@ def audit_table(rows: Sequence[AuditRow]) -> str:
     header = ("AT", "INSTANCE", "ACTION", "OUTCOME", "ATTEMPT", "REASON", "ACTOR", "DETAIL")
     lines = [
         (
-            row.at.strftime("%Y-%m-%d %H:%M:%S"),
+            stamp(row.at),
             row.instance_id,
             str(row.action),
             str(row.outcome),
@@ -153,24 +145,30 @@ def _short_detail(row: AuditRow) -> str:
 
 
 def _short_time(iso: str | None) -> str:
-    return "-" if iso is None else datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S")
+    return "-" if iso is None else stamp(datetime.fromisoformat(iso))
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], width: int | None = None) -> str:
+    """Aligned columns that fit `width` (the terminal's, or 200 when not a terminal): the
+    widest columns are narrowed first, and a cut value ends with `…`."""
     # Values from the application's table (ids, process names) reach the terminal here:
     # control characters are shown escaped, never interpreted, and a long one is cut.
-    rows = [[_cell(str(c)) for c in row] for row in rows]
+    rows = [[_cell(str(c), _CELL_CHARS) for c in row] for row in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    limit = width if width is not None else shutil.get_terminal_size((200, 24)).columns
+    while sum(widths) + 2 * (len(widths) - 1) > limit and max(widths) > _NARROWEST:
+        widest = widths.index(max(widths))
+        widths[widest] -= 1
     lines = [
-        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        "  ".join(_cell(str(c), w).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
         for r in (header, *rows)
     ]
     return "\n".join(lines)
 
 
-def _cell(text: str) -> str:
+def _cell(text: str, width: int) -> str:
     shown = one_line(text)
-    return shown if len(shown) <= _CELL_CHARS else shown[: _CELL_CHARS - 1] + "…"
+    return shown if len(shown) <= width else shown[: width - 1] + "…"
 
 
 def as_json(data: Any) -> str:
@@ -207,8 +205,8 @@ def breaker_table(snapshots: Sequence[BreakerSnapshot]) -> str:
             str(s.total),
             str(s.total_failures),
             f"{s.failure_rate:.0%}",
-            s.last_failure_at.strftime("%Y-%m-%d %H:%M:%S") if s.last_failure_at else "-",
-            s.next_attempt_at.strftime("%Y-%m-%d %H:%M:%S") if s.next_attempt_at else "-",
+            stamp(s.last_failure_at) if s.last_failure_at else "-",
+            stamp(s.next_attempt_at) if s.next_attempt_at else "-",
         )
         for s in snapshots
     ]

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from watchdog import render
+from watchdog import views
 from watchdog.alerts.sender import AlertFeeder, AlertSender
 from watchdog.breaker import BreakerRules
 from watchdog.circuit import BackendBreakers
@@ -32,7 +32,7 @@ from watchdog.health import HealthServer
 from watchdog.leadership import LeaderLock, Leadership, NodeIdentity
 from watchdog.memory import MemoryWatch
 from watchdog.metrics import Metrics
-from watchdog.model import Action, AuditRow
+from watchdog.model import AuditRow
 from watchdog.monitor import DaemonMonitor
 from watchdog.observability import emit_audit, get_logger
 from watchdog.reconcile import IntentReconciler
@@ -42,7 +42,14 @@ from watchdog.store.breakers import SqlBreakerStore
 from watchdog.store.fleet import SqlFleetState
 from watchdog.store.locks import PgAdvisoryLock, SqliteFileLock
 from watchdog.store.nodes import Node, SqlNodes
-from watchdog.wiring import MonotonicClock, Runtime, open_recoveries, open_runtime, sqlite_path
+from watchdog.wiring import (
+    MonotonicClock,
+    Runtime,
+    breaker_names,
+    open_recoveries,
+    open_runtime,
+    sqlite_path,
+)
 
 log = get_logger(component="runner")
 
@@ -192,20 +199,18 @@ async def _health_server(settings: Settings, monitor: DaemonMonitor) -> AsyncIte
 
 
 async def fleet_status(runtime: Runtime) -> dict[str, Any]:
-    """/status: nodes, breakers, brake and tracked instances, as JSON-ready data."""
-    now = await runtime.instances.now()
-    state = await runtime.ledger.load_state(now)
-    rules = runtime.settings.escalation.rules()
-    tracked = [
-        render.status_record(t, rules, now) for t in render.tracked(state.incidents, state.pauses)
-    ]
-    breakers = await SqlBreakerStore(runtime.db).load()
+    """/status: the same view as `watchdogctl status --json`, with the fleet around it."""
+    view = await views.fleet_view(runtime)
+    interval = runtime.settings.detection.interval
     return {
-        "now": now.isoformat(),
-        "nodes": [n.as_json() for n in await SqlNodes(runtime.db).all()],
-        "breakers": [dataclasses.asdict(b) for b in breakers],
-        "brake": await SqlFleetState(runtime.db, runtime.ledger).brake(),
-        "incidents": tracked,
+        "now": view.now.isoformat(),
+        "fleet": dataclasses.asdict(view.census) if view.census else None,
+        "table_error": view.table_error or None,
+        "acting": view.acting.detail,
+        "nodes": [views.node_record(n, view.now, interval) for n in view.nodes],
+        "breakers": [dataclasses.asdict(b) for b in view.breakers],
+        "brake": view.brake,
+        "incidents": views.status_records(view, runtime.settings.escalation.rules()),
     }
 
 
@@ -291,11 +296,7 @@ def _guards(runtime: Runtime, *, startup_grace: bool) -> Guards:
 
 async def _breakers(runtime: Runtime) -> BackendBreakers:
     settings = runtime.settings
-    names = {
-        Action.API_RESTART: "api",
-        Action.DB_FLAG: "db_flag",
-        Action.PROCESS_RESTART: settings.process.backend,
-    }
+    names = breaker_names(settings)
     rules = BreakerRules(**settings.breaker.model_dump())
     breakers = BackendBreakers(rules, names, runtime.ledger, SqlBreakerStore(runtime.db))
     await breakers.load()

@@ -133,6 +133,15 @@ def _build(
     return _process_backend(settings)
 
 
+def breaker_names(settings: Settings) -> dict[Action, str]:
+    """The circuit breaker of each rung, by the name it is stored and shown under."""
+    return {
+        Action.API_RESTART: "api",
+        Action.DB_FLAG: "db_flag",
+        Action.PROCESS_RESTART: settings.process.backend,
+    }
+
+
 def check_backends(settings: Settings) -> None:
     """Every recovery backend the ladder uses, checked as `run` builds it but without any
     I/O: a bad template, URL or token stops `config check` and `run` with one line naming

@@ -83,7 +83,15 @@ def test_steering_an_incident(watchdogctl: str, config: Path) -> None:
     assert ctl(watchdogctl, "--config", c, "resume", "frozen", "--actor", "alice").returncode == 0
     reset = ctl(watchdogctl, "--config", c, "reset", "frozen", "--actor", "bob")
     assert reset.returncode == 0, reset.stderr
-    assert json.loads(ctl(watchdogctl, "--config", c, "status", "--json").stdout) == []
+    # Reset closes the incident; the instance is still stale and says so, with what holds it.
+    (after_reset,) = json.loads(ctl(watchdogctl, "--config", c, "status", "--json").stdout)
+    assert (after_reset["id"], after_reset["state"], after_reset["incident"]) == (
+        "frozen",
+        "unhealthy",
+        None,
+    )
+    assert after_reset["next_action"] == "detect, then db_flag"
+    assert after_reset["blocked_by"] == ["no_leader"]
 
     rows = json.loads(
         ctl(watchdogctl, "--config", c, "audit", "--json", "--instance", "frozen").stdout
@@ -126,7 +134,11 @@ def test_a_healthy_instance_can_be_paused_ahead_of_maintenance(
     )
     assert result.returncode == 0, result.stderr
     status = json.loads(ctl(watchdogctl, "--config", str(config), "status", "--json").stdout)
-    assert [(s["id"], s["state"]) for s in status] == [("healthy", "paused")]
+    # `frozen` is listed too: it is unhealthy (no daemon ran yet), not paused.
+    assert [(s["id"], s["state"]) for s in status] == [
+        ("frozen", "unhealthy"),
+        ("healthy", "paused"),
+    ]
 
 
 @pytest.mark.parametrize(

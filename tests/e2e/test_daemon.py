@@ -176,8 +176,9 @@ def test_dry_run_touches_nothing(tmp_path: Path, sqlite_url: str, watchdogctl: s
         ("detected", "skipped"),
         ("api_restart", "skipped"),
     ]
+    # A dry run opens no incident, and status still says the instance is unhealthy.
     status = json.loads(ctl(watchdogctl, config, "status", "--json", token=TOKEN).stdout)
-    assert status == []
+    assert [(s["id"], s["state"], s["incident"]) for s in status] == [("frozen", "unhealthy", None)]
     assert app.row("frozen")["force_reconnect"] in (False, 0)
     app.dispose()
 

@@ -68,3 +68,11 @@ def test_a_hostile_value_is_shown_escaped_and_cut_in_a_cli_table() -> None:
     assert lines[1].startswith("\\x1b[2Jwipe\\nforged")
     assert max(len(line) for line in lines) < 100
     assert lines[2].split()[0].endswith("…")
+
+
+def test_a_table_fits_the_terminal_by_narrowing_its_widest_columns() -> None:
+    rows = [("wa-" + "x" * 60, "open", "stale_heartbeat", "held: grace until 12:00:31Z")]
+    text = render.table(("INSTANCE", "STATE", "REASON", "WHEN"), rows, width=60)
+    assert max(len(line) for line in text.splitlines()) <= 60
+    assert text.splitlines()[1].split()[0].endswith("…")
+    assert "open" in text

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from watchdog import render
+from watchdog import render, views
 from watchdog.config import Settings, load_settings
 from watchdog.demo.supervisor import PROGRAM, DemoSupervisor
 from watchdog.errors import WatchdogError
@@ -85,13 +85,10 @@ def _wait_for_table(db: Path, timeout: float) -> None:
 
 async def _snapshot(settings: Settings, after_id: int) -> tuple[str, list[AuditRow]]:
     async with open_runtime(settings) as rt:
-        now = await rt.instances.now()
-        state = await rt.ledger.load_state(now)
-        rules = settings.escalation.rules()
-        tracked = render.tracked(state.incidents, state.pauses)
-        records = [render.status_record(t, rules, now) for t in tracked]
+        view = await views.fleet_view(rt)
+        records = views.status_records(view, settings.escalation.rules())
         rows = await rt.ledger.audit(AuditQuery(limit=10_000))
-    return render.status_table(records, now), [r for r in rows if r.id > after_id]
+    return render.status_table(records, view.census), [r for r in rows if r.id > after_id]
 
 
 def _print_new(rows: list[AuditRow]) -> None:

@@ -4,11 +4,11 @@ read and what to do about it. Never raises on a row's content."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from watchdog.config import InstancesSettings
-from watchdog.model import Finding, Unjudgeable
+from watchdog.model import Finding, Reason, RowFacts, Unjudgeable, Verdict
 from watchdog.policy import DetectionRules, InstanceRow, classify, time_to_threshold
 
 _RAW_CHARS = 64  # of a value that cannot be read, as reported
@@ -116,3 +116,42 @@ def cut(raw: object) -> str | None:
         return None
     text = f"x'{raw[0]}'" if isinstance(raw, list) and raw else str(raw)
     return text if len(text) <= _RAW_CHARS else text[: _RAW_CHARS - 1] + "…"
+
+
+def verdict(
+    instance_id: str,
+    enabled: Any,
+    ignored: Any,
+    raw: Mapping[str, str | None],
+    fields: Sequence[Any],
+    mapping: InstancesSettings,
+    rules: DetectionRules,
+) -> RowFacts:
+    """The verdict on one row read now, with the rule and its numbers (`explain`)."""
+    if enabled is not None and not enabled:
+        return RowFacts(instance_id, Verdict.DISABLED, "enabled is false", raw)
+    if enabled and ignored:
+        return RowFacts(instance_id, Verdict.IGNORED, "its status is never recovered", raw)
+    row = read(fields, mapping, rules)
+    if isinstance(row, Unjudgeable):
+        rule = f"{row.column}: {row.why}; {row.fix}"
+        return RowFacts(instance_id, Verdict.UNJUDGEABLE, rule, raw, unjudgeable=row)
+    finding = classify(row, rules)
+    if finding is not None:
+        age_name, limit_name = _AGES[finding.reason]
+        rule = f"{age_name} {finding.age:.1f} s > {limit_name} {finding.threshold:g} s"
+        return RowFacts(instance_id, Verdict.UNHEALTHY, rule, raw, finding=finding)
+    if row.heartbeat_age is None:
+        rule = (
+            f"never beat; status age {row.status_age:.1f} s ≤ stale_after {rules.stale_after:g} s"
+        )
+    else:
+        rule = f"heartbeat age {row.heartbeat_age:.1f} s ≤ stale_after {rules.stale_after:g} s"
+    return RowFacts(instance_id, Verdict.HEALTHY, rule, raw)
+
+
+_AGES = {
+    Reason.STALE_HEARTBEAT: ("heartbeat age", "stale_after"),
+    Reason.NEVER_BEAT: ("never beat; status age", "stale_after"),
+    Reason.STUCK_CONNECTING: ("connecting for", "connecting_after"),
+}

@@ -1,0 +1,120 @@
+"""What `status` and `explain` say will happen next, and which guard holds it: pure, on a
+fake clock. Never `due` for something that will not run."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from watchdog.model import Action, Incident, IncidentState, Pause, Reason, Verdict
+from watchdog.policy import EscalationRules
+from watchdog.situation import GUARD_NAMES, Facts, situate, when
+
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+RULES = EscalationRules()
+
+
+def incident(
+    attempt: int = 1, state: IncidentState = IncidentState.OPEN, due: float = 0
+) -> Incident:
+    return Incident(
+        7,
+        "a",
+        Reason.STALE_HEARTBEAT,
+        state,
+        attempt,
+        NOW - timedelta(minutes=5),
+        NOW + timedelta(seconds=due),
+    )
+
+
+def facts(**changes: object) -> Facts:
+    base = Facts(
+        now=NOW,
+        verdict=Verdict.UNHEALTHY,
+        why="heartbeat age 143.2 s > stale_after 90 s",
+        incident=incident(),
+        pause=None,
+        leader="n1",
+        leader_detail="n1 leads (last good cycle 1s ago)",
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_every_guard_is_named_and_nothing_holds_a_due_action() -> None:
+    situation = situate(facts(), RULES)
+    assert [g.name for g in situation.guards] == list(GUARD_NAMES)
+    assert situation.blocked_by == []
+    assert (situation.next_action, situation.next_action_at) == ("api_restart", NOW)
+    assert when(situation, NOW) == "due"
+    later = situate(facts(incident=incident(due=4)), RULES)
+    assert when(later, NOW) == "in 4s (12:00:04Z)"
+
+
+@pytest.mark.parametrize(
+    ("changes", "blocked", "shown"),
+    [
+        (
+            {"leader": None, "leader_detail": "no daemon is acting"},
+            ["no_leader"],
+            "held: no daemon acting",
+        ),
+        ({"grace_until": NOW + timedelta(seconds=31)}, ["grace"], "held: grace until 12:00:31Z"),
+        (
+            {"pause": Pause("a", NOW + timedelta(hours=1), "deploy", "alice")},
+            ["pause"],
+            "held: paused until 2026-11-29 13:00:00Z by alice (deploy)",
+        ),
+        ({"in_flight": True}, ["in_flight"], "running now"),
+        ({"incident": incident(10, IncidentState.EXHAUSTED)}, ["exhausted"], "exhausted"),
+        (
+            {"incident": incident(5, IncidentState.SUPPRESSED, due=600)},
+            ["budget"],
+            "held: restart budget spent until 2026-11-29 12:10:00Z",
+        ),
+        (
+            {"verdict": Verdict.UNJUDGEABLE, "why": "last_heartbeat_at: not a time"},
+            ["readable"],
+            "held: unjudgeable",
+        ),
+    ],
+)
+def test_each_guard_names_itself_when_it_holds(
+    changes: dict[str, object], blocked: list[str], shown: str
+) -> None:
+    situation = situate(facts(**changes), RULES)
+    assert situation.blocked_by == blocked
+    assert when(situation, NOW) == shown
+
+
+def test_the_brake_holds_only_the_rungs_it_brakes() -> None:
+    gentle = situate(facts(brake=True), RULES)  # attempt 2: api_restart
+    assert gentle.blocked_by == []
+    flag = situate(facts(brake=True, incident=incident(2)), RULES)  # attempt 3: db_flag
+    assert flag.blocked_by == ["brake"]
+    assert when(flag, NOW) == "held: brake"
+
+
+def test_an_open_breaker_means_the_attempt_is_spent_without_a_call() -> None:
+    opened = {Action.DB_FLAG: NOW + timedelta(seconds=60)}
+    flag = situate(facts(incident=incident(2), open_breakers=opened), RULES)
+    assert flag.blocked_by == ["breaker"]
+    assert when(flag, NOW) == "skipped: breaker open"
+    assert situate(facts(open_breakers=opened), RULES).blocked_by == []  # api_restart's closed
+
+
+def test_what_happens_to_an_incident_whose_instance_is_healthy_or_gone() -> None:
+    healthy = situate(facts(verdict=Verdict.HEALTHY, why="heartbeat age 2 s"), RULES)
+    assert healthy.next_action == "close (recovered)"
+    gone = situate(facts(verdict=Verdict.DELETED, why="the row is gone"), RULES)
+    assert gone.next_action == "close (dismissed)"
+
+
+def test_an_unhealthy_instance_without_an_incident_is_detected_next() -> None:
+    fresh = situate(facts(incident=None), RULES)
+    assert fresh.next_action == "detect, then api_restart"
+    assert when(fresh, NOW) == "due"
+    nothing = situate(facts(incident=None, verdict=Verdict.HEALTHY), RULES)
+    assert (nothing.next_action, when(nothing, NOW)) == (None, "-")

@@ -1,0 +1,283 @@
+"""What `watchdogctl status` and `explain` show, gathered from the database now: the
+application's table as the watchdog reads it, the incidents and pauses, the fleet-wide
+holds (brake, grace, breakers), the actions in flight and who acts. Every time is the
+database's clock. What it all means for one instance is `situation.situate`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from watchdog.breaker import BreakerSnapshot, BreakerState
+from watchdog.config import Settings
+from watchdog.errors import WatchdogError
+from watchdog.model import (
+    Action,
+    Census,
+    Incident,
+    Pause,
+    RowFacts,
+    Scan,
+    Verdict,
+)
+from watchdog.policy import UNREADABLE, EscalationRules, is_paused, step_for_attempt
+from watchdog.situation import Facts, human_delta, situate, when
+from watchdog.store.breakers import SqlBreakerStore
+from watchdog.store.fleet import SqlFleetState
+from watchdog.store.nodes import Node, SqlNodes
+from watchdog.store.readings import Reading
+from watchdog.wiring import Runtime, breaker_names
+
+STALE_INTERVALS = 3  # a node whose last good cycle is older than this many intervals is stale
+
+
+@dataclass(frozen=True, slots=True)
+class Acting:
+    """Who acts for the fleet, as the node rows say."""
+
+    leader: str | None  # None: no daemon is acting
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class FleetView:
+    now: datetime
+    census: Census | None  # None: the table could not be read (`table_error` says why)
+    table_error: str
+    scan: Scan | None
+    incidents: Mapping[str, Incident]
+    pauses: Mapping[str, Pause]
+    unmonitored: Mapping[str, str]  # incident's instance → why it left the watchdog's care
+    nodes: Sequence[Node]
+    acting: Acting
+    brake: Mapping[str, Any] | None
+    grace_until: datetime | None
+    breakers: Sequence[BreakerSnapshot]
+    open_breakers: Mapping[Action, datetime | None]
+    in_flight: frozenset[int]  # incident ids with an intent still without its outcome
+    reading: Reading | None  # how the table's values were read (None: they were not)
+
+    def facts(self, instance_id: str, row: RowFacts | None = None) -> Facts:
+        """What is known of one instance (`row`: its row read apart, for `explain`)."""
+        verdict, why = self._verdict(instance_id, row)
+        incident = self.incidents.get(instance_id)
+        return Facts(
+            now=self.now,
+            verdict=verdict,
+            why=why,
+            incident=incident,
+            pause=self.pauses.get(instance_id),
+            leader=self.acting.leader,
+            leader_detail=self.acting.detail,
+            brake=bool(self.brake and self.brake.get("engaged")),
+            grace_until=self.grace_until,
+            in_flight=incident is not None and incident.id in self.in_flight,
+            open_breakers=self.open_breakers,
+        )
+
+    def listed(self) -> list[str]:
+        """The instances `status` lists: with an incident or a pause, unhealthy, or that
+        cannot be judged (an unhealthy one without an incident is listed too)."""
+        ids = set(self.incidents) | set(self.pauses)
+        if self.scan is not None:
+            ids |= set(self.scan.findings)
+            ids |= {u.instance_id for u in self.scan.unjudgeable if u.instance_id is not None}
+        return sorted(ids)
+
+    def _verdict(self, instance_id: str, row: RowFacts | None) -> tuple[Verdict | None, str]:
+        if row is not None:
+            return row.verdict, row.rule
+        if self.scan is None:
+            return None, self.table_error
+        finding = self.scan.findings.get(instance_id)
+        if finding is not None:
+            rule = f"{finding.reason}: {finding.age:.1f} s > {finding.threshold:g} s"
+            return Verdict.UNHEALTHY, rule
+        for bad in self.scan.unjudgeable:
+            if bad.instance_id == instance_id:
+                return Verdict.UNJUDGEABLE, f"{bad.column}: {bad.why}"
+        why = self.unmonitored.get(instance_id)
+        if why is None:
+            return Verdict.HEALTHY, "healthy when read"
+        if why == UNREADABLE:
+            return Verdict.UNJUDGEABLE, "a value the rules need cannot be read"
+        verdicts = {"deleted": Verdict.DELETED, "disabled": Verdict.DISABLED}
+        return verdicts.get(why, Verdict.IGNORED), why
+
+
+async def fleet_view(rt: Runtime) -> FleetView:
+    settings = rt.settings
+    now = await rt.instances.now()
+    state = await rt.ledger.load_state(now)
+    census, scan, table_error, unmonitored, reading = None, None, "", {}, None
+    try:
+        reading = await rt.instances.check()
+        scan = await rt.instances.scan()
+        census = await rt.instances.census(scan)
+        gone = [i for i in state.incidents if i not in scan.findings]
+        unmonitored = await rt.instances.unmonitored(gone) if gone else {}
+    except WatchdogError as exc:  # the watchdog's own records are still worth showing
+        table_error = str(exc)
+    fleet = SqlFleetState(rt.db, rt.ledger)
+    grace = await fleet.grace()
+    nodes = await SqlNodes(rt.db).all()
+    breakers = await SqlBreakerStore(rt.db).load()
+    orphans = await rt.ledger.orphan_intents()
+    return FleetView(
+        now=now,
+        census=census,
+        table_error=table_error,
+        scan=scan,
+        incidents=state.incidents,
+        pauses=state.pauses,
+        unmonitored=unmonitored,
+        nodes=nodes,
+        acting=acting(nodes, now, settings.detection.interval),
+        brake=await fleet.brake(),
+        grace_until=_time(grace.get("until")) if grace else None,
+        breakers=breakers,
+        open_breakers=_open(breakers, breaker_names(settings)),
+        in_flight=frozenset(r.incident_id for r in orphans if r.incident_id is not None),
+        reading=reading,
+    )
+
+
+def status_records(view: FleetView, rules: EscalationRules) -> list[dict[str, Any]]:
+    """One JSON-ready record per listed instance (`status --json`, `/status`)."""
+    return [status_record(view.facts(i), i, rules) for i in view.listed()]
+
+
+def status_record(facts: Facts, instance_id: str, rules: EscalationRules) -> dict[str, Any]:
+    situation = situate(facts, rules)
+    incident, pause, now = facts.incident, facts.pause, facts.now
+    paused = is_paused(pause, now)
+    if paused:
+        state = "paused"
+    elif incident is not None:
+        state = str(incident.state)
+    else:
+        state = str(facts.verdict) if facts.verdict is not None else "unknown"
+    at = situation.next_action_at
+    return {
+        "id": instance_id,
+        "state": state,
+        "verdict": None if facts.verdict is None else str(facts.verdict),
+        "reason": str(incident.reason) if incident else None,
+        "attempt": incident.attempt if incident else 0,
+        "last_action": str(incident.last_action) if incident and incident.last_action else None,
+        "next_action": situation.next_action,
+        "next_action_at": at.isoformat() if at else None,
+        "when": when(situation, now),
+        "blocked_by": situation.blocked_by,
+        "paused_until": pause.until.isoformat() if pause and paused else None,
+        "pause_reason": pause.reason if pause and paused else None,
+        "flapping": bool(incident and incident.flapping),
+        "incident": incident.id if incident else None,
+        "opened_at": incident.opened_at.isoformat() if incident else None,
+    }
+
+
+def explanation(
+    view: FleetView,
+    instance_id: str,
+    row: RowFacts | None,
+    history: Sequence[Incident],
+    settings: Settings,
+) -> dict[str, Any]:
+    """`explain`: the row and how it was read, the verdict and its rule, the incident,
+    and every guard, as one JSON-ready object."""
+    facts = view.facts(instance_id, row)
+    situation = situate(facts, settings.escalation.rules())
+    incident = facts.incident or (history[0] if history else None)
+    reason: str | None = None
+    if row is not None and row.finding is not None:
+        reason = str(row.finding.reason)
+    elif row is not None and row.unjudgeable is not None:
+        reason = f"{row.unjudgeable.column}: {row.unjudgeable.why}"
+    at = situation.next_action_at
+    reading = view.reading.describe(settings.instances) if view.reading is not None else None
+    return {
+        "id": instance_id,
+        "verdict": None if facts.verdict is None else str(facts.verdict),
+        "reason": reason,
+        "rule": facts.why,
+        "row": dict(row.raw) if row is not None else None,
+        "reading": reading,
+        "incident": _incident(incident, settings) if incident else None,
+        "next_action": situation.next_action,
+        "next_action_at": at.isoformat() if at else None,
+        "when": when(situation, facts.now),
+        "blocked_by": situation.blocked_by,
+        "guards": [g.as_json() for g in situation.guards],
+        "acting": view.acting.detail,
+        "now": facts.now.isoformat(),
+    }
+
+
+def _incident(incident: Incident, settings: Settings) -> dict[str, Any]:
+    step = step_for_attempt(settings.escalation.rules(), incident.attempt)
+    return {
+        "id": incident.id,
+        "state": str(incident.state),
+        "reason": str(incident.reason),
+        "attempt": incident.attempt,
+        "rung": str(step.action) if step and incident.attempt else None,
+        "opened_at": incident.opened_at.isoformat(),
+        "next_action_at": incident.next_action_at.isoformat() if incident.next_action_at else None,
+        "closed_at": incident.closed_at.isoformat() if incident.closed_at else None,
+        "flapping": incident.flapping,
+    }
+
+
+def acting(nodes: Sequence[Node], now: datetime, interval: float) -> Acting:
+    """The leader whose last good cycle is recent; else no daemon acts, and the last node
+    seen is named."""
+    limit = timedelta(seconds=STALE_INTERVALS * interval)
+    for node in nodes:
+        good = node.last_good_cycle_at
+        if node.role == "leader" and good is not None and now - good <= limit:
+            age = human_delta((now - good).total_seconds())
+            return Acting(node.node_id, f"{node.node_id} leads (last good cycle {age} ago)")
+    seen = [n for n in nodes if n.updated_at is not None]
+    if not seen:
+        return Acting(None, "no daemon is acting: none has ever run against this database")
+    last = max(seen, key=lambda n: n.updated_at or now)
+    assert last.updated_at is not None
+    ago = human_delta((now - last.updated_at).total_seconds())
+    return Acting(
+        None,
+        f"no daemon is acting: no node completed a cycle within {STALE_INTERVALS} × interval "
+        f"(last seen: {last.node_id}, {last.role}, {ago} ago)",
+    )
+
+
+def node_role(node: Node, now: datetime, interval: float) -> str:
+    """The role to show: `stale` for a leader or standby that stopped checking in without
+    saying so (`gone` said so; `lost` was demoted by a successor)."""
+    if node.role not in ("leader", "standby"):
+        return node.role
+    limit = timedelta(seconds=STALE_INTERVALS * interval)
+    if node.updated_at is None or now - node.updated_at > limit:
+        return "stale"
+    return node.role
+
+
+def node_record(node: Node, now: datetime, interval: float) -> dict[str, Any]:
+    return {**node.as_json(), "role": node_role(node, now, interval)}
+
+
+def _open(
+    breakers: Sequence[BreakerSnapshot], names: Mapping[Action, str]
+) -> dict[Action, datetime | None]:
+    by_name = {b.name: b for b in breakers}
+    return {
+        action: by_name[name].next_attempt_at
+        for action, name in names.items()
+        if name in by_name and by_name[name].state is BreakerState.OPEN
+    }
+
+
+def _time(value: object) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else None
