@@ -23,8 +23,18 @@ _ASCII_UPPER = str.maketrans(string.ascii_lowercase, string.ascii_uppercase)
 
 def status_key(status: str) -> str:
     """A status as the rules compare it: its ASCII letters upper-case (as the detection
-    query's upper() in the C collation, and SQLite's, have it)."""
-    return status.translate(_ASCII_UPPER)
+    query's upper() in the C collation, and SQLite's, have it). Remembered: a fleet has a
+    handful of statuses, each seen thousands of times a cycle after a mass failure."""
+    key = _KEYS.get(status)
+    if key is None:
+        key = status.translate(_ASCII_UPPER)
+        if len(_KEYS) < _KEYS_KEPT:
+            _KEYS[status] = key
+    return key
+
+
+_KEYS: dict[str, str] = {}
+_KEYS_KEPT = 1024  # statuses remembered; beyond, each is translated on every call
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,20 @@ def read(
     whatever the column's type (a JSON number for an integer id on PostgreSQL)."""
     instance_id, status, process, status_age, heartbeat_age = fields[:5]
     raw_changed, raw_heartbeat, raw_enabled = (list(fields[5:8]) + [None] * 3)[:3]
+    if (  # the common case, tested cheaply first: every value read, text where text is
+        raw_changed is None
+        and raw_heartbeat is None
+        and raw_enabled is None
+        and type(instance_id) is str
+        and instance_id
+        and type(status) is str
+        and (process is None or type(process) is str)
+        and type(status_age) is float
+        and (heartbeat_age is None or type(heartbeat_age) is float)
+        and -status_age <= rules.max_clock_skew
+        and (heartbeat_age is None or -heartbeat_age <= rules.max_clock_skew)
+    ):
+        return InstanceRow(instance_id, True, status, status_age, heartbeat_age, process)
     bad = _bad_value(instance_id, raw_enabled, status, process, mapping)
     if bad is not None:
         return bad
