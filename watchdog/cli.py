@@ -445,4 +445,12 @@ def demo(seconds: float, workdir: str) -> None:
 
 
 def main() -> None:
-    cli(prog_name="watchdogctl")
+    try:
+        cli.main(prog_name="watchdogctl", standalone_mode=False)
+    except click.UsageError as exc:  # one line, like every other error the operator sees
+        command = exc.ctx.command_path if exc.ctx else "watchdogctl"
+        _fail(f"{exc.format_message().rstrip('.')}; see `{command} --help`", 2)
+    except click.Abort:
+        _fail("aborted", 1)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

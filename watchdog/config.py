@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
+from sqlalchemy.engine import make_url
 
 from watchdog.errors import ConfigError
 from watchdog.masking import mask_url, mask_urls_in, mask_webhook
@@ -47,6 +48,13 @@ class DatabaseSettings(_Section):
     def _known_scheme(cls, url: str) -> str:
         if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", url):
             raise ValueError("must start with sqlite:/// or postgresql+psycopg://")
+        try:
+            make_url(url).port  # noqa: B018 (parsing the port is what fails)
+        except ValueError:
+            raise ValueError(
+                "cannot be read as a URL: percent-encode any @ : / in the user name and "
+                "password (@ is %40, : is %3A, / is %2F)"
+            ) from None
         return url
 
 

@@ -34,6 +34,7 @@ from functools import partial
 from typing import Any, Final, Protocol
 
 from watchdog.config import HealthSettings
+from watchdog.errors import ConfigError
 from watchdog.masking import mask_urls_in
 from watchdog.metrics import CONTENT_TYPE, Metrics
 from watchdog.observability import get_logger
@@ -148,10 +149,17 @@ class HealthServer:
     async def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("the health server is already running")
-        # A taken port raises here, before anything is left to clean up.
-        server = await asyncio.start_server(
-            self._serve, self._settings.host, self._settings.port, limit=HEAD_LIMIT
-        )
+        # A taken port fails here, before anything is left to clean up.
+        where = f"{self._settings.host}:{self._settings.port}"
+        try:
+            server = await asyncio.start_server(
+                self._serve, self._settings.host, self._settings.port, limit=HEAD_LIMIT
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"config error: health.port: cannot listen on {where}: {exc.strerror}; "
+                "another daemon may hold it: stop it or choose another [health] port"
+            ) from None
         self._server = server
         self._port = int(server.sockets[0].getsockname()[1])
         log.info("health_endpoint_listening", host=self._settings.host, port=self._port)

@@ -153,9 +153,12 @@ class Metrics:
         """
         unhealthy = max(0, report.unhealthy)
         unjudgeable = len(report.unjudgeable)
+        # Only those among the monitored come off the monitored count (a row whose
+        # `enabled` or status cannot be read was never counted in it).
+        among = sum(1 for u in report.unjudgeable if u.monitored)
         self._instances.labels(health="unhealthy").set(unhealthy)
         self._instances.labels(health="unjudgeable").set(unjudgeable)
-        self._instances.labels(health="healthy").set(max(0, monitored - unhealthy - unjudgeable))
+        self._instances.labels(health="healthy").set(max(0, monitored - unhealthy - among))
         for state in {*OPEN_STATES, *(str(s) for s in open_by_state)}:
             self._incidents.labels(state=state).set(open_by_state.get(state, 0))
         if math.isfinite(duration) and duration >= 0:

@@ -102,14 +102,17 @@ class Finding:
 
 @dataclass(frozen=True, slots=True)
 class Unjudgeable:
-    """A row near a threshold that cannot be judged: a value the watchdog cannot read, or
-    an id it cannot address. Never acted on; reported instead."""
+    """A row that cannot be judged: a value the watchdog cannot read, or an id it cannot
+    address. Never acted on; reported instead."""
 
     instance_id: str | None  # None: the id itself is NULL
     column: str  # the mapped column name holding the bad value
     value: str | None  # the raw value, cut short; None: SQL NULL
     why: str
     fix: str  # what the operator or the application should change
+    # Counted among the monitored rows (enabled, status not ignored): False when its
+    # `enabled` or status is what cannot be read.
+    monitored: bool = True
 
     @property
     def key(self) -> tuple[str | None, str]:
@@ -130,7 +133,9 @@ class Scan:
 
 @dataclass(frozen=True, slots=True)
 class Census:
-    """The application's table as the watchdog reads it now (for `status`)."""
+    """The application's table as the watchdog reads it now (for `status`): every row is
+    healthy, unhealthy, unjudgeable, disabled or ignored; `monitored` counts those it
+    looks after (enabled, status not ignored), as the mass-failure brake does."""
 
     rows: int
     monitored: int  # enabled, status not ignored

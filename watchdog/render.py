@@ -46,7 +46,11 @@ def parse_since(text: str, now: datetime) -> datetime:
     try:
         at = datetime.fromisoformat(text.strip())
     except ValueError:
-        return now - timedelta(seconds=parse_duration(text))
+        if not re.search(r"\d{4}-\d", text):
+            return now - timedelta(seconds=parse_duration(text))
+        raise ValueError(
+            f"{text!r} is not an ISO-8601 time (2026-11-29T10:00:00Z) nor a duration (2h)"
+        ) from None
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
@@ -61,7 +65,7 @@ def status_table(records: Sequence[Mapping[str, Any]], census: Census | None) ->
     header = ("INSTANCE", "VERDICT", "STATE", "REASON", "ATTEMPT", "NEXT", "WHEN")
     rows = [
         (
-            r["id"],
+            _instance(r["id"]),
             r["verdict"] or "?",
             r["state"] + (" (flapping)" if r.get("flapping") else ""),
             r["reason"] or "-",
@@ -104,15 +108,22 @@ def explanation(e: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _instance(instance_id: str | None) -> str:
+    """An id as shown in a table: a NULL or empty one is named, not left blank."""
+    if instance_id is None:
+        return "(NULL id)"
+    return instance_id or '""'
+
+
 def fleet_line(census: Census | None, table_name: str, error: str) -> str:
     """What the application's table says now, in one line."""
     if census is None:
         return f"fleet: cannot read table {table_name}: {error}"
     c = census
     return (
-        f"fleet: {c.rows} rows in {table_name}, {c.monitored} monitored: {c.healthy} healthy, "
-        f"{c.unhealthy} unhealthy, {c.unjudgeable} unjudgeable; {c.disabled} disabled, "
-        f"{c.ignored} ignored"
+        f"fleet: {c.rows} rows in {table_name}: {c.healthy} healthy, {c.unhealthy} unhealthy, "
+        f"{c.unjudgeable} unjudgeable, {c.disabled} disabled, {c.ignored} ignored "
+        f"({c.monitored} monitored)"
     )
 
 

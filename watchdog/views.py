@@ -86,6 +86,18 @@ class FleetView:
             ids |= {u.instance_id for u in self.scan.unjudgeable if u.instance_id is not None}
         return sorted(ids)
 
+    def reason(self, instance_id: str) -> str | None:
+        """Why the scan lists an instance: its finding's reason or the unreadable value."""
+        if self.scan is None:
+            return None
+        finding = self.scan.findings.get(instance_id)
+        if finding is not None:
+            return str(finding.reason)
+        for bad in self.scan.unjudgeable:
+            if bad.instance_id == instance_id:
+                return f"{bad.column}: {bad.why}"
+        return None
+
     def _verdict(self, instance_id: str, row: RowFacts | None) -> tuple[Verdict | None, str]:
         if row is not None:
             return row.verdict, row.rule
@@ -145,11 +157,27 @@ async def fleet_view(rt: Runtime) -> FleetView:
 
 
 def status_records(view: FleetView, rules: EscalationRules) -> list[dict[str, Any]]:
-    """One JSON-ready record per listed instance (`status --json`, `/status`)."""
-    return [status_record(view.facts(i), i, rules) for i in view.listed()]
+    """One JSON-ready record per listed instance (`status --json`, `/status`), and one per
+    row whose id is NULL (it cannot be named, but it is not hidden)."""
+    records = [status_record(view.facts(i), i, rules, view.reason(i)) for i in view.listed()]
+    nameless = [u for u in view.scan.unjudgeable if u.instance_id is None] if view.scan else []
+    for bad in nameless:
+        facts = Facts(
+            view.now,
+            Verdict.UNJUDGEABLE,
+            f"{bad.column}: {bad.why}",
+            None,
+            None,
+            view.acting.leader,
+            view.acting.detail,
+        )
+        records.append(status_record(facts, None, rules, f"{bad.column}: {bad.why}"))
+    return records
 
 
-def status_record(facts: Facts, instance_id: str, rules: EscalationRules) -> dict[str, Any]:
+def status_record(
+    facts: Facts, instance_id: str | None, rules: EscalationRules, reason: str | None
+) -> dict[str, Any]:
     situation = situate(facts, rules)
     incident, pause, now = facts.incident, facts.pause, facts.now
     paused = is_paused(pause, now)
@@ -164,7 +192,7 @@ def status_record(facts: Facts, instance_id: str, rules: EscalationRules) -> dic
         "id": instance_id,
         "state": state,
         "verdict": None if facts.verdict is None else str(facts.verdict),
-        "reason": str(incident.reason) if incident else None,
+        "reason": str(incident.reason) if incident else reason,
         "attempt": incident.attempt if incident else 0,
         "last_action": str(incident.last_action) if incident and incident.last_action else None,
         "next_action": situation.next_action,

@@ -172,7 +172,12 @@ def _process_backend(settings: Settings) -> Recovery:
         return CommandRestart(process.command, process.program, process.timeout)
     except ValueError as exc:
         key = {"supervisor": "program", "systemd": "unit"}.get(process.backend, "command")
-        raise ConfigError(f"config error: process.{key}: {exc}") from None
+        text = str(exc)
+        if text.startswith("supervisor url"):
+            key = "supervisor_url"
+        elif "stop_wait" in text:
+            key = "stop_wait"
+        raise ConfigError(f"config error: process.{key}: {text}") from None
 
 
 def process_backend(settings: Settings) -> Recovery | None:

@@ -126,8 +126,8 @@ def test_status_reads_the_table_and_names_who_acts_even_after_kill_9(
             "a leader",
         )
         acting = ctl(watchdogctl, config, "status", token=TOKEN).stdout
-        fleet = "fleet: 5 rows in instances, 3 monitored: 1 healthy, 2 unhealthy, 0 unjudgeable"
-        assert f"{fleet}; 1 disabled, 1 ignored" in acting
+        fleet = "fleet: 5 rows in instances: 1 healthy, 2 unhealthy, 0 unjudgeable"
+        assert f"{fleet}, 1 disabled, 1 ignored (3 monitored)" in acting
         # In the start's grace: listed as unhealthy, held by the grace, never `due`.
         (frozen,) = [line for line in acting.splitlines() if line.startswith("frozen")]
         assert "held: grace until " in frozen

@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 
 from watchdog import health
 from watchdog.config import HealthSettings
+from watchdog.errors import ConfigError
 from watchdog.health import HEAD_LIMIT, SHUTDOWN_TIMEOUT, HealthServer
 from watchdog.metrics import Metrics
 from watchdog.model import AuditAction, AuditRow, Outcome
@@ -406,7 +407,7 @@ async def test_a_taken_port_fails_start_and_leaks_nothing(
         sock.listen()
         port = sock.getsockname()[1]
         server = HealthServer(HealthSettings(enabled=True, port=port), source, metrics)
-        with pytest.raises(OSError):
+        with pytest.raises(ConfigError, match=r"^config error: health.port: cannot listen on "):
             await server.start()
         assert not server.running
         assert len(listening(port)) == 1  # only the test's own socket

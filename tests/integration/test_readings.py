@@ -364,3 +364,74 @@ async def test_the_reading_in_use_is_described(sqlite_db: Database, sqlite_url: 
     described = (await store.check()).describe(InstancesSettings())
     assert "Europe/Berlin" in described["last_heartbeat_at"]
     assert "seconds" in described["last_heartbeat_at"]
+
+
+async def test_the_census_counts_every_row_once(sqlite_url: str, sqlite_db: Database) -> None:
+    old, fresh, stale = iso_z(1000), iso_z(1), iso_z(300)
+    make_table(
+        sqlite_url,
+        {},
+        [
+            {"id": "ok", "status_changed_at": old, "last_heartbeat_at": fresh},
+            {"id": "stale", "status_changed_at": old, "last_heartbeat_at": stale},
+            {
+                "id": "maybe",
+                "enabled": "maybe",
+                "status_changed_at": old,
+                "last_heartbeat_at": fresh,
+            },
+            {
+                "id": "no-status",
+                "connection_status": None,
+                "status_changed_at": old,
+                "last_heartbeat_at": fresh,
+            },
+            {"id": "garbage", "status_changed_at": "soon", "last_heartbeat_at": fresh},
+            {"id": "off", "enabled": False, "status_changed_at": old, "last_heartbeat_at": stale},
+            {
+                "id": "banned",
+                "connection_status": "BANNED",
+                "status_changed_at": old,
+                "last_heartbeat_at": stale,
+            },
+            {
+                "id": "maybe-banned",
+                "enabled": "?",
+                "connection_status": "BANNED",
+                "status_changed_at": old,
+                "last_heartbeat_at": stale,
+            },
+        ],
+    )
+    store = SqlInstanceStore(sqlite_db, InstancesSettings(), RULES)
+    await store.check()
+    census = await store.census(await store.scan())
+    assert (census.healthy, census.unhealthy, census.unjudgeable) == (1, 1, 3)
+    assert (census.disabled, census.ignored, census.monitored) == (1, 2, 3)
+    parts = (
+        census.healthy + census.unhealthy + census.unjudgeable + census.disabled + census.ignored
+    )
+    assert parts == census.rows == 8
+
+
+async def test_postgres_a_mixed_case_schema_and_table(pg_url: str, pg_db: Database) -> None:
+    engine = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:
+        conn.execute(sa.text('CREATE SCHEMA "Ops"'))
+        conn.execute(
+            sa.text(
+                'CREATE TABLE "Ops"."Sessions" (id TEXT PRIMARY KEY, enabled BOOLEAN, '
+                "connection_status TEXT, status_changed_at timestamptz, last_heartbeat_at "
+                "timestamptz, force_reconnect BOOLEAN, process TEXT)"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO \"Ops\".\"Sessions\" VALUES ('s1', true, 'CONNECTED', "
+                "now() - interval '1 hour', now() - interval '5 minutes', false, NULL)"
+            )
+        )
+    engine.dispose()
+    result, reading = await scan(pg_db, InstancesSettings(table="Ops.Sessions"))
+    assert reading.heartbeat is TimeKind.ZONED
+    assert list(result.findings) == ["s1"]

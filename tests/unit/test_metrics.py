@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from watchdog.breaker import BreakerSnapshot, BreakerState
 from watchdog.engine import CycleReport
 from watchdog.metrics import CONTENT_TYPE, DETECTION_BUCKETS, Metrics
-from watchdog.model import AuditAction, AuditRow, Outcome
+from watchdog.model import AuditAction, AuditRow, Outcome, Unjudgeable
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -125,6 +126,18 @@ def test_the_next_cycle_replaces_the_gauges_and_adds_to_the_histogram(metrics: M
     assert value(metrics, "watchdog_cycle_duration_seconds_bucket", le="2.5") == 1
     assert value(metrics, "watchdog_cycle_duration_seconds_bucket", le="5.0") == 2
     assert value(metrics, "watchdog_last_good_cycle_timestamp_seconds") == later.timestamp()
+
+
+def test_unjudgeable_rows_come_off_healthy_only_if_they_were_counted_monitored(
+    metrics: Metrics,
+) -> None:
+    bad = (
+        Unjudgeable("a", "last_heartbeat_at", "soon", "not a time", "fix"),  # monitored
+        Unjudgeable("b", "enabled", "maybe", "not a true or false", "fix", monitored=False),
+    )
+    metrics.observe_cycle(replace(report(2), unjudgeable=bad), 0.01, 10, {})
+    assert value(metrics, "watchdog_instances", health="unjudgeable") == 2
+    assert value(metrics, "watchdog_instances", health="healthy") == 10 - 2 - 1
 
 
 def test_healthy_is_never_negative(metrics: Metrics) -> None:

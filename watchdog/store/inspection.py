@@ -25,8 +25,9 @@ Columns = Mapping[str, tuple[str, bool]]  # name → (declared type, NOT NULL)
 
 async def columns(conn: Any, sqlite: bool, table: str) -> Columns:
     """The columns of `table` (empty when there is no such table)."""
-    if not sqlite:
-        found = await conn.execute(_PG_COLUMNS, {"table": table})
+    if not sqlite:  # quoted: a mixed-case name is as written, as in every query
+        quoted = ".".join(f'"{part}"' for part in table.split("."))
+        found = await conn.execute(_PG_COLUMNS, {"table": quoted})
         return {str(name): (str(kind), bool(required)) for name, kind, required in found}
     schema, _, name = table.rpartition(".")
     prefix = f'"{schema}".' if schema else ""

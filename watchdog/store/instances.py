@@ -228,15 +228,19 @@ class SqlInstanceStore:
         return result
 
     async def census(self, scan: Scan) -> Census:
-        """Every row counted by what the watchdog makes of it (one pass); the unhealthy
-        ones are `scan`'s findings (a scan made just before)."""
+        """Every row counted once by what the watchdog makes of it (one pass): healthy,
+        unhealthy (`scan`'s findings, a scan made just before), unjudgeable, disabled or
+        ignored; `monitored` is the healthy, the unhealthy and the unjudgeable whose
+        `enabled` and status could be read."""
         t = self._tests
         bad = t.unjudgeable()
         query = sa.select(
             sa.func.count(),
             sa.func.count().filter(t.monitored()),
             sa.func.count().filter(t.enabled == sa.false()),
-            sa.func.count().filter(sa.and_(t.enabled == sa.true(), t.ignored())),
+            sa.func.count().filter(
+                sa.and_(sa.func.coalesce(t.enabled, sa.true()) == sa.true(), t.ignored())
+            ),
             sa.func.count().filter(sa.and_(t.maybe_monitored(), bad)),
             sa.func.count().filter(sa.and_(t.monitored(), bad)),
         ).select_from(self._table)

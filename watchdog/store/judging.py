@@ -102,19 +102,24 @@ def read(
 def _bad_value(
     instance_id: Any, raw_enabled: Any, status: Any, process: Any, m: InstancesSettings
 ) -> Unjudgeable | None:
-    """The row's id, `enabled`, status or process cannot be read."""
+    """The row's `enabled`, status, id or process cannot be read (in that order: a row
+    whose `enabled` and status read is one of the monitored)."""
+    name = None if instance_id is None or binary(instance_id) else str(instance_id)
     if binary(instance_id):
-        return Unjudgeable(cut(instance_id), m.id, cut(instance_id), "binary", FIX_ID)
+        name = cut(instance_id)
+    if raw_enabled is not None:
+        why = "not a true or false"
+        return Unjudgeable(name, m.enabled, cut(raw_enabled), why, FIX_ENABLED, monitored=False)
+    if status is None or binary(status):
+        why = "binary" if status is not None else "the status is NULL"
+        return Unjudgeable(name, m.status, cut(status), why, FIX_STATUS, monitored=False)
+    if binary(instance_id):
+        return Unjudgeable(name, m.id, name, "binary", FIX_ID)
     if instance_id is None or instance_id == "":
         value = None if instance_id is None else ""
         why = "the id is NULL" if value is None else "the id is empty"
         return Unjudgeable(value, m.id, value, why, FIX_ID)
     name = str(instance_id)
-    if raw_enabled is not None:
-        return Unjudgeable(name, m.enabled, cut(raw_enabled), "not a true or false", FIX_ENABLED)
-    if status is None or binary(status):
-        why = "binary" if status is not None else "the status is NULL"
-        return Unjudgeable(name, m.status, cut(status), why, FIX_STATUS)
     if binary(process):
         return Unjudgeable(name, m.process, cut(process), "binary", FIX_PROCESS)
     return None
