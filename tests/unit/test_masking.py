@@ -12,6 +12,7 @@ from watchdog.masking import mask_url, mask_urls_in, mask_webhook, without_useri
 from watchdog.probes import readiness
 
 PASSWORDS = ["hunter2", "pa/ss", "p@ss", "pa:ss", "p%40ss%2Fw", "a/b@c:d", "@@//::"]
+UNREADABLE = {"a/b@c:d"}  # SQLAlchemy's URL parser cannot tell its parts apart
 
 
 @pytest.mark.parametrize("password", PASSWORDS)
@@ -52,14 +53,16 @@ def test_every_place_that_shows_a_url_masks_it(password: str) -> None:
         "WATCHDOG_DATABASE__URL": f"postgresql+psycopg://wd:{password}@db/app",
         "WATCHDOG_PROCESS__SUPERVISOR_URL": f"http://admin:{password}@127.0.0.1:9001",
     }
-    try:
-        shown = repr(redacted(load_settings(None, env), env))
-    except ConfigError as exc:  # a URL SQLAlchemy cannot read is refused, masked too
-        assert password not in str(exc)
-        assert str(exc).startswith("config error: database.url: cannot be read as a URL")
-    else:
-        assert f":{password}@" not in shown
-        assert "wd:***@db/app" in shown
+    if password in UNREADABLE:  # a URL SQLAlchemy cannot read is refused, masked too
+        with pytest.raises(ConfigError, match=r"^config error: database.url: cannot be read"):
+            load_settings(None, env)
+        with pytest.raises(ConfigError) as refused:
+            load_settings(None, env)
+        assert password not in str(refused.value)
+        return
+    shown = repr(redacted(load_settings(None, env), env))
+    assert f":{password}@" not in shown
+    assert "wd:***@db/app" in shown
     ready, why = readiness(False, None, 60.0, f"connect to {env['WATCHDOG_DATABASE__URL']}")
     assert not ready
     assert "wd:***@db/app" in why
