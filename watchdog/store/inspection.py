@@ -11,14 +11,20 @@ import sqlalchemy as sa
 
 from watchdog.config import InstancesSettings
 from watchdog.errors import ConfigError
-from watchdog.store.readings import FlagKind, Reading, TimeKind, flag_kind, time_kind
+from watchdog.store.readings import (
+    TEXT_TYPES,
+    FlagKind,
+    Reading,
+    TimeKind,
+    flag_kind,
+    time_kind,
+)
 
 _PG_COLUMNS = sa.text(
     "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull "
     "FROM pg_attribute a WHERE a.attrelid = to_regclass(:table) "
     "AND a.attnum > 0 AND NOT a.attisdropped"
 )
-_TEXT_TYPES = ("text", "character varying", "character")
 
 Columns = Mapping[str, tuple[str, bool]]  # name → (declared type, NOT NULL)
 
@@ -84,5 +90,5 @@ def reading(found: Columns, mapping: InstancesSettings, sqlite: bool) -> Reading
         m.timezone,
         m.epoch_unit,
         not_null,
-        text_id=found[m.id][0].split("(")[0] in _TEXT_TYPES,
+        text_id=found[m.id][0].split("(")[0] in TEXT_TYPES,
     )

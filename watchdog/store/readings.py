@@ -43,7 +43,7 @@ _EPOCH_DIVISOR = {"s": 1.0, "ms": 1000.0}
 _ZONED = ("timestamp with time zone",)
 _NAIVE = ("timestamp without time zone",)
 _NUMBERS = ("smallint", "integer", "bigint", "real", "double precision")
-_TEXTS = ("text", "character varying", "character", "name")
+TEXT_TYPES = ("text", "character varying", "character", "name")
 
 
 class TimeKind(enum.StrEnum):
@@ -119,7 +119,7 @@ def time_kind(type_name: str, key: str, column: str) -> TimeKind:
         return TimeKind.NAIVE
     if base in _NUMBERS or base == "numeric":
         return TimeKind.EPOCH
-    if base in _TEXTS:
+    if base in TEXT_TYPES:
         return TimeKind.TEXT
     raise ConfigError(
         f"config error: instances.{key}: column {column} has type {type_name}; the watchdog "
@@ -133,7 +133,7 @@ def flag_kind(type_name: str, column: str) -> FlagKind:
         return FlagKind.BOOLEAN
     if base in _NUMBERS or base == "numeric":
         return FlagKind.NUMBER
-    if base in _TEXTS:
+    if base in TEXT_TYPES:
         return FlagKind.TEXT
     raise ConfigError(
         f"config error: instances.enabled: column {column} has type {type_name}; the "
