@@ -74,6 +74,19 @@ class InstancesSettings(_Section):
     # Timestamps stored as numbers are Unix epoch in this unit.
     epoch_unit: Literal["s", "ms"] = "s"
 
+    def columns(self) -> dict[str, str]:
+        """Each mapped key → its column, as the watchdog reads them (no process: absent)."""
+        mapped = {
+            "id": self.id,
+            "enabled": self.enabled,
+            "status": self.status,
+            "status_changed_at": self.status_changed_at,
+            "heartbeat": self.heartbeat,
+            "force_reconnect": self.force_reconnect,
+            "process": self.process,
+        }
+        return {key: column for key, column in mapped.items() if column}
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, name: str) -> str:

@@ -137,11 +137,6 @@ class Engine:
     def busy(self) -> frozenset[str]:
         return frozenset(self._busy)
 
-    @property
-    def live_intents(self) -> frozenset[int]:
-        """Intent rows this process still owns: the call or its outcome is in flight."""
-        return frozenset(self._live)
-
     def stop_acting(self) -> None:
         """Shutdown began: start no new action (in-flight ones finish; see `drain`)."""
         self._stopping = True

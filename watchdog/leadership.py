@@ -60,6 +60,7 @@ class Leadership:
         self._on_lead = on_lead
         self.is_leader = False
         self._fence_check: asyncio.Future[bool] | None = None
+        self._stopped = False
 
     @property
     def node_id(self) -> str:
@@ -111,7 +112,11 @@ class Leadership:
         await self._nodes.update(self._me.node_id, self.role, good_cycle=True)
 
     async def stop(self) -> None:
-        """Release the lock and mark this node gone (a clean stop)."""
+        """Release the lock and mark this node gone (a clean stop); once, however many
+        ways of ending call it."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.is_leader = False
         await self._lock.release()
         try:

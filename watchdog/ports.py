@@ -257,8 +257,11 @@ class Ledger(Protocol):
         self, instance_ids: Collection[str], since: datetime
     ) -> dict[str, int]: ...
 
-    async def orphan_intents(self, among: Collection[int] | None = None) -> list[AuditRow]:
-        """Intent rows (`started`) that have no outcome yet, of all or of the ids `among`."""
+    async def orphan_intents(
+        self, among: Collection[int] | None = None, instances: Collection[str] | None = None
+    ) -> list[AuditRow]:
+        """Intent rows (`started`) that have no outcome yet: of all, of the intent ids
+        `among`, or of the instances `instances`."""
         ...
 
     async def interrupt(self, intents: Sequence[AuditRow], note: str) -> list[AuditRow]:

@@ -405,7 +405,9 @@ class MemoryLedger:
                 counts[incident.instance_id] = counts.get(incident.instance_id, 0) + 1
         return counts
 
-    async def orphan_intents(self, among: Collection[int] | None = None) -> list[AuditRow]:
+    async def orphan_intents(
+        self, among: Collection[int] | None = None, instances: Collection[str] | None = None
+    ) -> list[AuditRow]:
         done = {
             (r.incident_id, r.attempt, r.action) for r in self.rows if r.outcome != Outcome.STARTED
         }
@@ -415,6 +417,7 @@ class MemoryLedger:
             if r.outcome == Outcome.STARTED
             and (r.incident_id, r.attempt, r.action) not in done
             and (among is None or r.id in among)
+            and (instances is None or r.instance_id in instances)
         ]
 
     async def interrupt(self, intents: Sequence[AuditRow], note: str) -> list[AuditRow]:

@@ -20,12 +20,14 @@ from watchdog.model import (
     Pause,
     RowFacts,
     Scan,
+    Unjudgeable,
     Verdict,
 )
 from watchdog.policy import UNREADABLE, EscalationRules, is_paused, step_for_attempt
 from watchdog.situation import Facts, human_delta, situate, when
 from watchdog.store.breakers import SqlBreakerStore
 from watchdog.store.fleet import SqlFleetState
+from watchdog.store.judging import rule_of, why_of
 from watchdog.store.nodes import Node, SqlNodes
 from watchdog.store.readings import Reading
 from watchdog.wiring import Runtime, breaker_names
@@ -58,6 +60,7 @@ class FleetView:
     open_breakers: Mapping[Action, datetime | None]
     in_flight: frozenset[int]  # incident ids with an intent still without its outcome
     reading: Reading | None  # how the table's values were read (None: they were not)
+    unjudged: Mapping[str, Unjudgeable]  # the named rows that cannot be judged, by id
 
     def facts(self, instance_id: str, row: RowFacts | None = None) -> Facts:
         """What is known of one instance (`row`: its row read apart, for `explain`)."""
@@ -80,23 +83,18 @@ class FleetView:
     def listed(self) -> list[str]:
         """The instances `status` lists: with an incident or a pause, unhealthy, or that
         cannot be judged (an unhealthy one without an incident is listed too)."""
-        ids = set(self.incidents) | set(self.pauses)
+        ids = set(self.incidents) | set(self.pauses) | set(self.unjudged)
         if self.scan is not None:
             ids |= set(self.scan.findings)
-            ids |= {u.instance_id for u in self.scan.unjudgeable if u.instance_id is not None}
         return sorted(ids)
 
     def reason(self, instance_id: str) -> str | None:
         """Why the scan lists an instance: its finding's reason or the unreadable value."""
-        if self.scan is None:
-            return None
-        finding = self.scan.findings.get(instance_id)
+        finding = self.scan.findings.get(instance_id) if self.scan is not None else None
         if finding is not None:
             return str(finding.reason)
-        for bad in self.scan.unjudgeable:
-            if bad.instance_id == instance_id:
-                return f"{bad.column}: {bad.why}"
-        return None
+        bad = self.unjudged.get(instance_id)
+        return why_of(bad) if bad is not None else None
 
     def _verdict(self, instance_id: str, row: RowFacts | None) -> tuple[Verdict | None, str]:
         if row is not None:
@@ -105,11 +103,10 @@ class FleetView:
             return None, self.table_error
         finding = self.scan.findings.get(instance_id)
         if finding is not None:
-            rule = f"{finding.reason}: {finding.age:.1f} s > {finding.threshold:g} s"
-            return Verdict.UNHEALTHY, rule
-        for bad in self.scan.unjudgeable:
-            if bad.instance_id == instance_id:
-                return Verdict.UNJUDGEABLE, f"{bad.column}: {bad.why}"
+            return Verdict.UNHEALTHY, rule_of(finding)
+        bad = self.unjudged.get(instance_id)
+        if bad is not None:
+            return Verdict.UNJUDGEABLE, why_of(bad)
         why = self.unmonitored.get(instance_id)
         if why is None:
             return Verdict.HEALTHY, "healthy when read"
@@ -125,7 +122,8 @@ async def fleet_view(rt: Runtime) -> FleetView:
     state = await rt.ledger.load_state(now)
     census, scan, table_error, unmonitored, reading = None, None, "", {}, None
     try:
-        reading = await rt.instances.check()
+        # The daemon's store was checked at its start (and `/status` shares it).
+        reading = rt.instances.checked or await rt.instances.check()
         scan = await rt.instances.scan()
         census = await rt.instances.census(scan)
         gone = [i for i in state.incidents if i not in scan.findings]
@@ -136,7 +134,7 @@ async def fleet_view(rt: Runtime) -> FleetView:
     grace = await fleet.grace()
     nodes = await SqlNodes(rt.db).all()
     breakers = await SqlBreakerStore(rt.db).load()
-    orphans = await rt.ledger.orphan_intents()
+    orphans = await rt.ledger.orphan_intents(instances=list(state.incidents))
     return FleetView(
         now=now,
         census=census,
@@ -153,6 +151,7 @@ async def fleet_view(rt: Runtime) -> FleetView:
         open_breakers=_open(breakers, breaker_names(settings)),
         in_flight=frozenset(r.incident_id for r in orphans if r.incident_id is not None),
         reading=reading,
+        unjudged={u.instance_id: u for u in scan.unjudgeable if u.instance_id} if scan else {},
     )
 
 
@@ -162,16 +161,11 @@ def status_records(view: FleetView, rules: EscalationRules) -> list[dict[str, An
     records = [status_record(view.facts(i), i, rules, view.reason(i)) for i in view.listed()]
     nameless = [u for u in view.scan.unjudgeable if u.instance_id is None] if view.scan else []
     for bad in nameless:
+        why = why_of(bad)
         facts = Facts(
-            view.now,
-            Verdict.UNJUDGEABLE,
-            f"{bad.column}: {bad.why}",
-            None,
-            None,
-            view.acting.leader,
-            view.acting.detail,
+            view.now, Verdict.UNJUDGEABLE, why, None, None, view.acting.leader, view.acting.detail
         )
-        records.append(status_record(facts, None, rules, f"{bad.column}: {bad.why}"))
+        records.append(status_record(facts, None, rules, why))
     return records
 
 

@@ -49,17 +49,8 @@ def require(found: Columns, mapping: InstancesSettings) -> None:
             f"config error: instances.table: the database has no table {m.table} (or this "
             "user cannot see it); fix [instances] table"
         )
-    mapped = {
-        "id": m.id,
-        "enabled": m.enabled,
-        "status": m.status,
-        "status_changed_at": m.status_changed_at,
-        "heartbeat": m.heartbeat,
-        "force_reconnect": m.force_reconnect,
-        "process": m.process,
-    }
-    for key, column in mapped.items():
-        if column and column not in found:
+    for key, column in m.columns().items():
+        if column not in found:
             raise ConfigError(
                 f"config error: instances.{key}: table {m.table} has no column {column}; "
                 f"fix [instances] {key} (columns: {', '.join(sorted(found))})"

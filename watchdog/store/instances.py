@@ -63,17 +63,9 @@ class SqlInstanceStore:
         self._exact_share = exact_share
         self._monotonic = monotonic
         self._counted: tuple[int, float] | None = None  # (monitored, when: monotonic)
+        self._checked: Reading | None = None
         schema, _, name = mapping.table.rpartition(".")
-        columns = [
-            mapping.id,
-            mapping.enabled,
-            mapping.status,
-            mapping.status_changed_at,
-            mapping.heartbeat,
-            mapping.force_reconnect,
-        ]
-        if mapping.process:
-            columns.append(mapping.process)
+        columns = mapping.columns().values()
         self._table = sa.table(name, *(sa.column(c) for c in columns), schema=schema or None)
         self._use(reading or Reading.assumed(db.is_sqlite, mapping))
 
@@ -90,6 +82,11 @@ class SqlInstanceStore:
     @property
     def reading(self) -> Reading:
         return self._sql.reading
+
+    @property
+    def checked(self) -> Reading | None:
+        """The reading `check()` found, or None before it ran."""
+        return self._checked
 
     def _col(self, name: str) -> sa.ColumnClause[Any]:
         return self._table.c[name]
@@ -218,11 +215,11 @@ class SqlInstanceStore:
             if found is None:  # the row is gone
                 why = unmonitored_reason(None, None, self._rules)
             else:
+                # An `enabled` that cannot be read is not "disabled": `readable` says why.
                 readable = is_enabled is not None and not cannot_read
+                on = True if is_enabled is None else bool(is_enabled)
                 text = None if status is None else str(status)
-                why = unmonitored_reason(
-                    bool(is_enabled) or not readable, text, self._rules, readable=readable
-                )
+                why = unmonitored_reason(on, text, self._rules, readable=readable)
             if why is not None:
                 result[str(instance_id)] = why
         return result
@@ -254,19 +251,8 @@ class SqlInstanceStore:
     async def inspect_row(self, instance_id: str) -> RowFacts | None:
         """One row read now, or None when the table has no such id."""
         m, t, sql = self._map, self._tests, self._sql
-        mapped = {
-            key: column
-            for key, column in (
-                ("id", m.id),
-                ("enabled", m.enabled),
-                ("status", m.status),
-                ("status_changed_at", m.status_changed_at),
-                ("heartbeat", m.heartbeat),
-                ("process", m.process),
-            )
-            if column
-        }
-        raw = [sql.text(self._col(column)) for column in mapped.values()]
+        shown_columns = [c for key, c in m.columns().items() if key != "force_reconnect"]
+        raw = [sql.text(self._col(column)) for column in shown_columns]
         query = (
             sa.select(t.enabled, t.ignored(), *raw, *t.fields())
             .select_from(self._table)
@@ -278,7 +264,7 @@ class SqlInstanceStore:
         if row is None:
             return None
         enabled, ignored, values = row[0], row[1], row[2 : 2 + len(raw)]
-        shown = {column: cut(v) for column, v in zip(mapped.values(), values, strict=True)}
+        shown = {column: cut(v) for column, v in zip(shown_columns, values, strict=True)}
         rest = list(row[2 + len(raw) :])
         return verdict(instance_id, enabled, ignored, shown, rest, self._map, self._rules)
 
@@ -296,4 +282,5 @@ class SqlInstanceStore:
             await conn.execute(sa.select(*self._table.c).limit(1))  # and may we read it?
         reading = inspection.reading(found, self._map, self._db.is_sqlite)
         self._use(reading)
+        self._checked = reading
         return reading

@@ -60,8 +60,16 @@ def read(
 ) -> InstanceRow | Unjudgeable:
     """One row as an InstanceRow, or why it cannot be judged. The id comes as text
     whatever the column's type (a JSON number for an integer id on PostgreSQL)."""
-    instance_id, status, process, status_age, heartbeat_age = fields[:5]
-    raw_changed, raw_heartbeat, raw_enabled = (list(fields[5:8]) + [None] * 3)[:3]
+    (
+        instance_id,
+        status,
+        process,
+        status_age,
+        heartbeat_age,
+        raw_changed,
+        raw_heartbeat,
+        raw_enabled,
+    ) = fields
     if (  # the common case, tested cheaply first: every value read, text where text is
         raw_changed is None
         and raw_heartbeat is None
@@ -104,9 +112,7 @@ def _bad_value(
 ) -> Unjudgeable | None:
     """The row's `enabled`, status, id or process cannot be read (in that order: a row
     whose `enabled` and status read is one of the monitored)."""
-    name = None if instance_id is None or binary(instance_id) else str(instance_id)
-    if binary(instance_id):
-        name = cut(instance_id)
+    name = cut(instance_id)
     if raw_enabled is not None:
         why = "not a true or false"
         return Unjudgeable(name, m.enabled, cut(raw_enabled), why, FIX_ENABLED, monitored=False)
@@ -115,11 +121,9 @@ def _bad_value(
         return Unjudgeable(name, m.status, cut(status), why, FIX_STATUS, monitored=False)
     if binary(instance_id):
         return Unjudgeable(name, m.id, name, "binary", FIX_ID)
-    if instance_id is None or instance_id == "":
-        value = None if instance_id is None else ""
-        why = "the id is NULL" if value is None else "the id is empty"
-        return Unjudgeable(value, m.id, value, why, FIX_ID)
-    name = str(instance_id)
+    if not name:
+        why = "the id is NULL" if name is None else "the id is empty"
+        return Unjudgeable(name, m.id, name, why, FIX_ID)
     if binary(process):
         return Unjudgeable(name, m.process, cut(process), "binary", FIX_PROCESS)
     return None
@@ -153,13 +157,11 @@ def verdict(
         return RowFacts(instance_id, Verdict.IGNORED, "its status is never recovered", raw)
     row = read(fields, mapping, rules)
     if isinstance(row, Unjudgeable):
-        rule = f"{row.column}: {row.why}; {row.fix}"
+        rule = f"{why_of(row)}; {row.fix}"
         return RowFacts(instance_id, Verdict.UNJUDGEABLE, rule, raw, unjudgeable=row)
     finding = classify(row, rules)
     if finding is not None:
-        age_name, limit_name = _AGES[finding.reason]
-        rule = f"{age_name} {finding.age:.1f} s > {limit_name} {finding.threshold:g} s"
-        return RowFacts(instance_id, Verdict.UNHEALTHY, rule, raw, finding=finding)
+        return RowFacts(instance_id, Verdict.UNHEALTHY, rule_of(finding), raw, finding=finding)
     if row.heartbeat_age is None:
         rule = (
             f"never beat; status age {row.status_age:.1f} s ≤ stale_after {rules.stale_after:g} s"
@@ -167,6 +169,17 @@ def verdict(
     else:
         rule = f"heartbeat age {row.heartbeat_age:.1f} s ≤ stale_after {rules.stale_after:g} s"
     return RowFacts(instance_id, Verdict.HEALTHY, rule, raw)
+
+
+def rule_of(finding: Finding) -> str:
+    """The rule a finding broke, with its numbers: `heartbeat age 143.2 s > stale_after 90 s`."""
+    age_name, limit_name = _AGES[finding.reason]
+    return f"{age_name} {finding.age:.1f} s > {limit_name} {finding.threshold:g} s"
+
+
+def why_of(bad: Unjudgeable) -> str:
+    """Why a row cannot be judged, in a few words: `last_heartbeat_at: not a time`."""
+    return f"{bad.column}: {bad.why}"
 
 
 _AGES = {

@@ -486,9 +486,12 @@ class SqlLedger:
         async with self._db.connect("count incidents") as conn:
             return {str(r[0]): int(r[1]) for r in await conn.execute(query)}
 
-    async def orphan_intents(self, among: Collection[int] | None = None) -> list[AuditRow]:
+    async def orphan_intents(
+        self, among: Collection[int] | None = None, instances: Collection[str] | None = None
+    ) -> list[AuditRow]:
         """Intent rows without an outcome: no later row of the same incident, attempt and
-        action (rows from before outcomes named their intent count too)."""
+        action (rows from before outcomes named their intent count too). Of all, or of
+        the intent ids `among`, or of the instances `instances` (read by their index)."""
         later = audit.alias("later")
         query = sa.select(audit).where(
             audit.c.outcome == str(Outcome.STARTED),
@@ -503,6 +506,10 @@ class SqlLedger:
             if not among:
                 return []
             query = query.where(audit.c.id.in_(sorted(among)))  # a few: the ones still waiting
+        if instances is not None:
+            if not instances:
+                return []
+            query = query.where(self._db.among(audit.c.instance_id, instances))
         async with self._db.connect("find intents without outcome") as conn:
             rows = (await conn.execute(query.order_by(audit.c.id))).all()
         return [audit_row(row) for row in rows]

@@ -250,14 +250,13 @@ class ReadingSql:
         return sa.select(moment).scalar_subquery()
 
     def _instant(self, column: sa.ColumnElement[Any], kind: TimeKind) -> sa.ColumnElement[Any]:
-        """PostgreSQL: the value as a timestamptz."""
+        """PostgreSQL: a timestamp or text value as a timestamptz (epoch numbers are only
+        ever compared and subtracted as numbers: to_timestamp() of a huge one fails)."""
         zone = self.reading.timezone
         if kind is TimeKind.ZONED:
             return column
         if kind is TimeKind.NAIVE:
             return sa.func.timezone(zone, column)
-        if kind is TimeKind.EPOCH:
-            return sa.func.to_timestamp(sa.cast(column, sa.Float) / self._divisor)
         return sa.func.watchdog_timestamptz(sa.cast(column, sa.Text), zone)
 
     def _julian(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
