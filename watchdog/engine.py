@@ -10,17 +10,17 @@ import asyncio
 import logging
 import random
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from watchdog.circuit import BackendBreakers
+from watchdog.dry_run import DryRun
 from watchdog.errors import InvalidTarget, RecoveryError, StoreError, WatchdogError
 from watchdog.guards import Guards
 from watchdog.model import (
     Action,
-    AuditAction,
     Incident,
     IncidentState,
     Outcome,
@@ -40,15 +40,16 @@ from watchdog.policy import (
     decide,
 )
 from watchdog.ports import (
+    BATCH,
     Claim,
     Clock,
     Closing,
     Finished,
     InstanceStore,
     Ledger,
-    NewAudit,
     Opening,
     Recovery,
+    chunks,
 )
 from watchdog.safety import SafetyRules
 
@@ -108,7 +109,6 @@ class Engine:
         self._recoveries = recoveries
         self._rules = rules
         self._clock = clock
-        self._dry_run = dry_run
         self._jitter = jitter
         # The engine's bound is a backstop: adapters time out first, with a clearer message.
         self._timeout_margin = timeout_margin
@@ -125,11 +125,7 @@ class Engine:
         self._live: set[int] = live if live is not None else set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._outcomes = OutcomeWriter(ledger, on_unavailable=self._guards.database_lost)
-        # Dry-run: what was last recorded per instance. Nothing changes in a dry run, so the
-        # same would-be decision comes back every cycle; it is audited once, not each time.
-        self._dry_run_seen: dict[tuple[str, type], tuple[object, ...]] = {}
-        # Dry-run: incidents it would have closed (instance id → incident id).
-        self._dry_run_closed: dict[str, int] = {}
+        self._dry_run = DryRun(ledger) if dry_run else None
         self._stopping = False
         self._first_cycle = True
 
@@ -156,15 +152,15 @@ class Engine:
             self._guards.database_lost()  # no action while we cannot read the truth
             raise
         mono0 = self._clock.monotonic()
-        if self._guards.database_back(scan.now) and not self._dry_run:
+        if self._guards.database_back(scan.now) and self._dry_run is None:
             await self._guards.record_grace(scan.now, after_start=self._first_cycle)
         self._first_cycle = False
         self._guards.new_cycle()
         in_grace = self._guards.in_grace(scan.now)
-        state = await self._ledger.load_state(scan.now)
+        state = await self._ledger.load_state(scan.now, scan.ledger_revision)
         incidents = state.incidents
-        if self._dry_run:
-            incidents = self._dry_run_view(incidents, scan.findings)
+        if self._dry_run is not None:
+            incidents = self._dry_run.view(incidents, scan.findings)
         new_ids = [i for i in scan.findings if i not in incidents]
         unjudged = {u.instance_id for u in scan.unjudgeable if u.instance_id}
         gone = [
@@ -185,7 +181,7 @@ class Engine:
             unmonitored=unmonitored,
             grace_until=self._guards.grace_until,
             # In grace, the unhealthy count is heartbeat writers catching up, not a failure.
-            brake=not in_grace and await self._guards.brake(scan, record=not self._dry_run),
+            brake=not in_grace and await self._guards.brake(scan, record=self._dry_run is None),
         )
         report = CycleReport(
             now=scan.now,
@@ -194,16 +190,13 @@ class Engine:
             next_deadline=scan.next_deadline,
             unjudgeable=scan.unjudgeable,
             rows_total=scan.rows_total,
-            open_by_state=dict(Counter(str(i.state) for i in incidents.values())),
+            open_by_state=_count_states(incidents),
         )
         decisions = decide(self._rules, world, self._jitter)
-        if self._dry_run:
-            await self._audit_dry_run(decisions, incidents, report)
-            self._dry_run_closed.update(
-                (d.incident.instance_id, d.incident.id)
-                for d in decisions
-                if isinstance(d, Resolve | Dismiss)
-            )
+        if self._dry_run is not None:
+            acts = await self._dry_run.record(decisions, incidents)
+            report.actions = [(a.instance_id, a.action, a.attempt) for a in acts]
+            report.acted = len(acts)
         else:
             await self._apply(decisions, dict(incidents), report, scan.now, mono0)
             await self._guards.report_unjudgeable(scan)
@@ -254,7 +247,7 @@ class Engine:
                 case Act():
                     acts.append(decision)
         # In batches: a mass recovery closes hundreds of incidents in one cycle.
-        for closing in _chunks(closings, _BATCH):
+        for closing in chunks(closings, BATCH):
             await self._ledger.close_all(closing, now)
         # Grouped over the whole cycle (one restart per process), then started as soon as
         # every member has its incident: after a mass freeze the first calls go out once
@@ -266,13 +259,13 @@ class Engine:
             for d in decisions
             if isinstance(d, Open)
         ]
-        for chunk in _chunks(openings, _BATCH):
+        for chunk in chunks(openings, BATCH):
             opened = await self._ledger.open_incidents(chunk, now)
             incidents.update((i.instance_id, i) for i in opened)
             report.opened += len(opened)
             await self._guards.check_flapping(opened, now)
             await self._start(_ready(waiting, incidents), incidents, report, now, mono0)
-        for spent in _chunks(exhausts, _BATCH):  # may be for incidents opened just above
+        for spent in chunks(exhausts, BATCH):  # may be for incidents opened just above
             await self._ledger.exhaust_all([incidents[e.instance_id] for e in spent], now)
             report.exhausted += len(spent)
 
@@ -302,7 +295,7 @@ class Engine:
                 continue
             jobs = [_Job(i, a, 0.0) for i, a in zip(members, group, strict=True)]
             admitted.append((action, key, jobs))
-        for chunk in _chunks(admitted, _BATCH):
+        for chunk in chunks(admitted, BATCH):
             if self._stopping:
                 log.info("shutting down: due actions not started are left for the next leader")
                 break
@@ -460,136 +453,19 @@ class Engine:
             ]
         )
 
-    # ------------------------------------------------------------------ dry run
-
-    def _dry_run_view(
-        self, incidents: dict[str, Incident], findings: Mapping[str, object]
-    ) -> dict[str, Incident]:
-        """The open incidents as a live daemon would have them: one this dry run would have
-        resolved or dismissed is out of view while its instance stays out of the findings
-        (a live daemon closed it), and back in view once the instance is unhealthy again
-        (the incident is in fact still open)."""
-        closed = self._dry_run_closed
-        for instance_id in [i for i in closed if i in findings or i not in incidents]:
-            del closed[instance_id]
-        if not closed:
-            return incidents
-        view = dict(incidents)  # a copy, then deletions: cheaper than filtering every entry
-        for instance_id, incident_id in closed.items():
-            if view[instance_id].id == incident_id:
-                del view[instance_id]
-        return view
-
-    async def _audit_dry_run(
-        self, decisions: list[Decision], incidents: Mapping[str, Incident], report: CycleReport
-    ) -> None:
-        """Record what would be done with outcome `skipped`, changing nothing else.
-
-        A decision already recorded for its instance (same action, attempt, incident and
-        reason) is not recorded again; an instance with no decision this cycle is forgotten,
-        so it is recorded afresh if it comes back."""
-        seen: dict[tuple[str, type], tuple[object, ...]] = {}
-        rows: list[NewAudit] = []
-        for decision in decisions:
-            key, signature = _dry_run_signature(decision)
-            seen[key] = signature
-            if self._dry_run_seen.get(key) != signature:
-                rows.append(_dry_run_row(decision, incidents))
-            if isinstance(decision, Act):
-                report.acted += 1
-                report.actions.append((decision.instance_id, decision.action, decision.attempt))
-        for chunk in _chunks(rows, _BATCH):
-            await self._ledger.append_all(chunk)
-        self._dry_run_seen = seen
-
-
-def _dry_run_signature(decision: Decision) -> tuple[tuple[str, type], tuple[object, ...]]:
-    """(instance, kind of decision) and what would be recorded for it, cheaply: a dry-run
-    daemon compares thousands of these a cycle and records only the changed ones."""
-    match decision:
-        case Dismiss(incident=incident) | Resolve(incident=incident):
-            return (incident.instance_id, type(decision)), (incident.id, incident.attempt)
-        case Open(finding=finding):
-            return (finding.instance_id, Open), (finding.reason, decision.carried_attempts)
-        case Exhaust(instance_id=instance_id, attempt=attempt):
-            return (instance_id, Exhaust), (attempt,)
-        case Act(instance_id=instance_id, action=action, attempt=attempt, finding=finding):
-            return (instance_id, Act), (action, attempt, finding.reason)
-    raise AssertionError(f"unknown decision {decision!r}")
-
-
-def _dry_run_row(decision: Decision, incidents: Mapping[str, Incident]) -> NewAudit:
-    detail = {"dry_run": True}
-    match decision:
-        case Dismiss(incident=incident, why=why):
-            return NewAudit(
-                incident.instance_id,
-                AuditAction.DISMISSED,
-                Outcome.SKIPPED,
-                incident.id,
-                str(incident.reason),
-                incident.attempt,
-                {**detail, "why": why},
-            )
-        case Resolve(incident=incident):
-            return NewAudit(
-                incident.instance_id,
-                AuditAction.RECOVERED,
-                Outcome.SKIPPED,
-                incident.id,
-                str(incident.reason),
-                incident.attempt,
-                detail,
-            )
-        case Open(finding=finding):
-            detail_open = {**detail, "age": round(finding.age, 3), "status": finding.status}
-            return NewAudit(
-                finding.instance_id,
-                AuditAction.DETECTED,
-                Outcome.SKIPPED,
-                None,
-                str(finding.reason),
-                decision.carried_attempts,
-                detail_open,
-            )
-        case Exhaust(instance_id=instance_id, attempt=attempt):
-            incident_id = incidents[instance_id].id if instance_id in incidents else None
-            return NewAudit(
-                instance_id,
-                AuditAction.EXHAUSTED,
-                Outcome.SKIPPED,
-                incident_id,
-                None,
-                attempt,
-                detail,
-            )
-        case Act():
-            existing = incidents.get(decision.instance_id)
-            return NewAudit(
-                decision.instance_id,
-                AuditAction(str(decision.action)),
-                Outcome.SKIPPED,
-                existing.id if existing else None,
-                str(decision.finding.reason),
-                decision.attempt,
-                detail,
-            )
-
 
 _INVALID = "invalid:"
-_T = TypeVar("_T")
-_BATCH = 100  # rows committed together: one commit per row stalls a mass freeze for seconds
+
+
+def _count_states(incidents: Mapping[str, Incident]) -> dict[str, int]:
+    # Counted as enum members, named once each: thousands of str() calls cost a cycle more.
+    return {str(state): n for state, n in Counter(i.state for i in incidents.values()).items()}
 
 
 def _recovered(incident: Incident, now: datetime) -> Closing:
     seconds = (now - incident.opened_at).total_seconds()
     detail = {"time_to_recover": round(seconds, 3), "attempts": incident.attempt}
     return Closing(incident, IncidentState.RECOVERED, "watchdog", detail)
-
-
-def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _ready(

@@ -1,4 +1,4 @@
-"""Domain types: frozen dataclasses and enums shared by every layer.
+"""Domain types: frozen dataclasses, named tuples and enums shared by every layer.
 
 Nothing here does I/O or reads a clock; times are always passed in.
 """
@@ -9,7 +9,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class Reason(enum.StrEnum):
@@ -83,9 +83,10 @@ class IncidentState(enum.StrEnum):
         return self not in (IncidentState.OPEN, IncidentState.EXHAUSTED, IncidentState.SUPPRESSED)
 
 
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One unhealthy instance as seen by one scan, judged by the database clock."""
+class Finding(NamedTuple):
+    """One unhealthy instance as seen by one scan, judged by the database clock. A named
+    tuple, as `policy.InstanceRow`: a scan after a mass failure builds thousands a cycle,
+    and a frozen dataclass costs three times as much to build."""
 
     instance_id: str
     reason: Reason
@@ -129,6 +130,7 @@ class Scan:
     next_deadline: float | None = None  # seconds until the next healthy one could turn stale
     unjudgeable: tuple[Unjudgeable, ...] = ()
     rows_total: int | None = None  # every row of the table, when this scan counted them
+    ledger_revision: int | None = None  # the watchdog's incidents and pauses, read with it
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,10 +4,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from watchdog.breaker import BreakerSnapshot
 from watchdog.model import (
@@ -146,12 +146,22 @@ class AuditQuery:
     limit: int = 100
 
 
+_T = TypeVar("_T")
+BATCH = 100  # rows a ledger call commits together: one commit per row stalls a mass freeze
+
+
+def chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerState:
-    """What steers a cycle: open incidents and the pauses in force, by instance id."""
+    """What steers a cycle: open incidents and the pauses in force, by instance id.
+    Read-only: a ledger may hand out its cache."""
 
-    incidents: dict[str, Incident]
-    pauses: dict[str, Pause]
+    incidents: Mapping[str, Incident]
+    pauses: Mapping[str, Pause]
 
 
 class Ledger(Protocol):
@@ -169,8 +179,10 @@ class Ledger(Protocol):
 
     async def load_pauses(self, now: datetime) -> dict[str, Pause]: ...
 
-    async def load_state(self, now: datetime) -> LedgerState:
-        """`load_open` and `load_pauses` together, as of one moment (one read each cycle)."""
+    async def load_state(self, now: datetime, revision: int | None = None) -> LedgerState:
+        """`load_open` and `load_pauses` together, as of one moment (one read each cycle).
+        `revision`: the ledger's revision as the scan read it (`Scan.ledger_revision`),
+        so nothing is read while it is unchanged."""
         ...
 
     async def open_incident(

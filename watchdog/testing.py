@@ -229,7 +229,7 @@ class MemoryLedger:
     async def load_pauses(self, now: datetime) -> dict[str, Pause]:
         return {k: p for k, p in self.pauses.items() if p.until > now}
 
-    async def load_state(self, now: datetime) -> LedgerState:
+    async def load_state(self, now: datetime, revision: int | None = None) -> LedgerState:
         return LedgerState(await self.load_open(), await self.load_pauses(now))
 
     async def audit(self, query: AuditQuery) -> list[AuditRow]:

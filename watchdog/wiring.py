@@ -27,7 +27,7 @@ from watchdog.ports import Recovery
 from watchdog.resilience import RetryingRecovery
 from watchdog.store.database import Database
 from watchdog.store.instances import SqlInstanceStore
-from watchdog.store.ledger import AuditSink, SqlLedger, ignore_audit
+from watchdog.store.ledger import REVISION, AuditSink, SqlLedger, ignore_audit
 
 
 class MonotonicClock:
@@ -80,6 +80,7 @@ async def open_runtime(
             lookahead=settings.detection.interval + 1.0,
             # The monitored count is exact whenever the brake could turn on it.
             exact_share=settings.safety.brake_fraction / 2,
+            ledger_revision=REVISION,
         )
         yield Runtime(settings, db, instances, SqlLedger(db, emit))
     finally:

@@ -11,11 +11,13 @@ import pytest
 import sqlalchemy as sa
 
 from tests.apptable import AppTable
-from watchdog.config import InstancesSettings
+from watchdog.config import DatabaseSettings, InstancesSettings, Settings
+from watchdog.engine import Engine
 from watchdog.errors import ConfigError, StoreError, StoreSchemaError
 from watchdog.model import (
     Action,
     AuditAction,
+    Finding,
     Incident,
     IncidentState,
     Outcome,
@@ -30,6 +32,7 @@ from watchdog.store.database import Database
 from watchdog.store.instances import SqlInstanceStore
 from watchdog.store.ledger import SqlLedger
 from watchdog.store.schema import incidents, pauses
+from watchdog.wiring import MonotonicClock, open_runtime
 
 RULES = DetectionRules()
 
@@ -845,3 +848,71 @@ async def test_the_monitored_count_is_refreshed_each_minute_and_exact_when_it_ma
     exact = await instances.scan()
     assert set(exact.findings) == {"frozen", "frozen2", "frozen3"}
     assert exact.enabled_count == 12  # counted at once, not a minute later
+
+
+async def test_a_steady_cycle_is_one_statement_and_still_sees_another_writers_pause(
+    app: AppTable, db_url: str
+) -> None:
+    for n in range(30):  # one frozen in 31: no exact count needed each cycle for the brake
+        app.add(f"calm{n}", heartbeat_ago=1)
+    app.add("frozen", heartbeat_ago=500)
+    settings = Settings(database=DatabaseSettings(url=db_url))
+    async with open_runtime(settings) as runtime:
+        await migrate.upgrade(runtime.db)
+        engine = Engine(
+            runtime.instances,
+            runtime.ledger,
+            {},
+            settings.escalation.rules(),
+            MonotonicClock(),
+            dry_run=True,
+        )
+        async with runtime.db.connect("now") as conn:
+            now = await runtime.db.read_now(conn)
+        frozen = Finding("frozen", Reason.STALE_HEARTBEAT, "CONNECTED", 500.0, 90.0)
+        await runtime.ledger.open_incident(frozen, 0, None, now)  # an earlier daemon's
+        statements: list[str] = []
+        sa.event.listen(
+            runtime.db.engine.sync_engine,
+            "before_cursor_execute",
+            lambda _c, _cur, sql, *_rest: statements.append(sql),
+        )
+        await engine.run_cycle()  # records the would-be decisions
+        statements.clear()
+        steady = await engine.run_cycle()
+        assert steady.actions == [("frozen", Action.API_RESTART, 1)]
+        assert len(statements) == 1  # the ledger's revision rides with the detection query
+
+        other = Database(db_url, timeout=5.0)  # another process, as `watchdogctl pause` is
+        try:
+            async with other.connect("now") as conn:
+                now = await other.read_now(conn)
+            await SqlLedger(other).pause(
+                Pause("frozen", now + timedelta(hours=1), "ops", "me"), now
+            )
+        finally:
+            await other.dispose()
+        statements.clear()
+        paused = await engine.run_cycle()
+        assert paused.actions == []  # the pause was seen at once
+        assert len(statements) == 3  # the revision moved: incidents and pauses read again
+        statements.clear()
+        await engine.run_cycle()
+        assert len(statements) == 1
+
+
+@pytest.mark.parametrize("odd", ["100%_DOWN", "IT'S_OFF", "A:B"])
+async def test_statuses_with_quotes_percent_signs_and_colons_are_matched_exactly(
+    app: AppTable, db: Database, odd: str
+) -> None:
+    rules = DetectionRules(ignored_statuses=frozenset({odd}))
+    app.add("ignored", status=odd, heartbeat_ago=500)
+    app.add(
+        "lookalike",
+        status=odd.replace("%", "X").replace("'", "").replace(":", ""),
+        heartbeat_ago=500,
+    )
+
+    scan = await SqlInstanceStore(db, InstancesSettings(), rules).scan()
+
+    assert set(scan.findings) == {"lookalike"}

@@ -27,7 +27,7 @@ from watchdog.model import Census, RowFacts, Scan
 from watchdog.policy import DetectionRules, unmonitored_reason
 from watchdog.resilience import retry_transient
 from watchdog.store import inspection
-from watchdog.store.database import Database, as_utc
+from watchdog.store.database import Database, FrozenStatement, as_utc
 from watchdog.store.judging import cut, judge, verdict
 from watchdog.store.predicates import RowTests
 from watchdog.store.readings import Reading, ReadingSql
@@ -54,6 +54,7 @@ class SqlInstanceStore:
         exact_share: float = 0.25,
         monotonic: Callable[[], float] = time.monotonic,
         reading: Reading | None = None,
+        ledger_revision: sa.ScalarSelect[Any] | None = None,
     ) -> None:
         self._db = db
         self._map = mapping
@@ -63,6 +64,7 @@ class SqlInstanceStore:
         self._exact_share = exact_share
         self._monotonic = monotonic
         self._counted: tuple[int, float] | None = None  # (monitored, when: monotonic)
+        self._ledger_revision = ledger_revision
         self._checked: Reading | None = None
         schema, _, name = mapping.table.rpartition(".")
         columns = mapping.columns().values()
@@ -73,11 +75,10 @@ class SqlInstanceStore:
         """Build every statement for this way of reading the table."""
         self._sql = ReadingSql(reading)
         self._tests = RowTests(self._table, self._map, self._rules, self._sql)
-        self._counting_query = self._build_scan(counting=True)
-        self._near_query = self._build_scan(counting=False)
-        self._count_query = (
-            sa.select(sa.func.count()).select_from(self._table).where(self._tests.monitored())
-        )
+        self._counting_query = FrozenStatement(self._db, self._build_scan(counting=True))
+        self._near_query = FrozenStatement(self._db, self._build_scan(counting=False))
+        count = sa.select(sa.func.count()).select_from(self._table).where(self._tests.monitored())
+        self._count_query = FrozenStatement(self._db, count)
 
     @property
     def reading(self) -> Reading:
@@ -92,14 +93,14 @@ class SqlInstanceStore:
         return self._table.c[name]
 
     @property
-    def detection_query(self) -> sa.Select[Any]:
-        """The query most cycles run (the benchmark times it raw)."""
-        return self._near_query
+    def detection_sql(self) -> str:
+        """The SQL most cycles run, as sent now (the benchmark times it raw)."""
+        return self._near_query.text(self._sql.params(datetime.now(UTC)))
 
     @property
-    def counting_query(self) -> sa.Select[Any]:
+    def counting_sql(self) -> str:
         """The same with the monitored count, run once a minute (the benchmark too)."""
-        return self._counting_query
+        return self._counting_query.text(self._sql.params(datetime.now(UTC)))
 
     def _build_scan(self, *, counting: bool) -> sa.Select[Any]:
         tests = self._tests
@@ -119,13 +120,18 @@ class SqlInstanceStore:
             keep = sa.and_(wanted, keep)
         rows = self._aggregate(tests.fields(), keep)
         clock = self._db.now_expr().label("now")
+        # The ledger's revision rides along, so a steady cycle is this one statement.
+        revision = (sa.null() if self._ledger_revision is None else self._ledger_revision).label(
+            "ledger_revision"
+        )
         if counting:
             monitored = sa.func.count().filter(tests.monitored()).label("monitored")
             total = sa.func.count().label("total")
-            query = sa.select(clock, monitored, total, rows.label("near"))
+            query = sa.select(clock, monitored, total, rows.label("near"), revision)
         else:
             missing = sa.null().label("monitored")
-            query = sa.select(clock, missing, sa.null().label("total"), rows.label("near"))
+            nothing = sa.null().label("total")
+            query = sa.select(clock, missing, nothing, rows.label("near"), revision)
             query = query.where(wanted)
         return query.select_from(self._table)
 
@@ -151,7 +157,7 @@ class SqlInstanceStore:
         params = self._sql.params(datetime.now(UTC))
         async with self._db.connect("detection query") as conn:
             query = self._counting_query if counting else self._near_query
-            row = (await conn.execute(query, params)).one()
+            row = (await query.execute(conn, params)).one()
             # NULL (PostgreSQL) or '[]' (SQLite) when no row is kept.
             rows = json.loads(row.near) if row.near else ()
             findings, unjudgeable, deadline = judge(rows, self._map, self._rules)
@@ -162,8 +168,8 @@ class SqlInstanceStore:
                 assert counted is not None
                 monitored = counted[0]
                 if len(findings) >= self._exact_share * monitored:  # a ratio may matter
-                    statement = self._count_query
-                    monitored = int((await conn.execute(statement, params)).scalar_one())
+                    count = await self._count_query.execute(conn, params)
+                    monitored = int(count.scalar_one())
                     counting = True
         if counting:
             self._counted = (monitored, self._monotonic())
@@ -174,6 +180,7 @@ class SqlInstanceStore:
             next_deadline=deadline,
             unjudgeable=unjudgeable,
             rows_total=total,
+            ledger_revision=None if row.ledger_revision is None else int(row.ledger_revision),
         )
 
     async def set_force_reconnect(self, instance_id: str) -> bool:

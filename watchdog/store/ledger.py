@@ -101,22 +101,23 @@ class SqlLedger:
     async def load_pauses(self, now: datetime) -> dict[str, Pause]:
         return _in_force((await self._load()).pauses, now)
 
-    async def load_state(self, now: datetime) -> LedgerState:
-        cached = await self._load()
-        return LedgerState(dict(cached.incidents), _in_force(cached.pauses, now))
+    async def load_state(self, now: datetime, revision: int | None = None) -> LedgerState:
+        cached = await self._load(revision)
+        return LedgerState(cached.incidents, _in_force(cached.pauses, now))
 
-    async def _load(self) -> _Cached:
-        """One tiny read when nothing changed; both tables only after a change. The
-        revision is read first, so a cache is never labelled newer than its content."""
+    async def _load(self, known: int | None = None) -> _Cached:
+        """Nothing read when the revision is `known` (read with the detection query, see
+        `REVISION`) and unchanged, one tiny read without it; both tables only after a
+        change. The revision is read first, so a cache is never labelled newer than its
+        content."""
         cached = self._cached
+        if known is not None and cached is not None and self._fresh(cached, known):
+            return cached
         async with self._db.connect("load open incidents and pauses") as conn:
-            revision = (await conn.execute(_READ_REVISION)).scalar_one_or_none()
-            fresh = (
-                cached is not None
-                and revision == cached.revision
-                and self._monotonic() - cached.loaded_at < self._max_cache_age
-            )
-            if cached is None or not fresh:
+            revision = known
+            if revision is None:
+                revision = (await conn.execute(_READ_REVISION)).scalar_one_or_none()
+            if cached is None or not self._fresh(cached, revision):
                 loaded_at = self._monotonic()
                 rows = (await conn.execute(_OPEN_INCIDENTS)).all()
                 held = (await conn.execute(_ALL_PAUSES)).all()
@@ -128,6 +129,12 @@ class SqlLedger:
                 )
                 self._cached = cached if revision is not None else None  # no row: never trust
         return cached
+
+    def _fresh(self, cached: _Cached, revision: int | None) -> bool:
+        return (
+            revision == cached.revision
+            and self._monotonic() - cached.loaded_at < self._max_cache_age
+        )
 
     async def last_closed(self, instance_ids: Collection[str]) -> dict[str, Incident]:
         latest = (
@@ -662,6 +669,8 @@ async def _bump(conn: AsyncConnection) -> None:
 
 _INCIDENTS_REVISION = revisions.c.name == "incidents"
 _READ_REVISION = sa.select(revisions.c.revision).where(_INCIDENTS_REVISION)
+# For `SqlInstanceStore(ledger_revision=...)`: read with each scan, passed to `load_state`.
+REVISION = _READ_REVISION.scalar_subquery()
 _BUMP_REVISION = (
     sa.update(revisions).where(_INCIDENTS_REVISION).values(revision=revisions.c.revision + 1)
 )
