@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from watchdog.circuit import BackendBreakers
 from watchdog.dry_run import DryRun
@@ -73,6 +73,16 @@ class CycleReport:
     exhausted: int = 0
     resolved: int = 0
     actions: list[tuple[str, Action, int]] = field(default_factory=list)
+
+
+class _Group(NamedTuple):
+    """The acts that share one recovery call: those whose target the backend keys alike,
+    or one instance on its own when its target cannot be keyed (no key value can pass
+    for that, whatever the application's table holds)."""
+
+    action: Action
+    key: str  # the backend's key, or the instance id when not `keyed`
+    keyed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +281,7 @@ class Engine:
 
     async def _start(
         self,
-        groups: Mapping[tuple[Action, str], list[Act]],
+        groups: Mapping[_Group, list[Act]],
         incidents: Mapping[str, Incident],
         report: CycleReport,
         now: datetime,
@@ -282,26 +292,26 @@ class Engine:
         shared call."""
         if not groups or not await self._still_leading():
             return
-        admitted: list[tuple[Action, str, list[_Job]]] = []
-        for (action, key), group in groups.items():
+        admitted: list[tuple[_Group, list[_Job]]] = []
+        for (action, key, keyed), group in groups.items():
             members = [incidents[a.instance_id] for a in group]
             # A restart that an open breaker will skip spends no restart budget.
             budgeted = (
                 action is Action.PROCESS_RESTART
-                and not key.startswith(_INVALID)
+                and keyed
                 and not (self._breakers is not None and self._breakers.refuses(action, now))
             )
             if budgeted and not await self._guards.admit_restart(key, members, now):
                 continue
             jobs = [_Job(i, a, 0.0) for i, a in zip(members, group, strict=True)]
-            admitted.append((action, key, jobs))
+            admitted.append((_Group(action, key, keyed), jobs))
         for chunk in chunks(admitted, BATCH):
             if self._stopping:
                 log.info("shutting down: due actions not started are left for the next leader")
                 break
-            claims = [self._claim(job, now, key) for _action, key, jobs in chunk for job in jobs]
+            claims = [self._claim(job, now, group) for group, jobs in chunk for job in jobs]
             results = iter(await self._ledger.begin_actions(claims, now))
-            for action, _key, jobs in chunk:
+            for (action, _key, _keyed), jobs in chunk:
                 mono = self._clock.monotonic()
                 intents = [(job, next(results)) for job in jobs]
                 won = [
@@ -321,16 +331,17 @@ class Engine:
                 report.actions += [(j.act.instance_id, j.act.action, j.act.attempt) for j in won]
         report.acted = len(report.actions)
 
-    def _group(self, acts: list[Act]) -> dict[tuple[Action, str], list[Act]]:
+    def _group(self, acts: list[Act]) -> dict[_Group, list[Act]]:
         """Acts that share one recovery call (one restart per process per cycle)."""
-        groups: dict[tuple[Action, str], list[Act]] = defaultdict(list)
+        groups: dict[_Group, list[Act]] = defaultdict(list)
         for act in acts:
-            groups[(act.action, _key_or_own(self._recoveries.get(act.action), act))].append(act)
+            groups[_group_of(self._recoveries.get(act.action), act)].append(act)
         return groups
 
-    def _claim(self, job: _Job, now: datetime, key: str) -> Claim:
+    def _claim(self, job: _Job, now: datetime, group: _Group) -> Claim:
         act = job.act
-        detail: dict[str, Any] = {"target": key} if act.action is Action.PROCESS_RESTART else {}
+        restart = act.action is Action.PROCESS_RESTART and group.keyed
+        detail: dict[str, Any] = {"target": group.key} if restart else {}
         if self._owner is not None:
             detail["node"] = self._owner
         return Claim(
@@ -454,9 +465,6 @@ class Engine:
         )
 
 
-_INVALID = "invalid:"
-
-
 def _count_states(incidents: Mapping[str, Incident]) -> dict[str, int]:
     # Counted as enum members, named once each: thousands of str() calls cost a cycle more.
     return {str(state): n for state, n in Counter(i.state for i in incidents.values()).items()}
@@ -469,8 +477,8 @@ def _recovered(incident: Incident, now: datetime) -> Closing:
 
 
 def _ready(
-    waiting: dict[tuple[Action, str], list[Act]], incidents: Mapping[str, Incident]
-) -> dict[tuple[Action, str], list[Act]]:
+    waiting: dict[_Group, list[Act]], incidents: Mapping[str, Incident]
+) -> dict[_Group, list[Act]]:
     """Take out of `waiting` the groups whose members all have an incident."""
     ready = {
         key: group
@@ -482,11 +490,13 @@ def _ready(
     return ready
 
 
-def _key_or_own(recovery: Recovery | None, act: Act) -> str:
-    """The shared-call key, or the instance's own when the target cannot be keyed."""
+def _group_of(recovery: Recovery | None, act: Act) -> _Group:
+    """The act's shared call, or a call of its own when its target cannot be keyed."""
+    own = _Group(act.action, act.instance_id, keyed=False)
     if recovery is None:
-        return _INVALID + act.instance_id
+        return own
     try:
-        return recovery.key(Target(act.instance_id, act.finding.process))
+        key = recovery.key(Target(act.instance_id, act.finding.process))
     except RecoveryError:
-        return _INVALID + act.instance_id
+        return own
+    return _Group(act.action, key, keyed=True)

@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 
 from tests.unit.test_engine import API, DB, PROC, STALE, drive, make_rig
+from watchdog.actions.naming import check_safe_name
 from watchdog.daemon import CycleRunner
 from watchdog.errors import StoreUnavailable
 from watchdog.leadership import Leadership, NodeIdentity
@@ -368,3 +369,17 @@ async def test_a_restart_an_open_breaker_skips_spends_no_restart_budget() -> Non
     )
     assert len(fleet.restarts) == 5  # the budget (6 an hour) is not spent on skips
     assert not [r for r in rig.ledger.rows if r.action is AuditAction.SUPPRESSED]
+
+
+async def test_a_process_named_like_a_marker_is_counted_against_its_budget() -> None:
+    """`invalid:app` passes the safe-name check: a real process, whose restarts count."""
+    assert check_safe_name("process name", "invalid:app") == "invalid:app"
+    rig = make_rig(fleet=True, rules=PROCESS_ONLY, safety=SafetyRules(brake_min_unhealthy=100))
+    rig.store.add("a", process="invalid:app")
+    rig.clock.advance(STALE)
+    await rig.cycle()
+    await drive(rig, 3, step=61)
+    assert len(rig.calls(PROC)) == 3  # the 4th restart within 30 minutes is held back
+    fleet = rig.engine.guards._fleet  # type: ignore[attr-defined]
+    assert [r.process for r, _ids in fleet.restarts] == ["invalid:app"] * 3
+    assert rig.state("a") is IncidentState.SUPPRESSED
