@@ -18,11 +18,14 @@ import click
 from watchdog import render, views
 from watchdog.config import Settings, load_settings, redacted
 from watchdog.errors import ConfigError, NotFound, WatchdogError
+from watchdog.masking import mask_urls_in
 from watchdog.model import AuditAction, IncidentState, Pause, RowFacts, Target, Verdict
-from watchdog.observability import configure_logging, emit_audit, one_line
+from watchdog.observability import configure_logging, emit_audit, silence_logging
 from watchdog.ports import AuditQuery, ProcessLocator
+from watchdog.render import one_line
 from watchdog.situation import human_delta, stamp
 from watchdog.store import migrate
+from watchdog.store.ledger import AuditSink, ignore_audit
 from watchdog.wiring import Runtime, check_backends, login_user, open_runtime
 
 P = ParamSpec("P")
@@ -60,8 +63,18 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
 
 
 class Context:
-    def __init__(self, config_path: str | None) -> None:
+    def __init__(self, config_path: str | None, verbose: bool = False) -> None:
         self.config_path = config_path
+        self.verbose = verbose
+
+    def operator_logging(self, settings: Settings) -> AuditSink:
+        """An operator command prints human text; its log lines and audit events only with
+        `--verbose` (on stderr, as JSON). The audit sink to give the stores back."""
+        if not self.verbose:
+            silence_logging()
+            return ignore_audit
+        configure_logging(settings.daemon.log_level, stream=sys.stderr)
+        return emit_audit
 
     def settings(self, *, require_secrets: bool = False) -> Settings:
         return load_settings(self.config_path, require_secrets=require_secrets)
@@ -78,11 +91,12 @@ pass_ctx = click.make_pass_decorator(Context)
     type=click.Path(),
     help="TOML configuration file [env: WATCHDOG_CONFIG].",
 )
+@click.option("--verbose", "-v", is_flag=True, help="Operator commands also print their log lines.")
 @click.version_option(package_name="instance-watchdog")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None) -> None:
+def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
     """External watchdog for fleets of long-lived instances."""
-    ctx.obj = Context(config_path)
+    ctx.obj = Context(config_path, verbose)
 
 
 # ------------------------------------------------------------------------------- run
@@ -109,10 +123,10 @@ def run(ctx: Context, once: bool, dry_run: bool) -> None:
 def with_runtime(ctx: Context, work: Callable[[Runtime], Coroutine[Any, Any, T]]) -> T:
     """Open the stores for an operator command, run `work`, close them."""
     settings = ctx.settings()
-    configure_logging(settings.daemon.log_level, stream=sys.stderr)
+    emit = ctx.operator_logging(settings)
 
     async def go() -> T:
-        async with open_runtime(settings, emit_audit) as runtime:
+        async with open_runtime(settings, emit) as runtime:
             await migrate.require_current(runtime.db)
             return await work(runtime)
 
@@ -410,14 +424,14 @@ def config_check(ctx: Context, offline: bool) -> None:
     check_backends(settings)
     click.echo(render.as_json(redacted(settings)))
     if not offline:
-        for line in run_async(_check_database(settings)):
+        for line in run_async(_check_database(settings, ctx.operator_logging(settings))):
             click.echo(line, err=True)
     click.echo("configuration ok", err=True)
 
 
-async def _check_database(settings: Settings) -> list[str]:
+async def _check_database(settings: Settings, emit: AuditSink) -> list[str]:
     """What `run` meets at start, as lines for the operator; raises on what stops it."""
-    async with open_runtime(settings, emit_audit) as rt:
+    async with open_runtime(settings, emit) as rt:
         revision = await migrate.current_revision(rt.db)
         if rt.db.is_sqlite:
             tables = f"watchdog tables: revision {revision or 'none'} (run upgrades SQLite itself)"
@@ -454,3 +468,7 @@ def main() -> None:
         _fail("aborted", 1)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug of ours: still one line, secrets masked, no traceback
+        _fail(
+            f"internal error ({type(exc).__name__}: {mask_urls_in(str(exc))}); please report it", 70
+        )

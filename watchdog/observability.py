@@ -1,4 +1,4 @@
-"""Structured logging: one JSON event per line, and every audit row as an event too."""
+"""Logging: one pipeline, one JSON event per line, and every audit row as an event too."""
 
 from __future__ import annotations
 
@@ -16,59 +16,51 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+_SILENT = logging.CRITICAL + 10
 
 
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
-    """JSON lines on `stream` (stdout by default), timestamps in UTC ISO-8601."""
-    # The standard library's loggers (the pure core, libraries) go to stderr.
-    logging.basicConfig(
-        level=max(_LEVELS[level], logging.INFO),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
-            handler.setFormatter(OneLineFormatter(handler.formatter))
-    # httpx logs full URLs at INFO, and webhook URLs are credentials.
-    for noisy in (
-        "apscheduler",
-        "alembic",
-        "httpx",
-        "httpcore",
-    ):  # not a line per cycle or migration step
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    structlog.configure(
+    """Every log line as one JSON object on `stream` (stdout by default), timestamps in
+    UTC ISO-8601: the project's structlog events and the standard library's records (the
+    pure core, the scheduler, the drivers) go through the same renderer. JSON escapes
+    control characters, so a value from the application's table can never forge a line."""
+    threshold = _LEVELS.get(level, _SILENT)
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(sort_keys=False),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+    )
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]  # configured again (a test, a second command): replaced
+    root.setLevel(threshold)
+    # httpx logs full URLs at INFO, and webhook URLs are credentials; the others would
+    # write a line per cycle or per migration step.
+    for noisy in ("apscheduler", "alembic", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(threshold, logging.WARNING))
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # The root logger's level silences what this filter cannot (it stops at CRITICAL).
+        wrapper_class=structlog.make_filtering_bound_logger(min(threshold, logging.CRITICAL)),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
     )
 
 
-def one_line(text: str) -> str:
-    """`text` with line breaks and other control characters escaped: an instance id or a
-    process name from the application's table can never forge a line of ours."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-class OneLineFormatter(logging.Formatter):
-    """The standard library's log lines, with the message kept to one line (a traceback
-    still follows it on lines of its own)."""
-
-    def __init__(self, base: logging.Formatter | None) -> None:
-        super().__init__(base._fmt if base else None, base.datefmt if base else None)
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = one_line(record.message)
-        return super().formatMessage(record)
+def silence_logging() -> None:
+    """No log lines at all: an operator command prints its own human text (`--verbose`
+    turns the lines back on)."""
+    configure_logging("silent", sys.stderr)
 
 
 def get_logger(**context: Any) -> structlog.typing.FilteringBoundLogger:

@@ -11,7 +11,6 @@ from typing import Any
 
 from watchdog.breaker import BreakerSnapshot
 from watchdog.model import AuditRow, Census
-from watchdog.observability import one_line
 from watchdog.situation import human_delta, stamp
 
 _CELL_CHARS = 90  # a column is at most this wide; `--json` has every value whole
@@ -21,6 +20,14 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 
 
 MAX_DURATION = 10 * 365.25 * 86400  # ten years: beyond, a time is no longer a date
+
+
+def one_line(text: str) -> str:
+    """`text` with line breaks and other control characters escaped: an instance id or a
+    process name from the application's table can never forge a line of ours."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def parse_duration(text: str) -> float:

@@ -300,3 +300,30 @@ def test_audit_since_an_iso_time(watchdogctl: str, config: Path) -> None:
     assert json.loads(every.stdout)
     none = ctl(watchdogctl, "--config", str(config), "audit", "--json", "--since", "2999-01-01")
     assert json.loads(none.stdout) == []
+
+
+def test_operator_commands_print_human_text_and_log_lines_only_when_verbose(
+    watchdogctl: str, config: Path
+) -> None:
+    c = str(config)
+    paused = ctl(watchdogctl, "--config", c, "pause", "healthy", "--for", "1h", "--reason", "x")
+    assert paused.returncode == 0, paused.stderr
+    assert paused.stdout.startswith("paused healthy until ")
+    assert len(paused.stdout.splitlines()) == 1
+    assert paused.stderr == ""  # no audit event, no log line
+
+    resumed = ctl(watchdogctl, "--config", c, "--verbose", "resume", "healthy")
+    assert resumed.stdout == "resumed healthy\n"
+    (event,) = (json.loads(line) for line in resumed.stderr.splitlines())
+    assert (event["event"], event["action"], event["instance"]) == ("audit", "resumed", "healthy")
+
+
+def test_a_daemon_logs_json_lines_only_on_stdout(watchdogctl: str, config: Path) -> None:
+    ran = ctl(watchdogctl, "--config", str(config), "run", "--once")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stderr == ""
+    events = [json.loads(line) for line in ran.stdout.splitlines()]
+    loggers = {e["logger"] for e in events}
+    assert "watchdog" in loggers  # structlog's own events
+    assert any(name.startswith("watchdog.") for name in loggers)  # the standard library's
+    assert {"db_flag", "detected"} <= {e.get("action") for e in events}

@@ -1,4 +1,5 @@
-"""Audit rows as structlog JSON lines: failed outcomes at warning, the rest at info."""
+"""One logging pipeline: structlog events and the standard library's records as JSON lines
+on one stream; audit rows as events, failed outcomes at warning, the rest at info."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from watchdog import render
 from watchdog.model import AuditAction, AuditRow, Outcome
-from watchdog.observability import OneLineFormatter, configure_logging, emit_audit
+from watchdog.observability import configure_logging, emit_audit, get_logger, silence_logging
 
 
 @pytest.fixture
@@ -44,18 +45,36 @@ def test_audit_events_follow_the_configured_stream_and_levels(stream: io.StringI
     assert "at" not in ok  # the event's own timestamp stands for it
 
 
-def test_a_hostile_value_cannot_forge_a_line_of_the_text_log() -> None:
-    out = io.StringIO()
-    handler = logging.StreamHandler(out)
-    handler.setFormatter(OneLineFormatter(logging.Formatter("%(levelname)s %(message)s")))
-    logger = logging.getLogger("watchdog.test.one_line")
-    logger.addHandler(handler)
-    logger.propagate = False
+def test_standard_library_records_are_json_lines_on_the_same_stream(stream: io.StringIO) -> None:
+    logging.getLogger("watchdog.engine").warning("restart of %s failed", "app\nERROR forged\x1b[2J")
+    get_logger(component="daemon").info("cycle", unhealthy=2)
+    logging.getLogger("watchdog.engine").debug("below the level")
     try:
-        logger.warning("restart of %s failed", "app\nERROR forged line\x1b[2J")
+        raise RuntimeError("boom")
+    except RuntimeError:
+        logging.getLogger("watchdog.engine").exception("cycle_failed")
+
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3  # one line each: the traceback rides inside its event
+    stdlib, native, failed = (json.loads(line) for line in lines)
+    assert stdlib["event"] == "restart of app\nERROR forged\x1b[2J failed"  # escaped by JSON
+    assert (stdlib["level"], stdlib["logger"]) == ("warning", "watchdog.engine")
+    assert stdlib["timestamp"].endswith("Z")
+    assert (native["event"], native["component"], native["unhealthy"]) == ("cycle", "daemon", 2)
+    assert failed["level"] == "error"
+    assert "RuntimeError: boom" in failed["exception"]
+
+
+def test_silenced_logging_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    silence_logging()
+    try:
+        logging.getLogger("watchdog.leadership").critical("not shown")
+        get_logger().critical("not shown either")
+        emit_audit(row(Outcome.FAILED))
     finally:
-        logger.removeHandler(handler)
-    assert out.getvalue() == "WARNING restart of app\\nERROR forged line\\x1b[2J failed\n"
+        configure_logging("info")
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", "")
 
 
 def test_a_hostile_value_is_shown_escaped_and_cut_in_a_cli_table() -> None:
