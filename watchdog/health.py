@@ -12,8 +12,8 @@ With a bearer token, every route (unknown ones too) wants `Authorization: Bearer
 and answers 401 otherwise; the token is compared in constant time and never echoed.
 A failing probe or status call answers 500 with one line and logs the traceback.
 
-A small HTTP/1.1 server on asyncio streams (a web framework would cost about 10 MB of
-resident memory for four read-only routes): one request per connection, answered with
+A small HTTP/1.1 server on asyncio streams (a web framework would cost megabytes of
+resident memory for a few read-only routes): one request per connection, answered with
 `Connection: close`; a request head must arrive within `HEAD_TIMEOUT` and fit in
 `HEAD_LIMIT` bytes (408 and 431 otherwise), so a slow or oversized client costs nothing
 but its own connection.

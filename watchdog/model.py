@@ -51,6 +51,7 @@ class AuditAction(enum.StrEnum):
     GRACE = "grace"  # after our start or our database's outage: nobody judged until then
     UNJUDGEABLE = "unjudgeable"  # rows the watchdog cannot judge appeared in the table
     UNJUDGEABLE_CLEARED = "unjudgeable_cleared"  # every row can be judged again
+    RETENTION = "retention"  # the leader deleted history older than [retention] keeps
 
 
 class Outcome(enum.StrEnum):
@@ -86,7 +87,7 @@ class IncidentState(enum.StrEnum):
 class Finding(NamedTuple):
     """One unhealthy instance as seen by one scan, judged by the database clock. A named
     tuple, as `policy.InstanceRow`: a scan after a mass failure builds thousands a cycle,
-    and a frozen dataclass costs three times as much to build."""
+    and a frozen dataclass costs several times as much to build."""
 
     instance_id: str
     reason: Reason

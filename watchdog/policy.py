@@ -81,8 +81,8 @@ class EscalationRules:
 
 class InstanceRow(NamedTuple):
     """One row of the application's table, with ages measured on the database clock.
-    A named tuple: the scan builds up to thousands a cycle (a third the cost of a frozen
-    dataclass)."""
+    A named tuple: the scan builds up to thousands a cycle (cheaper to build than a
+    frozen dataclass)."""
 
     instance_id: str
     enabled: bool

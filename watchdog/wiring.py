@@ -115,7 +115,7 @@ def _api_clients(settings: Settings) -> list[httpx.AsyncClient]:
 def api_tls(url: str) -> ssl.SSLContext:
     """TLS for the restart API's clients: verified against the CA bundle for https. Over
     plain http (redirects are not followed) they never speak TLS, so they get a context
-    without the bundle (about 1 MiB resident) that still verifies: any handshake would
+    without the bundle (which costs resident memory) that still verifies: any handshake would
     fail rather than go unverified."""
     if urlsplit(url).scheme.lower() == "http":
         return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

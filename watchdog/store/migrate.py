@@ -32,7 +32,7 @@ def alembic_config(connection: Connection | None = None) -> Any:
 async def upgrade(db: Database, revision: str = "head") -> None:
     """Bring the watchdog's tables to `revision` (idempotent)."""
     if revision == "head" and await current_revision(db) == HEAD_REVISION:
-        return  # up to date: Alembic (about 10 MB resident) is not even imported
+        return  # up to date: Alembic (megabytes resident) is not even imported
     from alembic import command
 
     def run(connection: Connection) -> None:
