@@ -95,6 +95,15 @@ class _Job:
     intent_id: int | None = None  # its `started` audit row, once claimed
 
 
+@dataclass(frozen=True, slots=True)
+class _Admitted:
+    """A group past the restart budget, waiting for its claims."""
+
+    group: _Group
+    jobs: list[_Job]
+    budgeted: bool  # holds a place in the restart budget until its claims settle
+
+
 class Engine:
     def __init__(
         self,
@@ -292,44 +301,73 @@ class Engine:
         shared call."""
         if not groups or not await self._still_leading():
             return
-        admitted: list[tuple[_Group, list[_Job]]] = []
-        for (action, key, keyed), group in groups.items():
-            members = [incidents[a.instance_id] for a in group]
-            # A restart that an open breaker will skip spends no restart budget.
-            budgeted = (
-                action is Action.PROCESS_RESTART
-                and keyed
-                and not (self._breakers is not None and self._breakers.refuses(action, now))
-            )
-            if budgeted and not await self._guards.admit_restart(key, members, now):
-                continue
-            jobs = [_Job(i, a, 0.0) for i, a in zip(members, group, strict=True)]
-            admitted.append((_Group(action, key, keyed), jobs))
-        for chunk in chunks(admitted, BATCH):
-            if self._stopping:
-                log.info("shutting down: due actions not started are left for the next leader")
-                break
-            claims = [self._claim(job, now, group) for group, jobs in chunk for job in jobs]
-            results = iter(await self._ledger.begin_actions(claims, now))
-            for (action, _key, _keyed), jobs in chunk:
-                mono = self._clock.monotonic()
-                intents = [(job, next(results)) for job in jobs]
-                won = [
-                    replace(j, started_mono=mono, intent_id=intent)
-                    for j, intent in intents
-                    if intent is not None
-                ]
-                self._live.update(j.intent_id for j in won if j.intent_id is not None)
-                if won and self._breakers and not self._breakers.allows(action, now):
-                    # The breaker is open: the attempt is spent without a call; the ladder
-                    # goes on to its next rung after the usual wait.
-                    breaker = self._breakers.name(action)
-                    skip = {"reason": "circuit_open", "breaker": breaker}
-                    self._launch(action, won, now, mono0, skip)
-                elif won:
-                    self._launch(action, won, now, mono0)
-                report.actions += [(j.act.instance_id, j.act.action, j.act.attempt) for j in won]
+        admitted = [
+            admission
+            for group, acts in groups.items()
+            if (admission := await self._admit(group, acts, incidents, now)) is not None
+        ]
+        while admitted and not self._stopping:
+            chunk, admitted = admitted[:BATCH], admitted[BATCH:]
+            await self._claim_and_launch(chunk, report, now, mono0)
+        if admitted:
+            log.info("shutting down: due actions not started are left for the next leader")
+            for left in admitted:
+                await self._settle_budget(left, [], now)
         report.acted = len(report.actions)
+
+    async def _admit(
+        self, group: _Group, acts: list[Act], incidents: Mapping[str, Incident], now: datetime
+    ) -> _Admitted | None:
+        """The group's jobs, unless the restart budget holds it back."""
+        members = [incidents[a.instance_id] for a in acts]
+        # A restart that an open breaker will skip spends no restart budget.
+        budgeted = (
+            group.action is Action.PROCESS_RESTART
+            and group.keyed
+            and not (self._breakers is not None and self._breakers.refuses(group.action, now))
+        )
+        if budgeted and not await self._guards.admit_restart(group.key, members, now):
+            return None
+        jobs = [_Job(i, a, 0.0) for i, a in zip(members, acts, strict=True)]
+        return _Admitted(group, jobs, budgeted)
+
+    async def _claim_and_launch(
+        self, chunk: Sequence[_Admitted], report: CycleReport, now: datetime, mono0: float
+    ) -> None:
+        claims = [self._claim(job, now, a.group) for a in chunk for job in a.jobs]
+        results = iter(await self._ledger.begin_actions(claims, now))
+        for admitted in chunk:
+            mono = self._clock.monotonic()
+            intents = [(job, next(results)) for job in admitted.jobs]
+            won = [
+                replace(j, started_mono=mono, intent_id=intent)
+                for j, intent in intents
+                if intent is not None
+            ]
+            action = admitted.group.action
+            skip = self._skip(action, now) if won else None
+            await self._settle_budget(admitted, won if skip is None else [], now)
+            if won:
+                self._live.update(j.intent_id for j in won if j.intent_id is not None)
+                self._launch(action, won, now, mono0, skip)
+            report.actions += [(j.act.instance_id, j.act.action, j.act.attempt) for j in won]
+
+    async def _settle_budget(self, admitted: _Admitted, calling: list[_Job], now: datetime) -> None:
+        """Only a restart that goes out (claimed, not skipped) spends restart budget."""
+        if not admitted.budgeted:
+            return
+        if calling:
+            ids = [j.act.instance_id for j in calling]
+            await self._guards.restart_claimed(admitted.group.key, ids, now)
+        else:
+            self._guards.restart_dropped(admitted.group.key, now)
+
+    def _skip(self, action: Action, now: datetime) -> dict[str, Any] | None:
+        """Why a claimed call is not made: its breaker is open. The attempt is spent without
+        a call; the ladder goes on to its next rung after the usual wait."""
+        if self._breakers is None or self._breakers.allows(action, now):
+            return None
+        return {"reason": "circuit_open", "breaker": self._breakers.name(action)}
 
     def _group(self, acts: list[Act]) -> dict[_Group, list[Act]]:
         """Acts that share one recovery call (one restart per process per cycle)."""

@@ -118,19 +118,34 @@ class Guards:
         self._history = None  # read the restart history again when it is next needed
 
     async def admit_restart(self, process: str, members: Sequence[Incident], now: datetime) -> bool:
-        """True when `process` may be restarted now (and count the restart); otherwise
-        suppress every incident waiting for it until the budget returns."""
+        """True when `process` may be restarted now; otherwise suppress every incident
+        waiting for it until the budget returns. An admitted restart holds its place in
+        this cycle's count, so the groups admitted after it cannot overshoot the budget;
+        it counts once `restart_claimed`, and `restart_dropped` gives the place back."""
         if self._fleet is None:
             return True
         history = await self._restart_history(now)
         returns_at = budget_returns_at(history, process, now, self._rules)
         if returns_at is None:
             history.append(Restart(process, now))
-            await self._fleet.record_restart(process, now, [m.instance_id for m in members])
             return True
         await self._ledger.suppress_all(members, returns_at, now, self._budget_detail(process))
         log.warning("restart of %s suppressed until %s: budget spent", process, returns_at)
         return False
+
+    async def restart_claimed(
+        self, process: str, instance_ids: Sequence[str], now: datetime
+    ) -> None:
+        """An admitted restart won its claim and goes out: it counts against the budget."""
+        if self._fleet is not None:
+            await self._fleet.record_restart(process, now, instance_ids)
+
+    def restart_dropped(self, process: str, now: datetime) -> None:
+        """An admitted restart will not go out (its claim lost, a shutdown, an open
+        breaker): it spends no budget."""
+        held = Restart(process, now)
+        if self._history is not None and held in self._history:
+            self._history.remove(held)
 
     async def _restart_history(self, now: datetime) -> list[Restart]:
         assert self._fleet is not None

@@ -4,20 +4,22 @@ and interrupted actions reconciled at start."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
-from tests.unit.test_engine import API, DB, PROC, STALE, drive, make_rig
+from tests.unit.test_engine import API, DB, PROC, STALE, Rig, drive, make_rig
 from watchdog.actions.naming import check_safe_name
 from watchdog.daemon import CycleRunner
 from watchdog.errors import StoreUnavailable
 from watchdog.leadership import Leadership, NodeIdentity
 from watchdog.model import AuditAction, IncidentState, Outcome, Scan, Unjudgeable
 from watchdog.policy import EscalationRules, LadderStep
+from watchdog.ports import Claim
 from watchdog.safety import Restart, SafetyRules, brake_engaged, budget_returns_at
-from watchdog.testing import EPOCH, MemoryInstanceStore
+from watchdog.testing import EPOCH, MemoryFleetState, MemoryInstanceStore
 
 PROCESS_ONLY = EscalationRules(
     ladder=(LadderStep(PROC, None, 60.0),), max_attempts=50, backoff_factor=1.0, jitter=0.0
@@ -257,6 +259,66 @@ async def test_restart_budget_suppresses_and_resumes() -> None:
     report = await rig.cycle()
     assert report.actions == [("a", PROC, 4)]
     assert rig.state("a") is IncidentState.OPEN
+
+
+def restart_rig() -> Rig:
+    """Process restarts from the first attempt, budgets on, no brake, one frozen instance."""
+    rig = make_rig(fleet=True, rules=PROCESS_ONLY, safety=SafetyRules(brake_min_unhealthy=100))
+    rig.store.add("a", process="p1")
+    rig.clock.advance(STALE)
+    return rig
+
+
+def fleet_of(rig: Rig) -> MemoryFleetState:
+    fleet = rig.engine.guards._fleet  # type: ignore[attr-defined]
+    assert isinstance(fleet, MemoryFleetState)
+    return fleet
+
+
+async def test_a_restart_whose_claim_is_lost_spends_no_budget() -> None:
+    rig = restart_rig()
+    claim = rig.ledger.begin_actions
+
+    async def rival_first(claims: Sequence[Claim], now: datetime) -> list[int | None]:
+        await claim(claims, now)  # another node claims the same attempts first
+        return await claim(claims, now)
+
+    rig.ledger.begin_actions = rival_first  # type: ignore[method-assign]
+    report = await rig.cycle()
+    assert report.actions == []
+    assert fleet_of(rig).restarts == []  # nothing ran here, so nothing is counted
+    assert rig.calls(PROC) == []
+
+
+async def test_a_restart_left_by_a_shutdown_before_its_claim_spends_no_budget() -> None:
+    rig = restart_rig()
+    fleet = fleet_of(rig)
+    read = fleet.recent_restarts
+
+    async def signal_meanwhile(since: datetime) -> list[Restart]:
+        rig.engine.stop_acting()  # SIGTERM arrives while the budget is being read
+        return await read(since)
+
+    fleet.recent_restarts = signal_meanwhile  # type: ignore[method-assign]
+    report = await rig.cycle()
+    assert report.actions == []
+    assert fleet.restarts == []
+
+
+async def test_restarts_admitted_in_one_cycle_never_overshoot_the_fleet_budget() -> None:
+    rig = make_rig(
+        fleet=True,
+        rules=PROCESS_ONLY,
+        safety=SafetyRules(brake_min_unhealthy=100, fleet_restarts=3),
+    )
+    for n in range(5):
+        rig.store.add(f"i{n}", process=f"p{n}")
+    rig.clock.advance(STALE)
+    report = await rig.cycle()
+    assert len(report.actions) == 3
+    assert len(fleet_of(rig).restarts) == 3
+    assert len(rig.calls(PROC)) == 3
+    assert len([r for r in rig.ledger.rows if r.action is AuditAction.SUPPRESSED]) == 2
 
 
 # ------------------------------------------------------------------------ flapping
