@@ -20,7 +20,9 @@ log = logging.getLogger("watchdog.leadership")
 
 
 class LeaderLock(Protocol):
-    async def acquire(self) -> bool: ...
+    async def acquire(self) -> bool:
+        """Try, never wait; True also when this node holds the lock already."""
+        ...
 
     async def held(self) -> bool: ...
 
@@ -85,16 +87,20 @@ class Leadership:
         return True
 
     async def _take_lead(self) -> None:
-        self.is_leader = True
+        """Record the lead and run `on_lead`; this node leads only once all of it
+        succeeded. On a failure it stays a standby that holds the lock: the next
+        `ensure()` wins the lock again at once and takes the lead again in full (a
+        released lock would let another daemon start on the same SQLite file)."""
         detail = {"node": self._me.node_id, "host": self._me.host, "pid": self._me.pid}
         await self._ledger.append(
             NewAudit("*", AuditAction.LEADER_CHANGED, Outcome.OK, detail=detail)
         )
         await self._nodes.demote_others(self._me.node_id)
         await self._nodes.update(self._me.node_id, "leader")
-        log.warning("this node leads now: %s", self._me.node_id)
         if self._on_lead is not None:
             await self._on_lead()
+        self.is_leader = True
+        log.warning("this node leads now: %s", self._me.node_id)
 
     async def fence(self) -> bool:
         """Still the leader, proven against the lock itself (asked before every action).
