@@ -112,7 +112,7 @@ class CycleRunner:
             return True
         if await self.leadership.ensure():
             return True
-        await self.leadership.good_cycle()
+        await self.leadership.check_in()
         return False
 
     def _standby_tick(self) -> bool:

@@ -115,7 +115,13 @@ class Leadership:
         return await asyncio.shield(self._fence_check)
 
     async def good_cycle(self) -> None:
+        """The leader completed a cycle."""
         await self._nodes.update(self._me.node_id, self.role, good_cycle=True)
+
+    async def check_in(self) -> None:
+        """A standby is alive: its row stays fresh, but it ran no cycle, so its last good
+        cycle (what `status` reads to say who acts) is left alone."""
+        await self._nodes.update(self._me.node_id, self.role)
 
     async def stop(self) -> None:
         """Release the lock and mark this node gone (a clean stop); once, however many

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from watchdog.daemon import CycleRunner
 from watchdog.errors import StoreError
 from watchdog.leadership import LeaderLock, Leadership, NodeIdentity
 from watchdog.model import AuditAction, AuditRow
@@ -64,6 +65,13 @@ async def open_fleet(url: str) -> Fleet:
 @pytest.fixture
 async def sqlite_fleet(sqlite_url: str) -> AsyncIterator[Fleet]:
     opened = await open_fleet(sqlite_url)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def pg_fleet(pg_url: str) -> AsyncIterator[Fleet]:
+    opened = await open_fleet(pg_url)
     yield opened
     await opened.close()
 
@@ -128,3 +136,33 @@ async def test_a_lead_whose_writes_fail_is_not_taken_and_the_next_try_redoes_the
     assert await lead.fence() is True
     assert (await rows_of(db))["host:1"].role == "leader"
     assert await leads(db)
+
+
+# ------------------------------------------------------------------------- standbys
+
+
+class NoCycles:
+    """The engine of a standby: it must never run a cycle."""
+
+    async def run_cycle(self) -> None:
+        raise AssertionError("a standby ran a cycle")
+
+
+async def test_a_standby_refreshes_its_row_but_never_claims_a_good_cycle(
+    pg_fleet: Fleet,
+) -> None:
+    leader = await pg_fleet.node(1)
+    standby = await pg_fleet.node(2)
+    assert await leader.ensure()
+    registered = (await rows_of(pg_fleet.db))["host:2"].updated_at
+    runner = CycleRunner(NoCycles(), leadership=standby)  # type: ignore[arg-type]
+
+    assert await runner.tick()  # a healthy standby's tick
+    assert await runner.tick()
+
+    row = (await rows_of(pg_fleet.db))["host:2"]
+    assert row.role == "standby"
+    assert row.updated_at is not None
+    assert registered is not None
+    assert row.updated_at > registered  # alive, as `status` shows it
+    assert row.last_good_cycle_at is None  # it completed no cycle

@@ -52,6 +52,7 @@ class SqlNodes:
             await conn.execute(sa.insert(nodes).values(values))
 
     async def update(self, node_id: str, role: str, *, good_cycle: bool = False) -> None:
+        """Check in (`updated_at`); `good_cycle`: this node also completed a cycle."""
         now = self._db.now_expr()
         values: dict[str, Any] = {"role": role, "updated_at": now}
         if good_cycle:
