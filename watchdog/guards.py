@@ -72,18 +72,21 @@ class Guards:
     # ------------------------------------------------------------------- brake
 
     async def brake(self, scan: Scan, *, record: bool) -> bool:
-        """Whether the mass-failure brake holds this cycle; audits engage and release."""
+        """Whether the mass-failure brake holds this cycle; audits engage and release.
+        Unrecorded (a dry run), the state is kept in memory only, for the gauge."""
         engaged = brake_engaged(len(scan.findings), scan.enabled_count, self._rules)
-        if not record or self._fleet is None:
-            return engaged
+        if record and self._fleet is not None:
+            await self._record_brake(self._fleet, engaged, scan)
+        self._brake = engaged
+        return engaged
+
+    async def _record_brake(self, fleet: FleetState, engaged: bool, scan: Scan) -> None:
         if self._brake is None:
-            stored = await self._fleet.brake()
+            stored = await fleet.brake()
             self._brake = bool(stored and stored.get("engaged"))
         if engaged != self._brake:
             detail = {"unhealthy": len(scan.findings), "monitored": scan.enabled_count}
-            await self._fleet.set_brake(engaged, scan.now, detail)
-            self._brake = engaged
-        return engaged
+            await fleet.set_brake(engaged, scan.now, detail)
 
     @property
     def braking(self) -> bool:

@@ -7,15 +7,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
 from tests.unit.test_engine import API, DB, PROC, STALE, Rig, drive, make_rig
+from tests.unit.test_metrics import value
 from watchdog.actions.naming import check_safe_name
 from watchdog.daemon import CycleRunner
 from watchdog.errors import StoreUnavailable
 from watchdog.leadership import Leadership, NodeIdentity
+from watchdog.memory import MemoryWatch
+from watchdog.metrics import Metrics
 from watchdog.model import AuditAction, IncidentState, Outcome, Scan, Unjudgeable
+from watchdog.monitor import DaemonMonitor
 from watchdog.policy import EscalationRules, LadderStep
 from watchdog.ports import Claim
 from watchdog.safety import Restart, SafetyRules, brake_engaged, budget_returns_at
@@ -223,6 +228,36 @@ async def test_brake_holds_db_flag_and_process_restart_and_is_audited() -> None:
         AuditAction.BRAKE_ENGAGED,
         AuditAction.BRAKE_RELEASED,
     ]
+
+
+async def no_status() -> dict[str, Any]:
+    return {}
+
+
+async def test_a_dry_run_shows_the_brake_it_would_engage_and_writes_nothing() -> None:
+    rig = make_rig(fleet=True, dry_run=True)
+    for n in range(4):
+        rig.store.add(f"i{n}")
+    rig.clock.advance(STALE)
+    rig.store.beat("i3")  # 3 of 4 down: the brake would hold
+    report = await rig.cycle()
+    monitor = DaemonMonitor(
+        Metrics(process_collector=False),
+        MemoryWatch(1 << 30, read_rss=lambda: 0),
+        interval=5.0,
+        slack=5.0,
+        ready_max_age=30.0,
+        status=no_status,
+    )
+    monitor.good(report, 0.01, rig.engine, leader=True)
+    assert value(monitor.metrics, "watchdog_brake_engaged") == 1
+    assert not [r for r in rig.ledger.rows if r.instance_id == "*"]  # no audit row
+    assert fleet_of(rig).brake_state is None  # no fleet-state row
+
+    for n in range(3):
+        rig.store.beat(f"i{n}")
+    monitor.good(await rig.cycle(), 0.01, rig.engine, leader=True)
+    assert value(monitor.metrics, "watchdog_brake_engaged") == 0
 
 
 # ------------------------------------------------------------------------- budgets
