@@ -23,6 +23,7 @@ from watchdog.errors import ConfigError
 from watchdog.masking import mask_url, mask_urls_in, mask_webhook
 from watchdog.model import Action
 from watchdog.policy import DetectionRules, EscalationRules, LadderStep
+from watchdog.render import MAX_DURATION
 
 ENV_PREFIX = "WATCHDOG_"
 CONFIG_ENV = "WATCHDOG_CONFIG"
@@ -285,6 +286,19 @@ class AlertSettings(_Section):
     interval: Seconds = 2.0  # how often the outbox is drained
 
 
+# Whole days (a boolean is refused: `true` is not a number of days), at most the ten
+# years `MAX_DURATION` allows; 0 keeps the rows forever.
+Days = Annotated[int, Field(strict=True, ge=0, le=int(MAX_DURATION // 86400))]
+
+
+class RetentionSettings(_Section):
+    """How long the leader keeps the watchdog's own history (0: forever)."""
+
+    audit_days: Days = 90  # audit rows older than this are deleted
+    incidents_days: Days = 90  # closed incidents, once no kept audit row names them
+    outbox_days: Days = 7  # alert rows sent or given up
+
+
 class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     instances: InstancesSettings = InstancesSettings()
@@ -298,6 +312,7 @@ class Settings(_Section):
     ha: HaSettings = HaSettings()
     health: HealthSettings = HealthSettings()
     alerts: AlertSettings = AlertSettings()
+    retention: RetentionSettings = RetentionSettings()
 
     @model_validator(mode="after")
     def _interval_fits(self) -> Settings:

@@ -14,7 +14,8 @@ import gc
 import importlib.metadata
 import os
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -42,6 +43,7 @@ from watchdog.store.breakers import SqlBreakerStore
 from watchdog.store.fleet import SqlFleetState
 from watchdog.store.locks import PgAdvisoryLock, SqliteFileLock
 from watchdog.store.nodes import Node, SqlNodes
+from watchdog.store.retention import Keep, SqlRetention
 from watchdog.wiring import (
     MonotonicClock,
     Runtime,
@@ -52,6 +54,9 @@ from watchdog.wiring import (
 )
 
 log = get_logger(component="runner")
+
+RETENTION_EVERY = 3600.0  # seconds between retention runs of the leader
+RETENTION_CHECK = 60.0  # how soon after taking the lead the first run comes
 
 
 async def run_daemon(settings: Settings, *, once: bool, dry_run: bool) -> int:
@@ -121,6 +126,7 @@ async def _run(
             gc.freeze()
             if not dry_run:
                 jobs.append(_reconcile_job(reconciler, leadership, settings.detection.interval))
+                jobs.extend(_retention_jobs(runtime, leadership, signals))
             daemon = Daemon(
                 engine,
                 settings.detection.interval,
@@ -230,6 +236,54 @@ def _reconcile_job(reconciler: IntentReconciler, leadership: Leadership, every: 
             await reconciler.recheck()
 
     return SideJob("reconcile", max(every, 1.0), recheck)
+
+
+def _retention_jobs(
+    runtime: Runtime, leadership: Leadership, signals: StopSignals
+) -> list[SideJob]:
+    """The leader deletes history older than `[retention]` keeps (none when it keeps all)."""
+    settings = runtime.settings
+    r = settings.retention
+    floor = max(settings.escalation.reopen_window, settings.safety.flapping_window)
+    keep = Keep.days(r.audit_days, r.incidents_days, r.outbox_days, incidents_floor=floor)
+    if keep.forever:
+        return []
+    retention = SqlRetention(runtime.db, runtime.ledger, keep)
+
+    def leading() -> bool:
+        return leadership.is_leader
+
+    def proceed() -> bool:  # between batches: stop for a shutdown or a lost lead
+        return leading() and not signals.requested.is_set()
+
+    async def prune() -> None:
+        await retention.run(proceed)
+
+    return [retention_job(prune, leading)]
+
+
+def retention_job(
+    prune: Callable[[], Awaitable[None]],
+    leading: Callable[[], bool],
+    every: float = RETENTION_EVERY,
+    check: float = RETENTION_CHECK,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> SideJob:
+    """Run `prune` every `every` seconds while leading, and at the first check after
+    taking the lead (a new leader may follow one that pruned long ago, or never)."""
+    last: float | None = None  # when this node last pruned since it took the lead
+
+    async def maybe_prune() -> None:
+        nonlocal last
+        if not leading():
+            last = None
+            return
+        if last is not None and monotonic() - last < every:
+            return
+        last = monotonic()  # also when the run fails: the next try is a period later
+        await prune()
+
+    return SideJob("retention", check, maybe_prune)
 
 
 async def _leadership(

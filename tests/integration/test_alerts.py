@@ -619,25 +619,6 @@ async def test_an_audit_row_committed_after_a_higher_id_is_not_skipped(
 # ------------------------------------------------------------------------ upkeep
 
 
-async def test_prune_keeps_pending_rows(
-    db: Database, receiver: Receiver, client: httpx.AsyncClient
-) -> None:
-    receiver.statuses["/bad"] = 500
-    sinks = [sink(receiver, "good", "/good"), sink(receiver, "bad", "/bad")]
-    feeder = feeder_for(db, sinks)
-    await feeder.feed(T0)
-    await restart_intent(SqlLedger(db))
-    await feeder.feed(T0)
-    await sender(db, sinks, client).send_due(T0)
-    store = SqlOutbox(db)
-
-    assert await store.prune(T0) == 0
-    assert await store.prune(T0 + timedelta(days=30)) == 1
-    [left] = await outbox_rows(db)
-    assert (left["sink"], left["state"]) == ("bad", "pending")
-    assert await store.pending_count() == 1
-
-
 async def test_a_malformed_cursor_is_reported(db: Database, receiver: Receiver) -> None:
     async with db.begin("test") as conn:
         await conn.execute(sa.insert(flags).values(name="alert_cursor", value="{}", updated_at=T0))

@@ -254,14 +254,6 @@ class SqlOutbox:
             result = await conn.execute(sa.select(outbox).order_by(outbox.c.id))
             return [dict(row._mapping) for row in result]
 
-    async def prune(self, before: datetime) -> int:
-        """Delete sent and failed rows created before `before`; pending ones stay."""
-        delete = sa.delete(outbox).where(
-            outbox.c.state.in_((SENT, FAILED)), outbox.c.created_at < before
-        )
-        async with self._db.begin("prune alert outbox") as conn:
-            return int((await conn.execute(delete)).rowcount)
-
 
 # ------------------------------------------------------------------------------ helpers
 
