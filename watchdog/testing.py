@@ -202,7 +202,9 @@ class MemoryLedger:
 
     Times come from `clock.now`. Every audit row is appended to `rows` (ids from 1) and,
     as SqlLedger does after each commit, to `emitted` and the optional `emit` sink.
-    Details are stored as they read back from the SQL ledger (JSON round trip).
+    Details are stored as they read back from the SQL ledger (JSON round trip); the rows
+    returned and emitted hold them as given, as SqlLedger's do. The contract suite in
+    `tests/contract` runs the same tests on this and on SqlLedger.
     """
 
     def __init__(self, clock: FakeClock, emit: Callable[[AuditRow], None] | None = None) -> None:
@@ -279,7 +281,7 @@ class MemoryLedger:
         retry_at: datetime,
         detail: Mapping[str, Any] | None = None,
     ) -> int | None:
-        current = self._open(incident)
+        current = self._actionable(incident)
         if current is None or current.attempt != attempt - 1:
             return None
         self.incidents[incident.id] = replace(
@@ -293,6 +295,8 @@ class MemoryLedger:
         return self._write(now, spec).id
 
     async def begin_actions(self, claims: Sequence[Claim], now: datetime) -> list[int | None]:
+        if len({c.incident.id for c in claims}) != len(claims):
+            raise ValueError("one claim per incident per batch")
         return [
             await self.begin_action(c.incident, c.attempt, c.action, now, c.retry_at, c.detail)
             for c in claims
@@ -309,16 +313,15 @@ class MemoryLedger:
         next_action_at: datetime,
         intent_id: int | None = None,
     ) -> None:
-        if self._has_outcome(intent_id):
-            return  # one outcome per intent, as the SQL ledger's unique index holds it
         spec = replace(
             _row(incident, AuditAction(str(action)), outcome, attempt, detail),
             duration=round(duration, 6),
             intent_id=intent_id,
         )
-        self._write(self.clock.now, spec)
-        current = self._open(incident)
-        if current is not None and current.attempt == attempt:
+        self._write_all(self.clock.now, [spec])  # one outcome per intent
+        # Only an open incident's: a suppressed one waits for the restart budget to return.
+        current = self.incidents.get(incident.id)
+        if current and current.state is IncidentState.OPEN and current.attempt == attempt:
             self.incidents[incident.id] = replace(current, next_action_at=next_action_at)
 
     async def finish_actions(self, finished: Sequence[Finished]) -> None:
@@ -335,7 +338,7 @@ class MemoryLedger:
             )
 
     async def exhaust(self, incident: Incident, now: datetime) -> None:
-        current = self._open(incident)
+        current = self._actionable(incident)
         if current is None:
             return
         self.incidents[incident.id] = replace(
@@ -374,7 +377,7 @@ class MemoryLedger:
         self, held: Sequence[Incident], until: datetime, now: datetime, detail: Mapping[str, Any]
     ) -> None:
         for incident in held:
-            current = self._open(incident)
+            current = self._actionable(incident)
             if current is None or current.attempt != incident.attempt:
                 continue
             self.incidents[incident.id] = replace(
@@ -408,26 +411,28 @@ class MemoryLedger:
     async def orphan_intents(
         self, among: Collection[int] | None = None, instances: Collection[str] | None = None
     ) -> list[AuditRow]:
-        done = {
-            (r.incident_id, r.attempt, r.action) for r in self.rows if r.outcome != Outcome.STARTED
-        }
-        return [
-            r
-            for r in self.rows
-            if r.outcome == Outcome.STARTED
-            and (r.incident_id, r.attempt, r.action) not in done
-            and (among is None or r.id in among)
-            and (instances is None or r.instance_id in instances)
-        ]
+        """Intent rows with no later row of the same incident, attempt and action (a row
+        without an incident or attempt answers none, as NULLs never match in SQL)."""
+        later: set[tuple[int, int, AuditAction]] = set()
+        orphans: list[AuditRow] = []
+        for r in reversed(self.rows):
+            if r.incident_id is None or r.attempt is None:
+                answered = False
+            else:
+                key = (r.incident_id, r.attempt, r.action)
+                answered = key in later
+                later.add(key)
+            if (
+                r.outcome == Outcome.STARTED
+                and not answered
+                and (among is None or r.id in among)
+                and (instances is None or r.instance_id in instances)
+            ):
+                orphans.append(r)
+        return orphans[::-1]
 
     async def interrupt(self, intents: Sequence[AuditRow], note: str) -> list[AuditRow]:
-        now = self.clock.now
-        return [
-            self._write(now, interruption(r, note)) for r in intents if not self._has_outcome(r.id)
-        ]
-
-    def _has_outcome(self, intent_id: int | None) -> bool:
-        return intent_id is not None and any(r.intent_id == intent_id for r in self.rows)
+        return self._write_all(self.clock.now, [interruption(r, note) for r in intents])
 
     async def pause(self, pause: Pause, now: datetime) -> None:
         self.pauses[pause.instance_id] = pause
@@ -446,23 +451,36 @@ class MemoryLedger:
         return True
 
     async def append(self, row: NewAudit) -> AuditRow:
-        return self._write(self.clock.now, row)
+        return (await self.append_all([row]))[0]
 
     async def append_all(self, rows: Sequence[NewAudit]) -> list[AuditRow]:
-        return [self._write(self.clock.now, row) for row in rows]
+        return self._write_all(self.clock.now, rows)
+
+    def _write_all(self, at: datetime, specs: Sequence[NewAudit]) -> list[AuditRow]:
+        """Append rows, leaving out outcomes of an intent that has its outcome already
+        (SqlLedger's unique index on `intent_id`); returns the rows written."""
+        answered = {r.intent_id for r in self.rows if r.intent_id is not None}
+        written: list[AuditRow] = []
+        for spec in specs:
+            if spec.intent_id is not None:
+                if spec.intent_id in answered:
+                    continue
+                answered.add(spec.intent_id)
+            written.append(self._write(at, spec))
+        return written
 
     def _write(self, at: datetime, spec: NewAudit) -> AuditRow:
         values = {f.name: getattr(spec, f.name) for f in fields(spec)}  # AuditRow's, after `at`
-        values["detail"] = json.loads(json.dumps(dict(spec.detail), sort_keys=True, default=str))
-        row = AuditRow(len(self.rows) + 1, at, **values)
-        self.rows.append(row)
+        row = AuditRow(len(self.rows) + 1, at, **{**values, "detail": dict(spec.detail)})
+        stored = json.loads(json.dumps(row.detail, sort_keys=True, default=str))
+        self.rows.append(replace(row, detail=stored))  # as it reads back from the table
         self.emitted.append(row)
         if self._emit is not None:
             self._emit(row)
         return row
 
-    def _open(self, incident: Incident) -> Incident | None:
-        """The stored version of `incident` if it is still open."""
+    def _actionable(self, incident: Incident) -> Incident | None:
+        """The stored version of `incident` if it may still be acted on (open or suppressed)."""
         current = self.incidents.get(incident.id)
         return current if current and current.state in _ACTIONABLE else None
 
