@@ -1,7 +1,8 @@
 """Several replicas, one actor. The leader holds a lock (PostgreSQL advisory lock, or a
 file lock on SQLite); standbys try to take it every cycle. Before every action the
 engine asks `fence()`: a paused or partitioned former leader that lost its lock can
-never act. Changes of leader are audited.
+never act. Every lead taken is audited (`leader_changed`); only one taken over from
+another node alerts (see `SqlNodes.demote_others`).
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ class NodeRegistry(Protocol):
 
     async def update(self, node_id: str, role: str, *, good_cycle: bool = False) -> None: ...
 
-    async def demote_others(self, node_id: str) -> None:
-        """Other nodes still marked leader lost the lock: mark them `lost`."""
+    async def demote_others(self, node_id: str) -> bool:
+        """Other nodes still marked leader lost the lock: mark them `lost`. True when
+        another node led since this one last did (or started): the lead moves."""
         ...
 
 
@@ -91,16 +93,28 @@ class Leadership:
         succeeded. On a failure it stays a standby that holds the lock: the next
         `ensure()` wins the lock again at once and takes the lead again in full (a
         released lock would let another daemon start on the same SQLite file)."""
-        detail = {"node": self._me.node_id, "host": self._me.host, "pid": self._me.pid}
-        await self._ledger.append(
-            NewAudit("*", AuditAction.LEADER_CHANGED, Outcome.OK, detail=detail)
-        )
-        await self._nodes.demote_others(self._me.node_id)
+        moved = await self._nodes.demote_others(self._me.node_id)
+        await self._ledger.append(self._lead_audit(moved))
         await self._nodes.update(self._me.node_id, "leader")
         if self._on_lead is not None:
             await self._on_lead()
         self.is_leader = True
-        log.warning("this node leads now: %s", self._me.node_id)
+        if moved:
+            log.warning("this node leads now, taking over from another: %s", self._me.node_id)
+        else:
+            log.info("this node leads: %s (no other node led since it started)", self._me.node_id)
+
+    def _lead_audit(self, moved: bool) -> NewAudit:
+        """`leader_changed` either way; `first` marks a lead that moved from no other
+        node (a lone daemon's start), which is recorded but never alerted."""
+        detail: dict[str, object] = {
+            "node": self._me.node_id,
+            "host": self._me.host,
+            "pid": self._me.pid,
+        }
+        if not moved:
+            detail["first"] = True
+        return NewAudit("*", AuditAction.LEADER_CHANGED, Outcome.OK, detail=detail)
 
     async def fence(self) -> bool:
         """Still the leader, proven against the lock itself (asked before every action).

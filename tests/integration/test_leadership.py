@@ -4,6 +4,8 @@ real ones too: a trigger makes the database refuse one write."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,6 +13,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from watchdog.alerts import AlertFeeder
+from watchdog.config import SinkSettings
 from watchdog.daemon import CycleRunner
 from watchdog.errors import StoreError
 from watchdog.leadership import LeaderLock, Leadership, NodeIdentity
@@ -63,6 +67,13 @@ async def open_fleet(url: str) -> Fleet:
 
 
 @pytest.fixture
+async def fleet(db_url: str) -> AsyncIterator[Fleet]:
+    opened = await open_fleet(db_url)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
 async def sqlite_fleet(sqlite_url: str) -> AsyncIterator[Fleet]:
     opened = await open_fleet(sqlite_url)
     yield opened
@@ -88,6 +99,17 @@ class OnLead:
             self.failures -= 1
             raise StoreError("database unavailable (breakers load, test)")
         self.runs += 1
+
+
+async def wins(lead: Leadership, timeout: float = 10.0) -> bool:
+    """`ensure()` as a standby calls it, once a cycle, until it leads (bounded): a closed
+    lock session ends on the server a moment after the client let go of it."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await lead.ensure():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
 
 
 async def rows_of(db: Database) -> dict[str, Node]:
@@ -166,3 +188,77 @@ async def test_a_standby_refreshes_its_row_but_never_claims_a_good_cycle(
     assert registered is not None
     assert row.updated_at > registered  # alive, as `status` shows it
     assert row.last_good_cycle_at is None  # it completed no cycle
+
+
+# ------------------------------------------------------ the first lead and a takeover
+
+
+async def alerts_for_new_rows(db: Database) -> AlertFeeder:
+    sinks = [SinkSettings(name="ops", url="http://127.0.0.1:9/hook")]
+    feeder = AlertFeeder(db, sinks, settle=0.0)
+    assert await feeder.feed() == 0  # places the cursor: rows from now on are alerted
+    return feeder
+
+
+@pytest.mark.parametrize("ended", ["stopped", "killed"])
+async def test_a_lone_daemon_taking_the_lead_is_audited_but_is_no_leader_change(
+    fleet: Fleet, ended: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its first start, and a restart after a clean stop or a kill -9 (its row still
+    says `leader`): no other node led since this one started."""
+    feeder = await alerts_for_new_rows(fleet.db)
+    caplog.set_level(logging.INFO, logger="watchdog.leadership")
+    lock = fleet.lock()
+    before = await fleet.node(1, lock=lock)
+    assert await before.ensure()
+    await before.good_cycle()
+    await (before.stop() if ended == "stopped" else lock.release())
+    mine = fleet.lock()
+    after = await fleet.node(2, lock=mine)
+    assert await wins(after)
+    await after.good_cycle()
+    await mine.release()  # this one loses its lock and wins it back: still no change
+    assert await after.ensure() is False
+    assert await wins(after)
+
+    rows = await leads(fleet.db)
+    assert [r.detail["node"] for r in rows] == ["host:1", "host:2", "host:2"]
+    assert [r.detail.get("first") for r in rows] == [True, True, True]
+    assert await feeder.feed() == 0  # no leader_changed alert
+    levels = {r.levelname for r in caplog.records if r.name == "watchdog.leadership"}
+    assert levels == {"INFO", "ERROR"}  # the lead taken; the lock lost
+
+
+@pytest.mark.parametrize("ended", ["killed", "noticed", "stopped"])
+async def test_taking_over_from_a_node_that_led_is_a_leader_change(
+    pg_fleet: Fleet, ended: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The leader ran cycles while the standby waited; then it is killed (its row still
+    says `leader`), loses its lock and says so first (`standby`), or stops (`gone`). The
+    standby that takes over is a new leader: audited and alerted."""
+    feeder = await alerts_for_new_rows(pg_fleet.db)
+    lock = pg_fleet.lock()
+    old = await pg_fleet.node(1, lock=lock)
+    standby = await pg_fleet.node(2)
+    assert await old.ensure()
+    assert await standby.ensure() is False
+    await old.good_cycle()
+    await lock.release()  # the session ends: with a kill -9, nothing else is written
+    if ended == "noticed":
+        assert await old.ensure() is False
+    elif ended == "stopped":
+        await old.stop()
+    caplog.set_level(logging.INFO, logger="watchdog.leadership")
+    caplog.clear()  # the old leader's line about its lost lock
+
+    assert await wins(standby)
+
+    first, takeover = await leads(pg_fleet.db)
+    assert first.detail.get("first") is True
+    assert "first" not in takeover.detail
+    assert takeover.detail["node"] == "host:2"
+    assert await feeder.feed() == 1  # leader_changed, to the one sink
+    role = {"killed": "lost", "noticed": "standby", "stopped": "gone"}[ended]
+    assert (await rows_of(pg_fleet.db))["host:1"].role == role
+    (line,) = [r for r in caplog.records if r.name == "watchdog.leadership"]
+    assert line.levelname == "WARNING"

@@ -93,6 +93,7 @@ def test_alert_worthy_rows(audit: AuditRow) -> None:
         row("flapping"),
         row("exhausted", Outcome.SKIPPED, dry_run=True),  # a dry run changes nothing
         row("process_restart", Outcome.STARTED, dry_run=True),
+        row("leader_changed", instance="*", node="a:1", first=True),  # a lone daemon's start
         row("something_new"),
     ],
 )

@@ -49,9 +49,10 @@ ALERT_ACTIONS: Final = frozenset(KINDS)
 
 
 def alert_worthy(row: AuditRow) -> bool:
-    """Whether this audit row raises (or resolves) an alert; dry runs never do."""
+    """Whether this audit row raises (or resolves) an alert; dry runs never do, nor a
+    lead that moved from no other node (`first`: a lone daemon's start is no change)."""
     kind = KINDS.get(str(row.action))
-    if kind is None or row.detail.get("dry_run"):
+    if kind is None or row.detail.get("dry_run") or row.detail.get("first"):
         return False
     return str(row.outcome) == kind.outcome
 

@@ -1,6 +1,7 @@
-"""The `watchdog_nodes` table: every running replica, its role and its last good cycle.
-Every time in it is the database's clock, so replicas on hosts whose clocks differ are
-compared fairly."""
+"""The `watchdog_nodes` table: every replica that ran against this database (one that
+exited stays, `gone`), its role and the last cycle it completed (only a leader runs
+cycles). Every time in it is the database's clock, so replicas on hosts whose clocks
+differ are compared fairly."""
 
 from __future__ import annotations
 
@@ -60,14 +61,18 @@ class SqlNodes:
         async with self._db.begin("update node") as conn:
             await conn.execute(sa.update(nodes).where(nodes.c.node_id == node_id).values(values))
 
-    async def demote_others(self, node_id: str) -> None:
+    async def demote_others(self, node_id: str) -> bool:
+        """Other nodes still marked leader lost the lock: mark them `lost`. True when the
+        lead moves from another node (see `_led_since`)."""
         statement = (
             sa.update(nodes)
             .where(nodes.c.role == "leader", nodes.c.node_id != node_id)
             .values(role="lost", updated_at=self._db.now_expr())
         )
         async with self._db.begin("demote old leader") as conn:
+            moved = bool((await conn.execute(_led_since(node_id))).scalar_one())
             await conn.execute(statement)
+        return moved
 
     async def all(self) -> list[Node]:
         query = sa.select(nodes).order_by(nodes.c.started_at)
@@ -86,6 +91,23 @@ class SqlNodes:
             )
             for r in rows
         ]
+
+
+def _led_since(node_id: str) -> sa.Select[tuple[bool]]:
+    """Whether another node completed a cycle after this one last did (or since it
+    started, if it never did). Only a leader completes cycles, so this asks whether
+    another node led in the meantime, whatever its role says now: killed (`leader`),
+    told of its lost lock (`standby`) or stopped (`gone`). A lone daemon's restart, a
+    fleet's first start and a node winning back its own lock find none: every time here
+    is the database's."""
+    me = nodes.alias("me")
+    since = sa.func.coalesce(me.c.last_good_cycle_at, me.c.started_at)
+    other = sa.exists().where(
+        me.c.node_id == node_id,
+        nodes.c.node_id != node_id,
+        nodes.c.last_good_cycle_at > since,
+    )
+    return sa.select(other)
 
 
 def _values(node: Node) -> dict[str, Any]:
