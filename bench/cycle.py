@@ -28,8 +28,8 @@ from sqlalchemy.engine import make_url
 from bench import fleet
 from bench.common import Env, Results, median, pct
 from watchdog.config import DetectionSettings, EscalationSettings, InstancesSettings
-from watchdog.engine import Engine
-from watchdog.ports import NewAudit
+from watchdog.core.ports import NewAudit
+from watchdog.engine.cycle import Engine
 from watchdog.store.database import Database
 from watchdog.store.instances import SqlInstanceStore
 from watchdog.store.ledger import REVISION, SqlLedger

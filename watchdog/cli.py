@@ -17,13 +17,13 @@ import click
 
 from watchdog import render, views
 from watchdog.config import Settings, load_settings, redacted
-from watchdog.errors import ConfigError, NotFound, WatchdogError
+from watchdog.core.errors import ConfigError, NotFound, WatchdogError
+from watchdog.core.model import AuditAction, IncidentState, Pause, RowFacts, Target, Verdict
+from watchdog.core.ports import AuditQuery, ProcessLocator
+from watchdog.core.situation import human_delta, stamp
 from watchdog.masking import mask_urls_in
-from watchdog.model import AuditAction, IncidentState, Pause, RowFacts, Target, Verdict
 from watchdog.observability import configure_logging, emit_audit, silence_logging
-from watchdog.ports import AuditQuery, ProcessLocator
 from watchdog.render import one_line
-from watchdog.situation import human_delta, stamp
 from watchdog.store import migrate
 from watchdog.store.ledger import AuditSink, ignore_audit
 from watchdog.wiring import Runtime, check_backends, login_user, open_runtime
@@ -109,7 +109,7 @@ def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
 @handle_errors
 def run(ctx: Context, once: bool, dry_run: bool) -> None:
     """Run the watchdog (the daemon, or one cycle with --once)."""
-    from watchdog.runner import run_daemon
+    from watchdog.daemon.bootstrap import run_daemon
 
     settings = ctx.settings(require_secrets=not dry_run)
     check_backends(settings)  # what config check checks, before anything starts

@@ -19,10 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 from sqlalchemy.engine import make_url
 
-from watchdog.errors import ConfigError
+from watchdog.core.errors import ConfigError
+from watchdog.core.model import Action
+from watchdog.core.policy import DetectionRules, EscalationRules, LadderStep
 from watchdog.masking import mask_url, mask_urls_in, mask_webhook
-from watchdog.model import Action
-from watchdog.policy import DetectionRules, EscalationRules, LadderStep
 from watchdog.render import MAX_DURATION
 
 ENV_PREFIX = "WATCHDOG_"

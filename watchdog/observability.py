@@ -8,7 +8,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from watchdog.model import AuditRow
+from watchdog.core.model import AuditRow
 
 _LEVELS = {
     "debug": logging.DEBUG,

@@ -9,9 +9,9 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from watchdog.breaker import BreakerSnapshot
-from watchdog.model import AuditRow, Census
-from watchdog.situation import human_delta, stamp
+from watchdog.core.breaker import BreakerSnapshot
+from watchdog.core.model import AuditRow, Census
+from watchdog.core.situation import human_delta, stamp
 
 _CELL_CHARS = 90  # a column is at most this wide; `--json` has every value whole
 _NARROWEST = 8  # columns are not narrowed below this to fit the terminal

@@ -48,11 +48,11 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from watchdog.errors import TransientRecoveryError, WatchdogError
-from watchdog.model import Action, ActionResult, Target
-from watchdog.ports import Recovery
+from watchdog.core.errors import TransientRecoveryError, WatchdogError
+from watchdog.core.model import Action, ActionResult, Target
+from watchdog.core.ports import Recovery
 
-log = logging.getLogger("watchdog.resilience")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 

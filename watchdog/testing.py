@@ -17,8 +17,8 @@ from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from watchdog.errors import InvalidTarget, TransientRecoveryError
-from watchdog.model import (
+from watchdog.core.errors import InvalidTarget, TransientRecoveryError
+from watchdog.core.model import (
     Action,
     ActionResult,
     AuditAction,
@@ -31,14 +31,14 @@ from watchdog.model import (
     Scan,
     Target,
 )
-from watchdog.policy import (
+from watchdog.core.policy import (
     DetectionRules,
     InstanceRow,
     classify,
     time_to_threshold,
     unmonitored_reason,
 )
-from watchdog.ports import (
+from watchdog.core.ports import (
     AuditQuery,
     Claim,
     Closing,
@@ -48,10 +48,10 @@ from watchdog.ports import (
     Opening,
     interruption,
 )
-from watchdog.safety import Restart
+from watchdog.core.safety import Restart
 
 if TYPE_CHECKING:
-    from watchdog.ports import Clock, InstanceStore, Ledger, Recovery
+    from watchdog.core.ports import Clock, InstanceStore, Ledger, Recovery
 
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 """Where a `FakeClock` starts unless told otherwise."""

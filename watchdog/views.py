@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from watchdog.breaker import BreakerSnapshot, BreakerState
 from watchdog.config import Settings
-from watchdog.errors import WatchdogError
-from watchdog.model import (
+from watchdog.core.breaker import BreakerSnapshot, BreakerState
+from watchdog.core.errors import WatchdogError
+from watchdog.core.model import (
     Action,
     Census,
     Incident,
@@ -23,8 +23,8 @@ from watchdog.model import (
     Unjudgeable,
     Verdict,
 )
-from watchdog.policy import UNREADABLE, EscalationRules, is_paused, step_for_attempt
-from watchdog.situation import Facts, human_delta, situate, when
+from watchdog.core.policy import UNREADABLE, EscalationRules, is_paused, step_for_attempt
+from watchdog.core.situation import Facts, human_delta, situate, when
 from watchdog.store.breakers import SqlBreakerStore
 from watchdog.store.fleet import SqlFleetState
 from watchdog.store.judging import rule_of, why_of

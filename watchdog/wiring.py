@@ -21,9 +21,9 @@ from watchdog.actions.command import CommandRestart
 from watchdog.actions.db_flag import DbFlag
 from watchdog.actions.systemd import SystemdRestart
 from watchdog.config import Settings
-from watchdog.errors import ConfigError, StoreError
-from watchdog.model import Action
-from watchdog.ports import Recovery
+from watchdog.core.errors import ConfigError, StoreError
+from watchdog.core.model import Action
+from watchdog.core.ports import Recovery
 from watchdog.resilience import RetryingRecovery
 from watchdog.store.database import Database
 from watchdog.store.instances import SqlInstanceStore

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from watchdog.model import (
+from watchdog.core.model import (
     Action,
     AuditAction,
     AuditRow,
@@ -30,7 +30,7 @@ from watchdog.model import (
     Pause,
     Reason,
 )
-from watchdog.ports import AuditQuery, Claim, Closing, Finished, Ledger, NewAudit, Opening
+from watchdog.core.ports import AuditQuery, Claim, Closing, Finished, Ledger, NewAudit, Opening
 from watchdog.store import migrate
 from watchdog.store.database import Database
 from watchdog.store.ledger import SqlLedger

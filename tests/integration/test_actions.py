@@ -29,14 +29,14 @@ import pytest
 from watchdog.actions.api import ApiRestart, HttpClients
 from watchdog.actions.command import CommandRestart
 from watchdog.actions.db_flag import DbFlag
-from watchdog.errors import (
+from watchdog.core.errors import (
     PermanentRecoveryError,
     RecoveryError,
     StoreUnavailable,
     TransientRecoveryError,
 )
-from watchdog.model import Action, Scan, Target
-from watchdog.ports import Recovery
+from watchdog.core.model import Action, Scan, Target
+from watchdog.core.ports import Recovery
 from watchdog.wiring import api_tls
 
 TOKEN = "s3cr3t-t0ken-value"  # a test value, asserted never to leak

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
-from watchdog.breaker import (
+from watchdog.core.breaker import (
     BreakerBoard,
     BreakerRules,
     BreakerSnapshot,
@@ -16,7 +16,7 @@ from watchdog.breaker import (
     CircuitBreaker,
     Transition,
 )
-from watchdog.errors import StoreError
+from watchdog.core.errors import StoreError
 from watchdog.store import migrate
 from watchdog.store.breakers import SqlBreakerStore
 from watchdog.store.database import Database

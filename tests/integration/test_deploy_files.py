@@ -27,7 +27,7 @@ from watchdog.actions.command import CommandRestart
 from watchdog.actions.supervisor import SupervisorRestart
 from watchdog.actions.systemd import SystemdRestart
 from watchdog.config import DaemonSettings, ProcessSettings, load_settings
-from watchdog.errors import ConfigError
+from watchdog.core.errors import ConfigError
 from watchdog.wiring import process_backend
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -31,9 +31,9 @@ from tests.supervisord import sleeper, supervisord
 from watchdog.actions.api import ApiRestart
 from watchdog.actions.supervisor import SupervisorRestart
 from watchdog.config import InstancesSettings
-from watchdog.errors import PermanentRecoveryError, StoreUnavailable, TransientRecoveryError
-from watchdog.model import Target
-from watchdog.policy import DetectionRules
+from watchdog.core.errors import PermanentRecoveryError, StoreUnavailable, TransientRecoveryError
+from watchdog.core.model import Target
+from watchdog.core.policy import DetectionRules
 from watchdog.resilience import RetryingRecovery, retry_transient
 from watchdog.store.database import Database
 from watchdog.store.instances import SqlInstanceStore

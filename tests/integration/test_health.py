@@ -16,13 +16,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from watchdog import health
 from watchdog.config import HealthSettings
-from watchdog.errors import ConfigError
-from watchdog.health import HEAD_LIMIT, SHUTDOWN_TIMEOUT, HealthServer
-from watchdog.metrics import Metrics
-from watchdog.model import AuditAction, AuditRow, Outcome
-from watchdog.probes import liveness, readiness
+from watchdog.core.errors import ConfigError
+from watchdog.core.model import AuditAction, AuditRow, Outcome
+from watchdog.daemon import health
+from watchdog.daemon.health import HEAD_LIMIT, SHUTDOWN_TIMEOUT, HealthServer
+from watchdog.daemon.metrics import Metrics
+from watchdog.daemon.probes import liveness, readiness
 
 TOKEN = "s3cret-token-value"
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

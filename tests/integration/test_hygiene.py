@@ -32,11 +32,11 @@ import sqlalchemy as sa
 
 from tests.apptable import SQLITE_FORMATS, AppTable
 from watchdog.config import InstancesSettings
-from watchdog.engine import Engine
-from watchdog.guards import Guards
-from watchdog.model import Action, Target
-from watchdog.policy import DetectionRules, EscalationRules, LadderStep
-from watchdog.safety import SafetyRules
+from watchdog.core.model import Action, Target
+from watchdog.core.policy import DetectionRules, EscalationRules, LadderStep
+from watchdog.core.safety import SafetyRules
+from watchdog.engine.cycle import Engine
+from watchdog.engine.guards import Guards
 from watchdog.store import migrate
 from watchdog.store.database import Database
 from watchdog.store.fleet import SqlFleetState

@@ -15,11 +15,11 @@ import sqlalchemy as sa
 
 from watchdog.alerts import AlertFeeder
 from watchdog.config import SinkSettings
-from watchdog.daemon import CycleRunner
-from watchdog.errors import StoreError
-from watchdog.leadership import LeaderLock, Leadership, NodeIdentity
-from watchdog.model import AuditAction, AuditRow
-from watchdog.ports import AuditQuery
+from watchdog.core.errors import StoreError
+from watchdog.core.model import AuditAction, AuditRow
+from watchdog.core.ports import AuditQuery
+from watchdog.daemon.leadership import LeaderLock, Leadership, NodeIdentity
+from watchdog.daemon.loop import CycleRunner
 from watchdog.store import migrate
 from watchdog.store.database import Database
 from watchdog.store.ledger import SqlLedger
@@ -207,7 +207,7 @@ async def test_a_lone_daemon_taking_the_lead_is_audited_but_is_no_leader_change(
     """Its first start, and a restart after a clean stop or a kill -9 (its row still
     says `leader`): no other node led since this one started."""
     feeder = await alerts_for_new_rows(fleet.db)
-    caplog.set_level(logging.INFO, logger="watchdog.leadership")
+    caplog.set_level(logging.INFO, logger="watchdog.daemon.leadership")
     lock = fleet.lock()
     before = await fleet.node(1, lock=lock)
     assert await before.ensure()
@@ -225,7 +225,7 @@ async def test_a_lone_daemon_taking_the_lead_is_audited_but_is_no_leader_change(
     assert [r.detail["node"] for r in rows] == ["host:1", "host:2", "host:2"]
     assert [r.detail.get("first") for r in rows] == [True, True, True]
     assert await feeder.feed() == 0  # no leader_changed alert
-    levels = {r.levelname for r in caplog.records if r.name == "watchdog.leadership"}
+    levels = {r.levelname for r in caplog.records if r.name == "watchdog.daemon.leadership"}
     assert levels == {"INFO", "ERROR"}  # the lead taken; the lock lost
 
 
@@ -248,7 +248,7 @@ async def test_taking_over_from_a_node_that_led_is_a_leader_change(
         assert await old.ensure() is False
     elif ended == "stopped":
         await old.stop()
-    caplog.set_level(logging.INFO, logger="watchdog.leadership")
+    caplog.set_level(logging.INFO, logger="watchdog.daemon.leadership")
     caplog.clear()  # the old leader's line about its lost lock
 
     assert await wins(standby)
@@ -260,5 +260,5 @@ async def test_taking_over_from_a_node_that_led_is_a_leader_change(
     assert await feeder.feed() == 1  # leader_changed, to the one sink
     role = {"killed": "lost", "noticed": "standby", "stopped": "gone"}[ended]
     assert (await rows_of(pg_fleet.db))["host:1"].role == role
-    (line,) = [r for r in caplog.records if r.name == "watchdog.leadership"]
+    (line,) = [r for r in caplog.records if r.name == "watchdog.daemon.leadership"]
     assert line.levelname == "WARNING"

@@ -14,9 +14,9 @@ import pytest
 import sqlalchemy as sa
 
 from watchdog.config import InstancesSettings
-from watchdog.errors import ConfigError
-from watchdog.model import Reason, Scan
-from watchdog.policy import DetectionRules
+from watchdog.core.errors import ConfigError
+from watchdog.core.model import Reason, Scan
+from watchdog.core.policy import DetectionRules
 from watchdog.store import migrate
 from watchdog.store.database import Database
 from watchdog.store.instances import SqlInstanceStore

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from watchdog.errors import StoreError
-from watchdog.model import AuditAction, AuditRow, Outcome
-from watchdog.ports import AuditQuery
+from watchdog.core.errors import StoreError
+from watchdog.core.model import AuditAction, AuditRow, Outcome
+from watchdog.core.ports import AuditQuery
 from watchdog.store import migrate
 from watchdog.store.database import Database
 from watchdog.store.ledger import SqlLedger

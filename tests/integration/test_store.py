@@ -12,9 +12,8 @@ import sqlalchemy as sa
 
 from tests.apptable import AppTable
 from watchdog.config import DatabaseSettings, InstancesSettings, Settings
-from watchdog.engine import Engine
-from watchdog.errors import ConfigError, StoreError, StoreSchemaError
-from watchdog.model import (
+from watchdog.core.errors import ConfigError, StoreError, StoreSchemaError
+from watchdog.core.model import (
     Action,
     AuditAction,
     Finding,
@@ -25,8 +24,9 @@ from watchdog.model import (
     Reason,
     Scan,
 )
-from watchdog.policy import UNREADABLE, DetectionRules, InstanceRow, classify
-from watchdog.ports import AuditQuery, Claim, Closing, Finished, Opening
+from watchdog.core.policy import UNREADABLE, DetectionRules, InstanceRow, classify
+from watchdog.core.ports import AuditQuery, Claim, Closing, Finished, Opening
+from watchdog.engine.cycle import Engine
 from watchdog.store import migrate
 from watchdog.store.database import Database
 from watchdog.store.instances import SqlInstanceStore
@@ -539,7 +539,7 @@ async def test_one_open_incident_per_instance(app: AppTable, db: Database) -> No
     ledger, instances = SqlLedger(db), store(db)
     incident, now = await _open(ledger, instances, app, "x")
     scan = await instances.scan()
-    from watchdog.errors import StoreError
+    from watchdog.core.errors import StoreError
 
     with pytest.raises(StoreError):
         await ledger.open_incident(scan.findings["x"], 0, None, now)
@@ -776,7 +776,7 @@ async def test_fleet_state_restarts_and_brake(db: Database) -> None:
 async def test_the_scan_finds_the_next_deadline_like_the_pure_rule(
     app: AppTable, db: Database
 ) -> None:
-    from watchdog.policy import time_to_threshold
+    from watchdog.core.policy import time_to_threshold
 
     app.add("beating", heartbeat_ago=50)  # 40 s left
     app.add("connecting", status="CONNECTING", heartbeat_ago=1, status_ago=100)  # 20 s left

@@ -22,9 +22,9 @@ import pytest
 from tests.supervisord import Supervisord, python, sleeper, supervisord
 from tests.waiting import wait_for
 from watchdog.actions.supervisor import SupervisorRestart
-from watchdog.errors import PermanentRecoveryError, TransientRecoveryError
-from watchdog.model import Action, Target
-from watchdog.ports import ProcessLocator, Recovery
+from watchdog.core.errors import PermanentRecoveryError, TransientRecoveryError
+from watchdog.core.model import Action, Target
+from watchdog.core.ports import ProcessLocator, Recovery
 
 USER, SECRET = "watchdog", "s3cr3t@sv/pass"  # asserted never to leak, nor its encoded form
 ENCODED = quote(SECRET, safe="")

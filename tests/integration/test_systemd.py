@@ -26,9 +26,9 @@ import psutil
 import pytest
 
 from watchdog.actions.systemd import SystemdRestart
-from watchdog.errors import PermanentRecoveryError, RecoveryError, TransientRecoveryError
-from watchdog.model import Action, Target
-from watchdog.ports import ProcessLocator, Recovery
+from watchdog.core.errors import PermanentRecoveryError, RecoveryError, TransientRecoveryError
+from watchdog.core.model import Action, Target
+from watchdog.core.ports import ProcessLocator, Recovery
 
 PY = sys.executable
 SLEEPER = [PY, "-c", "import time; time.sleep(300)"]

@@ -12,7 +12,7 @@ import pytest
 from watchdog.alerts import formats
 from watchdog.alerts.sender import backoff, scrub
 from watchdog.config import SinkSettings
-from watchdog.model import AuditAction, AuditRow, Outcome
+from watchdog.core.model import AuditAction, AuditRow, Outcome
 
 T0 = datetime(2024, 5, 1, 12, 0, 30, tzinfo=UTC)
 

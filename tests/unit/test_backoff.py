@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from watchdog.model import Action
-from watchdog.policy import EscalationRules, LadderStep, backoff, step_for_attempt
+from watchdog.core.model import Action
+from watchdog.core.policy import EscalationRules, LadderStep, backoff, step_for_attempt
 
 RULES = EscalationRules()
 

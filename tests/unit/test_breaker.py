@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from watchdog.breaker import (
+from watchdog.config import BreakerSettings
+from watchdog.core.breaker import (
     BreakerBoard,
     BreakerRules,
     BreakerSnapshot,
@@ -22,7 +23,6 @@ from watchdog.breaker import (
     CircuitBreaker,
     Transition,
 )
-from watchdog.config import BreakerSettings
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 RULES = BreakerRules()

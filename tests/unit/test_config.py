@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from watchdog.config import load_settings, redacted
-from watchdog.errors import ConfigError
-from watchdog.model import Action
+from watchdog.core.errors import ConfigError
+from watchdog.core.model import Action
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from watchdog.daemon import CycleRunner
-from watchdog.engine import CycleReport
+from watchdog.daemon.loop import CycleRunner
+from watchdog.engine.cycle import CycleReport
 
 
 class SlowEngine:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from watchdog.dry_run import DryRun
-from watchdog.model import Incident, IncidentState, Reason
-from watchdog.policy import Dismiss, Resolve
+from watchdog.core.model import Incident, IncidentState, Reason
+from watchdog.core.policy import Dismiss, Resolve
+from watchdog.engine.dry_run import DryRun
 from watchdog.testing import FakeClock, MemoryLedger
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

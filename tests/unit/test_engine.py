@@ -12,11 +12,8 @@ from datetime import timedelta
 
 import pytest
 
-from watchdog.breaker import BreakerRules
-from watchdog.circuit import BackendBreakers
-from watchdog.engine import CycleReport, Engine
-from watchdog.guards import Guards
-from watchdog.model import (
+from watchdog.core.breaker import BreakerRules
+from watchdog.core.model import (
     Action,
     ActionResult,
     AuditAction,
@@ -26,9 +23,12 @@ from watchdog.model import (
     Pause,
     Target,
 )
-from watchdog.policy import DetectionRules, EscalationRules, LadderStep
-from watchdog.ports import AuditQuery
-from watchdog.safety import SafetyRules
+from watchdog.core.policy import DetectionRules, EscalationRules, LadderStep
+from watchdog.core.ports import AuditQuery
+from watchdog.core.safety import SafetyRules
+from watchdog.engine.breakers import BackendBreakers
+from watchdog.engine.cycle import CycleReport, Engine
+from watchdog.engine.guards import Guards
 from watchdog.testing import (
     FakeClock,
     MemoryFleetState,

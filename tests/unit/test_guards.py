@@ -14,16 +14,16 @@ import pytest
 from tests.unit.test_engine import API, DB, PROC, STALE, Rig, drive, make_rig
 from tests.unit.test_metrics import value
 from watchdog.actions.naming import check_safe_name
-from watchdog.daemon import CycleRunner
-from watchdog.errors import StoreUnavailable
-from watchdog.leadership import Leadership, NodeIdentity
-from watchdog.memory import MemoryWatch
-from watchdog.metrics import Metrics
-from watchdog.model import AuditAction, IncidentState, Outcome, Scan, Unjudgeable
-from watchdog.monitor import DaemonMonitor
-from watchdog.policy import EscalationRules, LadderStep
-from watchdog.ports import Claim
-from watchdog.safety import Restart, SafetyRules, brake_engaged, budget_returns_at
+from watchdog.core.errors import StoreUnavailable
+from watchdog.core.model import AuditAction, IncidentState, Outcome, Scan, Unjudgeable
+from watchdog.core.policy import EscalationRules, LadderStep
+from watchdog.core.ports import Claim
+from watchdog.core.safety import Restart, SafetyRules, brake_engaged, budget_returns_at
+from watchdog.daemon.leadership import Leadership, NodeIdentity
+from watchdog.daemon.loop import CycleRunner
+from watchdog.daemon.memory import MemoryWatch
+from watchdog.daemon.metrics import Metrics
+from watchdog.daemon.selfcheck import DaemonMonitor
 from watchdog.testing import EPOCH, MemoryFleetState, MemoryInstanceStore
 
 PROCESS_ONLY = EscalationRules(

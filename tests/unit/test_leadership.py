@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from watchdog.leadership import Leadership, NodeIdentity
+from watchdog.daemon.leadership import Leadership, NodeIdentity
 from watchdog.testing import FakeClock, MemoryLedger
 
 

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from watchdog.breaker import BreakerSnapshot, BreakerState
-from watchdog.engine import CycleReport
-from watchdog.metrics import CONTENT_TYPE, DETECTION_BUCKETS, Metrics
-from watchdog.model import AuditAction, AuditRow, Outcome, Unjudgeable
+from watchdog.core.breaker import BreakerSnapshot, BreakerState
+from watchdog.core.model import AuditAction, AuditRow, Outcome, Unjudgeable
+from watchdog.daemon.metrics import CONTENT_TYPE, DETECTION_BUCKETS, Metrics
+from watchdog.engine.cycle import CycleReport
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

@@ -16,8 +16,8 @@ from watchdog.actions.naming import (
     resolve_process,
     substitute,
 )
-from watchdog.errors import PermanentRecoveryError
-from watchdog.model import Target
+from watchdog.core.errors import PermanentRecoveryError
+from watchdog.core.model import Target
 
 UNSAFE = [
     "",

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 
 from watchdog import render
-from watchdog.model import AuditAction, AuditRow, Outcome
+from watchdog.core.model import AuditAction, AuditRow, Outcome
 from watchdog.observability import configure_logging, emit_audit, get_logger, silence_logging
 
 
@@ -46,19 +46,21 @@ def test_audit_events_follow_the_configured_stream_and_levels(stream: io.StringI
 
 
 def test_standard_library_records_are_json_lines_on_the_same_stream(stream: io.StringIO) -> None:
-    logging.getLogger("watchdog.engine").warning("restart of %s failed", "app\nERROR forged\x1b[2J")
+    logging.getLogger("watchdog.engine.cycle").warning(
+        "restart of %s failed", "app\nERROR forged\x1b[2J"
+    )
     get_logger(component="daemon").info("cycle", unhealthy=2)
-    logging.getLogger("watchdog.engine").debug("below the level")
+    logging.getLogger("watchdog.engine.cycle").debug("below the level")
     try:
         raise RuntimeError("boom")
     except RuntimeError:
-        logging.getLogger("watchdog.engine").exception("cycle_failed")
+        logging.getLogger("watchdog.engine.cycle").exception("cycle_failed")
 
     lines = stream.getvalue().splitlines()
     assert len(lines) == 3  # one line each: the traceback rides inside its event
     stdlib, native, failed = (json.loads(line) for line in lines)
     assert stdlib["event"] == "restart of app\nERROR forged\x1b[2J failed"  # escaped by JSON
-    assert (stdlib["level"], stdlib["logger"]) == ("warning", "watchdog.engine")
+    assert (stdlib["level"], stdlib["logger"]) == ("warning", "watchdog.engine.cycle")
     assert stdlib["timestamp"].endswith("Z")
     assert (native["event"], native["component"], native["unhealthy"]) == ("cycle", "daemon", 2)
     assert failed["level"] == "error"
@@ -68,7 +70,7 @@ def test_standard_library_records_are_json_lines_on_the_same_stream(stream: io.S
 def test_silenced_logging_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
     silence_logging()
     try:
-        logging.getLogger("watchdog.leadership").critical("not shown")
+        logging.getLogger("watchdog.daemon.leadership").critical("not shown")
         get_logger().critical("not shown either")
         emit_audit(row(Outcome.FAILED))
     finally:

@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from watchdog.errors import StoreError, StoreUnavailable
-from watchdog.model import Action, Incident, IncidentState, Outcome, Reason
-from watchdog.outcomes import OutcomeWriter
-from watchdog.ports import Finished
+from watchdog.core.errors import StoreError, StoreUnavailable
+from watchdog.core.model import Action, Incident, IncidentState, Outcome, Reason
+from watchdog.core.ports import Finished
+from watchdog.engine.outcomes import OutcomeWriter
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

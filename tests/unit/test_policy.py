@@ -20,8 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from watchdog.model import Action, Finding, Incident, IncidentState, Pause, Reason
-from watchdog.policy import (
+from watchdog.core.model import Action, Finding, Incident, IncidentState, Pause, Reason
+from watchdog.core.policy import (
     UNREADABLE,
     Act,
     Decision,

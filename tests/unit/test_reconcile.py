@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from watchdog.model import Action, Finding, Outcome, Reason
-from watchdog.ports import Claim, Finished
-from watchdog.reconcile import IntentReconciler, may_interrupt
+from watchdog.core.model import Action, Finding, Outcome, Reason
+from watchdog.core.ports import Claim, Finished
+from watchdog.daemon.reconcile import IntentReconciler, may_interrupt
 from watchdog.testing import FakeClock, MemoryLedger
 
 ME = "n1"

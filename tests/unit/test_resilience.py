@@ -10,15 +10,15 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from watchdog.errors import (
+from watchdog.core.errors import (
     PermanentRecoveryError,
     StoreSchemaError,
     StoreUnavailable,
     TransientRecoveryError,
     WatchdogError,
 )
-from watchdog.model import Action, ActionResult, Target
-from watchdog.ports import Recovery
+from watchdog.core.model import Action, ActionResult, Target
+from watchdog.core.ports import Recovery
 from watchdog.resilience import RetryingRecovery, retry_transient
 
 TARGET = Target("inst-1", "worker-1")

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from watchdog.config import RetentionSettings, load_settings
-from watchdog.daemon import SideJob
-from watchdog.errors import ConfigError, StoreUnavailable
-from watchdog.runner import RETENTION_CHECK, RETENTION_EVERY, retention_job
+from watchdog.core.errors import ConfigError, StoreUnavailable
+from watchdog.daemon.bootstrap import RETENTION_CHECK, RETENTION_EVERY, retention_job
+from watchdog.daemon.loop import SideJob
 from watchdog.store.retention import Keep
 
 # ------------------------------------------------------------------------- settings

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from watchdog.sdnotify import Notifier, SystemdHeartbeat
+from watchdog.daemon.sdnotify import Notifier, SystemdHeartbeat
 from watchdog.testing import FakeClock
 
 WATCHDOG_USEC = 30_000_000  # WatchdogSec=30: ping at most every 15 s

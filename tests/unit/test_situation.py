@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from watchdog.model import Action, Incident, IncidentState, Pause, Reason, Verdict
-from watchdog.policy import EscalationRules
-from watchdog.situation import GUARD_NAMES, Facts, situate, when
+from watchdog.core.model import Action, Incident, IncidentState, Pause, Reason, Verdict
+from watchdog.core.policy import EscalationRules
+from watchdog.core.situation import GUARD_NAMES, Facts, situate, when
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 RULES = EscalationRules()

@@ -15,14 +15,14 @@ from urllib.parse import quote
 import httpx
 
 from watchdog.actions.naming import check_placeholders
-from watchdog.errors import (
+from watchdog.core.errors import (
     InvalidTarget,
     PermanentRecoveryError,
     RecoveryError,
     TransientRecoveryError,
 )
+from watchdog.core.model import Action, ActionResult, Target
 from watchdog.masking import mask_url
-from watchdog.model import Action, ActionResult, Target
 
 # Statuses that mean "busy or briefly down", worth retrying later.
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})

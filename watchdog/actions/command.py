@@ -16,8 +16,8 @@ from functools import partial
 
 from watchdog.actions.naming import check_placeholders, resolve_process, substitute
 from watchdog.actions.subprocesses import one_line, run_bounded, tail
-from watchdog.errors import PermanentRecoveryError, RecoveryError, TransientRecoveryError
-from watchdog.model import Action, ActionResult, Target
+from watchdog.core.errors import PermanentRecoveryError, RecoveryError, TransientRecoveryError
+from watchdog.core.model import Action, ActionResult, Target
 
 EX_TEMPFAIL = 75  # sysexits.h: "temporary failure, try again later"
 

@@ -6,9 +6,9 @@ WatchdogErrors (transient or not), so they pass through for the engine to record
 
 from __future__ import annotations
 
-from watchdog.errors import InvalidTarget
-from watchdog.model import Action, ActionResult, Target
-from watchdog.ports import InstanceStore
+from watchdog.core.errors import InvalidTarget
+from watchdog.core.model import Action, ActionResult, Target
+from watchdog.core.ports import InstanceStore
 
 
 class DbFlag:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 
-from watchdog.errors import InvalidTarget
-from watchdog.model import Target
+from watchdog.core.errors import InvalidTarget
+from watchdog.core.model import Target
 
 SAFE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 SAFE_NAME_RULE = (

@@ -18,7 +18,7 @@ import os
 import signal
 from collections.abc import Callable, Sequence
 
-from watchdog.errors import PermanentRecoveryError, RecoveryError, TransientRecoveryError
+from watchdog.core.errors import PermanentRecoveryError, RecoveryError, TransientRecoveryError
 
 TAIL = 200  # characters of output kept for messages and audit details
 REAP_GRACE = 2.0  # seconds to wait for pipes to close after a kill

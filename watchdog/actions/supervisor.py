@@ -41,14 +41,14 @@ from watchdog.actions.naming import (
     resolve_process,
     substitute,
 )
-from watchdog.errors import (
+from watchdog.core.errors import (
     InvalidTarget,
     PermanentRecoveryError,
     RecoveryError,
     TransientRecoveryError,
 )
+from watchdog.core.model import Action, ActionResult, Target
 from watchdog.masking import without_userinfo
-from watchdog.model import Action, ActionResult, Target
 
 _POLL = 0.1  # seconds between getProcessInfo calls while waiting for a stop
 _KILL_GRACE = 5.0  # seconds a program may take to go down after our SIGKILL

@@ -27,8 +27,8 @@ from watchdog.actions.naming import (
     substitute,
 )
 from watchdog.actions.subprocesses import one_line, run_bounded, tail
-from watchdog.errors import PermanentRecoveryError, RecoveryError, TransientRecoveryError
-from watchdog.model import Action, ActionResult, Target
+from watchdog.core.errors import PermanentRecoveryError, RecoveryError, TransientRecoveryError
+from watchdog.core.model import Action, ActionResult, Target
 
 UNIT_SUFFIXES = frozenset(
     {

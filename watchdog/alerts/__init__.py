@@ -7,7 +7,7 @@ delivers them over HTTP with retries and backoff. `formats` builds the bodies.
 
 from __future__ import annotations
 
-from watchdog.alerts.outbox import SqlOutbox
 from watchdog.alerts.sender import AlertFeeder, AlertSender, SendReport
+from watchdog.store.outbox import SqlOutbox
 
 __all__ = ["AlertFeeder", "AlertSender", "SendReport", "SqlOutbox"]

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from watchdog.model import AuditRow
+from watchdog.core.model import AuditRow
 
 FLEET = "*"
 ALERTMANAGER_PATH: Final = "/api/v2/alerts"

@@ -31,14 +31,14 @@ from urllib.parse import urlsplit
 import httpx
 
 from watchdog.alerts import formats
-from watchdog.alerts.outbox import Claimed, NewAlert, SqlOutbox
 from watchdog.config import SinkSettings
-from watchdog.errors import StoreError
+from watchdog.core.errors import StoreError
+from watchdog.core.model import AuditRow
 from watchdog.masking import mask_urls_in
-from watchdog.model import AuditRow
 from watchdog.store.database import Database
+from watchdog.store.outbox import Claimed, NewAlert, SqlOutbox
 
-log = logging.getLogger("watchdog.alerts")
+log = logging.getLogger(__name__)
 
 TokenLookup = Callable[[str], str | None]
 BACKOFF_BASE = 2.0  # seconds before the 2nd attempt; doubles per failed attempt ...

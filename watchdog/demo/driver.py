@@ -21,10 +21,10 @@ from pathlib import Path
 
 from watchdog import render, views
 from watchdog.config import Settings, load_settings
+from watchdog.core.errors import WatchdogError
+from watchdog.core.model import AuditAction, AuditRow
+from watchdog.core.ports import AuditQuery
 from watchdog.demo.supervisor import PROGRAM, DemoSupervisor
-from watchdog.errors import WatchdogError
-from watchdog.model import AuditAction, AuditRow
-from watchdog.ports import AuditQuery
 from watchdog.wiring import open_runtime
 
 # wa-03 is cured by the API, wa-04 by the flag, wa-05 only by a process restart.

@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from supervisor.xmlrpc import SupervisorTransport
 
-from watchdog.errors import WatchdogError
+from watchdog.core.errors import WatchdogError
 
 PROGRAM = "demo-app"
 

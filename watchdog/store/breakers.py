@@ -1,6 +1,6 @@
 """The circuit breakers' persistent state: one row of `watchdog_breakers` per backend.
 
-Breakers live in memory (`watchdog.breaker`); this table lets their state and statistics
+Breakers live in memory (`watchdog.core.breaker`); this table lets their state and statistics
 survive a restart and shows them to operators. Saving replaces the rows of the given
 breakers (delete, then insert) in one transaction, which is portable across SQLite and
 PostgreSQL. Every call is bounded by the database timeout (`Database.guard`).
@@ -14,8 +14,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from watchdog.breaker import BreakerSnapshot, BreakerState
-from watchdog.errors import StoreError
+from watchdog.core.breaker import BreakerSnapshot, BreakerState
+from watchdog.core.errors import StoreError
 from watchdog.store.database import Database
 from watchdog.store.schema import breakers
 

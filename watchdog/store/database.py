@@ -1,7 +1,7 @@
 """The database connection: URL normalisation, pools, timeouts and error translation.
 
 Every statement the watchdog runs goes through `Database.guard`, which bounds it by the
-configured timeout and turns driver errors into the project's own (see `errors.py`).
+configured timeout and turns driver errors into the project's own (see `core/errors.py`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from watchdog.errors import StoreError, StoreSchemaError, StoreTimeout, StoreUnavailable
+from watchdog.core.errors import StoreError, StoreSchemaError, StoreTimeout, StoreUnavailable
 
 APPLICATION_NAME = "watchdog"  # how the watchdog's sessions show in pg_stat_activity
 _CANCEL_GRACE = 0.25  # seconds a timed-out query gets to be cancelled before it is dropped

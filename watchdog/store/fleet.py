@@ -11,9 +11,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from watchdog.model import AuditAction, AuditRow, Outcome
-from watchdog.ports import NewAudit
-from watchdog.safety import Restart
+from watchdog.core.model import AuditAction, AuditRow, Outcome
+from watchdog.core.ports import NewAudit
+from watchdog.core.safety import Restart
 from watchdog.store.database import Database
 from watchdog.store.ledger import SqlLedger
 from watchdog.store.schema import flags, restarts

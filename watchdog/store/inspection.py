@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from watchdog.config import InstancesSettings
-from watchdog.errors import ConfigError
+from watchdog.core.errors import ConfigError
 from watchdog.store.readings import (
     TEXT_TYPES,
     FlagKind,

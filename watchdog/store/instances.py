@@ -22,9 +22,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from watchdog.config import InstancesSettings
-from watchdog.errors import StoreTimeout
-from watchdog.model import Census, RowFacts, Scan
-from watchdog.policy import DetectionRules, unmonitored_reason
+from watchdog.core.errors import StoreTimeout
+from watchdog.core.model import Census, RowFacts, Scan
+from watchdog.core.policy import DetectionRules, unmonitored_reason
 from watchdog.resilience import retry_transient
 from watchdog.store import inspection
 from watchdog.store.database import Database, FrozenStatement, as_utc

@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from watchdog.config import InstancesSettings
-from watchdog.model import Finding, Reason, RowFacts, Unjudgeable, Verdict
-from watchdog.policy import DetectionRules, InstanceRow, classify, time_to_threshold
+from watchdog.core.model import Finding, Reason, RowFacts, Unjudgeable, Verdict
+from watchdog.core.policy import DetectionRules, InstanceRow, classify, time_to_threshold
 
 _RAW_CHARS = 64  # of a value that cannot be read, as reported
 

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from watchdog.model import (
+from watchdog.core.model import (
     Action,
     AuditAction,
     AuditRow,
@@ -28,7 +28,7 @@ from watchdog.model import (
     Outcome,
     Pause,
 )
-from watchdog.ports import (
+from watchdog.core.ports import (
     AuditQuery,
     Claim,
     Closing,

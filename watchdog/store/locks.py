@@ -18,7 +18,7 @@ from typing import IO
 import psycopg
 from sqlalchemy.engine import make_url
 
-from watchdog.errors import ConfigError, StoreUnavailable
+from watchdog.core.errors import ConfigError, StoreUnavailable
 from watchdog.store.database import APPLICATION_NAME
 
 LOCK_APPLICATION_NAME = APPLICATION_NAME + "-leader-lock"

@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from watchdog.errors import StoreError, StoreSchemaError
+from watchdog.core.errors import StoreError, StoreSchemaError
 from watchdog.store.database import Database
 
 SCRIPTS = Path(__file__).parent / "migrations"

@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from watchdog.config import InstancesSettings
-from watchdog.policy import DetectionRules, status_key
+from watchdog.core.policy import DetectionRules, status_key
 from watchdog.store.readings import FlagKind, ReadingSql
 
 # PostgreSQL (14+) looks a list of this many entries up in a hash table built once per

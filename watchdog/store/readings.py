@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 
 from watchdog.config import InstancesSettings
-from watchdog.errors import ConfigError
+from watchdog.core.errors import ConfigError
 
 TRUE_WORDS = ("1", "on", "t", "true", "y", "yes")
 FALSE_WORDS = ("0", "f", "false", "n", "no", "off")

@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 
-from watchdog.model import (
+from watchdog.core.model import (
     Action,
     AuditAction,
     AuditRow,
@@ -18,7 +18,7 @@ from watchdog.model import (
     Outcome,
     Reason,
 )
-from watchdog.ports import Claim, NewAudit
+from watchdog.core.ports import Claim, NewAudit
 from watchdog.store.schema import incidents
 
 

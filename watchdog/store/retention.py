@@ -23,14 +23,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from watchdog.alerts.outbox import FAILED, SENT
-from watchdog.errors import StoreError
-from watchdog.model import AuditAction, Outcome
+from watchdog.core.errors import StoreError
+from watchdog.core.model import AuditAction, Outcome
+from watchdog.core.ports import NewAudit
 from watchdog.observability import get_logger
-from watchdog.ports import NewAudit
 from watchdog.store.database import Database
 from watchdog.store.fleet import FLEET
 from watchdog.store.ledger import SqlLedger
+from watchdog.store.outbox import FAILED, SENT
 from watchdog.store.schema import OPEN_STATES, audit, incidents, outbox
 
 log = get_logger(component="retention")

@@ -15,11 +15,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from watchdog.circuit import BackendBreakers
-from watchdog.dry_run import DryRun
-from watchdog.errors import InvalidTarget, RecoveryError, StoreError, WatchdogError
-from watchdog.guards import Guards
-from watchdog.model import (
+from watchdog.core.errors import InvalidTarget, RecoveryError, StoreError, WatchdogError
+from watchdog.core.model import (
     Action,
     Incident,
     IncidentState,
@@ -27,8 +24,7 @@ from watchdog.model import (
     Target,
     Unjudgeable,
 )
-from watchdog.outcomes import OutcomeWriter
-from watchdog.policy import (
+from watchdog.core.policy import (
     Act,
     Decision,
     Dismiss,
@@ -39,7 +35,7 @@ from watchdog.policy import (
     World,
     decide,
 )
-from watchdog.ports import (
+from watchdog.core.ports import (
     BATCH,
     Claim,
     Clock,
@@ -51,10 +47,14 @@ from watchdog.ports import (
     Recovery,
     chunks,
 )
-from watchdog.safety import SafetyRules
+from watchdog.core.safety import SafetyRules
+from watchdog.engine.breakers import BackendBreakers
+from watchdog.engine.dry_run import DryRun
+from watchdog.engine.guards import Guards
+from watchdog.engine.outcomes import OutcomeWriter
 
 # The pure core logs through the standard library; observability routes it to stderr.
-log = logging.getLogger("watchdog.engine")
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -136,7 +136,7 @@ class Engine:
         # Asked before every action: is this node still the leader? (None: single node.)
         self._fence = fence
         # This node, named in every intent row: a new leader leaves the intents of a
-        # node still alive to it (see `reconcile.py`).
+        # node still alive to it (see `daemon/reconcile.py`).
         self._owner = owner
         self._slots = asyncio.Semaphore(max_concurrent_actions)
         self._busy: set[str] = set()

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from watchdog.model import Action, Incident, IncidentState, Pause, Verdict
-from watchdog.policy import BRAKED_ACTIONS, EscalationRules, is_paused, step_for_attempt
+from watchdog.core.model import Action, Incident, IncidentState, Pause, Verdict
+from watchdog.core.policy import BRAKED_ACTIONS, EscalationRules, is_paused, step_for_attempt
 
 # The order a person reads them in: what must hold before anything else matters first.
 GUARD_NAMES = (

@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from watchdog.breaker import BreakerBoard, BreakerRules, BreakerState, Transition
-from watchdog.model import Action, AuditAction, Outcome
-from watchdog.ports import BreakerStore, Ledger, NewAudit
+from watchdog.core.breaker import BreakerBoard, BreakerRules, BreakerState, Transition
+from watchdog.core.model import Action, AuditAction, Outcome
+from watchdog.core.ports import BreakerStore, Ledger, NewAudit
 
 FLEET = "*"  # the instance column of fleet-wide audit rows
 

@@ -22,8 +22,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from watchdog.errors import StoreError
-from watchdog.model import AuditRow
+from watchdog.core.errors import StoreError
+from watchdog.core.model import AuditRow
 from watchdog.store.database import Database
 from watchdog.store.records import audit_row
 from watchdog.store.schema import audit, flags, outbox

@@ -22,22 +22,22 @@ import httpx
 
 from watchdog import views
 from watchdog.alerts.sender import AlertFeeder, AlertSender
-from watchdog.breaker import BreakerRules
-from watchdog.circuit import BackendBreakers
 from watchdog.config import Settings
-from watchdog.daemon import Daemon, SideJob, StopSignals, run_once
-from watchdog.engine import Engine
-from watchdog.errors import ConfigError, StoreUnavailable
-from watchdog.guards import Guards
-from watchdog.health import HealthServer
-from watchdog.leadership import LeaderLock, Leadership, NodeIdentity
-from watchdog.memory import MemoryWatch
-from watchdog.metrics import Metrics
-from watchdog.model import AuditRow
-from watchdog.monitor import DaemonMonitor
+from watchdog.core.breaker import BreakerRules
+from watchdog.core.errors import ConfigError, StoreUnavailable
+from watchdog.core.model import AuditRow
+from watchdog.core.safety import SafetyRules
+from watchdog.daemon.health import HealthServer
+from watchdog.daemon.leadership import LeaderLock, Leadership, NodeIdentity
+from watchdog.daemon.loop import Daemon, SideJob, StopSignals, run_once
+from watchdog.daemon.memory import MemoryWatch
+from watchdog.daemon.metrics import Metrics
+from watchdog.daemon.reconcile import IntentReconciler
+from watchdog.daemon.selfcheck import DaemonMonitor
+from watchdog.engine.breakers import BackendBreakers
+from watchdog.engine.cycle import Engine
+from watchdog.engine.guards import Guards
 from watchdog.observability import emit_audit, get_logger
-from watchdog.reconcile import IntentReconciler
-from watchdog.safety import SafetyRules
 from watchdog.store import migrate
 from watchdog.store.breakers import SqlBreakerStore
 from watchdog.store.fleet import SqlFleetState

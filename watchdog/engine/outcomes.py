@@ -23,9 +23,9 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from watchdog.errors import StoreUnavailable, WatchdogError
+from watchdog.core.errors import StoreUnavailable, WatchdogError
+from watchdog.core.ports import Finished, Ledger
 from watchdog.observability import get_logger
-from watchdog.ports import Finished, Ledger
 from watchdog.resilience import retry_until_available
 
 log = get_logger(component="outcomes")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from watchdog.model import Action, Finding, Incident, IncidentState, Pause, Reason
+from watchdog.core.model import Action, Finding, Incident, IncidentState, Pause, Reason
 
 # ---------------------------------------------------------------------------- rules
 

@@ -16,7 +16,7 @@ import socket
 import time
 from collections.abc import Mapping
 
-from watchdog.ports import Clock
+from watchdog.core.ports import Clock
 
 _USEC = 1_000_000
 

@@ -1,7 +1,7 @@
 """The engine's protections against making an outage worse, with the state they keep
 between cycles: grace after the watchdog's own database outage (and its start), the
 mass-failure brake, restart budgets and flapping, and the fleet alert raised while rows
-cannot be judged. The rules themselves are pure functions in `safety.py`; this module
+cannot be judged. The rules themselves are pure functions in `core/safety.py`; this module
 applies them and writes down what they decided.
 """
 
@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from watchdog.model import Incident, Scan
-from watchdog.ports import FleetState, Ledger
-from watchdog.safety import Restart, SafetyRules, brake_engaged, budget_returns_at, is_flapping
+from watchdog.core.model import Incident, Scan
+from watchdog.core.ports import FleetState, Ledger
+from watchdog.core.safety import Restart, SafetyRules, brake_engaged, budget_returns_at, is_flapping
 
-log = logging.getLogger("watchdog.guards")
+log = logging.getLogger(__name__)
 
 _SAMPLE = 5  # instance ids named in the unjudgeable alert
 

@@ -34,9 +34,9 @@ from functools import partial
 from typing import Any, Final, Protocol
 
 from watchdog.config import HealthSettings
-from watchdog.errors import ConfigError
+from watchdog.core.errors import ConfigError
+from watchdog.daemon.metrics import CONTENT_TYPE, Metrics
 from watchdog.masking import mask_urls_in
-from watchdog.metrics import CONTENT_TYPE, Metrics
 from watchdog.observability import get_logger
 
 log = get_logger(component="health")

@@ -17,13 +17,13 @@ from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from watchdog.engine import CycleReport, Engine
-from watchdog.errors import StoreError, StoreUnavailable, WatchdogError
-from watchdog.leadership import Leadership
-from watchdog.monitor import DaemonMonitor
+from watchdog.core.errors import StoreError, StoreUnavailable, WatchdogError
+from watchdog.daemon.leadership import Leadership
+from watchdog.daemon.sdnotify import Notifier, SystemdHeartbeat
+from watchdog.daemon.selfcheck import DaemonMonitor
+from watchdog.daemon.unjudged import UnjudgeableLog
+from watchdog.engine.cycle import CycleReport, Engine
 from watchdog.observability import get_logger
-from watchdog.sdnotify import Notifier, SystemdHeartbeat
-from watchdog.unjudged import UnjudgeableLog
 
 log = get_logger(component="daemon")
 

@@ -37,9 +37,9 @@ from typing import Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
-from watchdog.breaker import BreakerSnapshot, BreakerState
-from watchdog.engine import CycleReport
-from watchdog.model import Action, AuditAction, AuditRow, IncidentState, Outcome
+from watchdog.core.breaker import BreakerSnapshot, BreakerState
+from watchdog.core.model import Action, AuditAction, AuditRow, IncidentState, Outcome
+from watchdog.engine.cycle import CycleReport
 
 # The text exposition format `render()` produces (prometheus-client's own constant for it
 # only exists in newer releases).

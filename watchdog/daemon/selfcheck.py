@@ -9,10 +9,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from watchdog.engine import CycleReport, Engine
-from watchdog.memory import MemoryWatch
-from watchdog.metrics import Metrics
-from watchdog.probes import liveness, readiness
+from watchdog.daemon.memory import MemoryWatch
+from watchdog.daemon.metrics import Metrics
+from watchdog.daemon.probes import liveness, readiness
+from watchdog.engine.cycle import CycleReport, Engine
 
 
 class DaemonMonitor:

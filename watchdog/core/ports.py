@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from watchdog.breaker import BreakerSnapshot
-from watchdog.model import (
+from watchdog.core.breaker import BreakerSnapshot
+from watchdog.core.model import (
     Action,
     ActionResult,
     AuditAction,
@@ -23,7 +23,7 @@ from watchdog.model import (
     Scan,
     Target,
 )
-from watchdog.safety import Restart
+from watchdog.core.safety import Restart
 
 
 class Clock(Protocol):

@@ -13,11 +13,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from watchdog.errors import StoreError
-from watchdog.model import AuditAction, Outcome
-from watchdog.ports import Ledger, NewAudit
+from watchdog.core.errors import StoreError
+from watchdog.core.model import AuditAction, Outcome
+from watchdog.core.ports import Ledger, NewAudit
 
-log = logging.getLogger("watchdog.leadership")
+log = logging.getLogger(__name__)
 
 
 class LeaderLock(Protocol):

@@ -25,9 +25,9 @@ from typing import Protocol
 
 import psutil
 
-from watchdog.model import AuditRow
+from watchdog.core.model import AuditRow
+from watchdog.core.ports import Ledger
 from watchdog.observability import get_logger
-from watchdog.ports import Ledger
 
 log = get_logger(component="reconcile")
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from watchdog.model import AuditAction, Incident, Outcome
-from watchdog.policy import Act, Decision, Dismiss, Exhaust, Open, Resolve
-from watchdog.ports import BATCH, Ledger, NewAudit, chunks
+from watchdog.core.model import AuditAction, Incident, Outcome
+from watchdog.core.policy import Act, Decision, Dismiss, Exhaust, Open, Resolve
+from watchdog.core.ports import BATCH, Ledger, NewAudit, chunks
 
 
 class DryRun:
