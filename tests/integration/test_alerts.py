@@ -23,11 +23,11 @@ import pytest
 import sqlalchemy as sa
 
 from watchdog.alerts import AlertFeeder, AlertSender, SqlOutbox
-from watchdog.alerts import outbox as outbox_module
 from watchdog.config import SinkSettings
 from watchdog.core.model import Action, AuditAction, Finding, Outcome, Reason
 from watchdog.core.ports import NewAudit
 from watchdog.store import migrate
+from watchdog.store import outbox as outbox_module
 from watchdog.store.database import Database
 from watchdog.store.fleet import SqlFleetState
 from watchdog.store.ledger import SqlLedger

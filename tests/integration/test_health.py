@@ -22,7 +22,7 @@ from watchdog.core.model import AuditAction, AuditRow, Outcome
 from watchdog.daemon import health
 from watchdog.daemon.health import HEAD_LIMIT, SHUTDOWN_TIMEOUT, HealthServer
 from watchdog.daemon.metrics import Metrics
-from watchdog.daemon.probes import liveness, readiness
+from watchdog.daemon.selfcheck import liveness, readiness
 
 TOKEN = "s3cret-token-value"
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime
 
 from watchdog.daemon.loop import CycleRunner
-from watchdog.engine.cycle import CycleReport
+from watchdog.engine.report import CycleReport
 
 
 class SlowEngine:

@@ -27,8 +27,9 @@ from watchdog.core.policy import DetectionRules, EscalationRules, LadderStep
 from watchdog.core.ports import AuditQuery
 from watchdog.core.safety import SafetyRules
 from watchdog.engine.breakers import BackendBreakers
-from watchdog.engine.cycle import CycleReport, Engine
+from watchdog.engine.cycle import Engine
 from watchdog.engine.guards import Guards
+from watchdog.engine.report import CycleReport
 from watchdog.testing import (
     FakeClock,
     MemoryFleetState,
@@ -57,6 +58,7 @@ class Rig:
     ledger: MemoryLedger
     recoveries: dict[Action, RecordingRecovery]
     engine: Engine
+    fleet: MemoryFleetState | None = None
 
     async def cycle(self) -> CycleReport:
         report = await self.engine.run_cycle()
@@ -102,6 +104,7 @@ def make_rig(
         PROC: RecordingRecovery(PROC, key_by="process"),
         **(recoveries or {}),
     }
+    fleet_state = MemoryFleetState(ledger) if fleet else None
     engine = Engine(
         store,
         ledger,
@@ -113,7 +116,7 @@ def make_rig(
         timeout_margin=0.0,
         guards=Guards(
             ledger,
-            MemoryFleetState(ledger) if fleet else None,
+            fleet_state,
             safety or SafetyRules(),
             grace=grace,
             startup_grace=grace > 0,
@@ -122,7 +125,7 @@ def make_rig(
         if breakers
         else None,
     )
-    return Rig(clock, store, ledger, recs, engine)
+    return Rig(clock, store, ledger, recs, engine, fleet_state)
 
 
 def started_then_outcome(attempts: range, outcome: str = "ok") -> list[tuple[str, str, int]]:

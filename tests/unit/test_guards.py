@@ -21,9 +21,8 @@ from watchdog.core.ports import Claim
 from watchdog.core.safety import Restart, SafetyRules, brake_engaged, budget_returns_at
 from watchdog.daemon.leadership import Leadership, NodeIdentity
 from watchdog.daemon.loop import CycleRunner
-from watchdog.daemon.memory import MemoryWatch
 from watchdog.daemon.metrics import Metrics
-from watchdog.daemon.selfcheck import DaemonMonitor
+from watchdog.daemon.selfcheck import DaemonMonitor, MemoryWatch
 from watchdog.testing import EPOCH, MemoryFleetState, MemoryInstanceStore
 
 PROCESS_ONLY = EscalationRules(
@@ -212,7 +211,7 @@ async def test_brake_holds_db_flag_and_process_restart_and_is_audited() -> None:
     rig.store.beat("i3")  # 3 of 4 down: a shared cause
     first = await rig.cycle()
     assert sorted(first.actions) == [(f"i{n}", API, 1) for n in range(3)]  # gentle rung only
-    assert rig.engine.guards.braking
+    assert first.brake
     await drive(rig, 3, step=200)
     for n in range(3):
         assert [a for a, _o, _n in rig.trail(f"i{n}") if a != "detected"] == ["api_restart"] * 4
@@ -222,8 +221,7 @@ async def test_brake_holds_db_flag_and_process_restart_and_is_audited() -> None:
 
     for n in range(3):
         rig.store.beat(f"i{n}")
-    await rig.cycle()
-    assert not rig.engine.guards.braking
+    assert not (await rig.cycle()).brake
     assert [r.action for r in rig.ledger.rows if r.instance_id == "*"] == [
         AuditAction.BRAKE_ENGAGED,
         AuditAction.BRAKE_RELEASED,
@@ -249,14 +247,14 @@ async def test_a_dry_run_shows_the_brake_it_would_engage_and_writes_nothing() ->
         ready_max_age=30.0,
         status=no_status,
     )
-    monitor.good(report, 0.01, rig.engine, leader=True)
+    monitor.good(report, 0.01, leader=True)
     assert value(monitor.metrics, "watchdog_brake_engaged") == 1
     assert not [r for r in rig.ledger.rows if r.instance_id == "*"]  # no audit row
     assert fleet_of(rig).brake_state is None  # no fleet-state row
 
     for n in range(3):
         rig.store.beat(f"i{n}")
-    monitor.good(await rig.cycle(), 0.01, rig.engine, leader=True)
+    monitor.good(await rig.cycle(), 0.01, leader=True)
     assert value(monitor.metrics, "watchdog_brake_engaged") == 0
 
 
@@ -305,9 +303,8 @@ def restart_rig() -> Rig:
 
 
 def fleet_of(rig: Rig) -> MemoryFleetState:
-    fleet = rig.engine.guards._fleet  # type: ignore[attr-defined]
-    assert isinstance(fleet, MemoryFleetState)
-    return fleet
+    assert rig.fleet is not None
+    return rig.fleet
 
 
 async def test_a_restart_whose_claim_is_lost_spends_no_budget() -> None:
@@ -456,7 +453,7 @@ async def test_a_restart_an_open_breaker_skips_spends_no_restart_budget() -> Non
         rig.store.add(instance_id, process=f"p{n}")
     rig.clock.advance(STALE)
     await rig.cycle()  # five failing restarts of five processes: the breaker opens
-    fleet = rig.engine.guards._fleet  # type: ignore[attr-defined]
+    fleet = fleet_of(rig)
     assert len(fleet.restarts) == 5
     rig.clock.advance(11)  # attempt 2 is due; the breaker stays open for 60 s
     report = await rig.cycle()  # attempt 2 of each: skipped by the open breaker
@@ -477,6 +474,6 @@ async def test_a_process_named_like_a_marker_is_counted_against_its_budget() -> 
     await rig.cycle()
     await drive(rig, 3, step=61)
     assert len(rig.calls(PROC)) == 3  # the 4th restart within 30 minutes is held back
-    fleet = rig.engine.guards._fleet  # type: ignore[attr-defined]
+    fleet = fleet_of(rig)
     assert [r.process for r, _ids in fleet.restarts] == ["invalid:app"] * 3
     assert rig.state("a") is IncidentState.SUPPRESSED

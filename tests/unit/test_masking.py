@@ -8,7 +8,7 @@ import pytest
 from watchdog.actions.supervisor import SupervisorRestart
 from watchdog.config import load_settings, redacted
 from watchdog.core.errors import ConfigError
-from watchdog.daemon.probes import readiness
+from watchdog.daemon.selfcheck import readiness
 from watchdog.masking import mask_url, mask_urls_in, mask_webhook, without_userinfo
 
 PASSWORDS = ["hunter2", "pa/ss", "p@ss", "pa:ss", "p%40ss%2Fw", "a/b@c:d", "@@//::"]

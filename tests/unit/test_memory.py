@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from watchdog.daemon.memory import MIB, MemoryLevel, MemoryWatch, process_rss
+from watchdog.daemon.selfcheck import MIB, MemoryLevel, MemoryWatch, process_rss
 
 LIMIT = 1000  # bytes: percentages read straight off the readings
 

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from watchdog.core.breaker import BreakerSnapshot, BreakerState
 from watchdog.core.model import AuditAction, AuditRow, Outcome, Unjudgeable
 from watchdog.daemon.metrics import CONTENT_TYPE, DETECTION_BUCKETS, Metrics
-from watchdog.engine.cycle import CycleReport
+from watchdog.engine.report import CycleReport
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

@@ -30,10 +30,9 @@ from watchdog.core.safety import SafetyRules
 from watchdog.daemon.health import HealthServer
 from watchdog.daemon.leadership import LeaderLock, Leadership, NodeIdentity
 from watchdog.daemon.loop import Daemon, SideJob, StopSignals, run_once
-from watchdog.daemon.memory import MemoryWatch
 from watchdog.daemon.metrics import Metrics
 from watchdog.daemon.reconcile import IntentReconciler
-from watchdog.daemon.selfcheck import DaemonMonitor
+from watchdog.daemon.selfcheck import DaemonMonitor, MemoryWatch
 from watchdog.engine.breakers import BackendBreakers
 from watchdog.engine.cycle import Engine
 from watchdog.engine.guards import Guards

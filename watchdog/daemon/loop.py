@@ -22,7 +22,8 @@ from watchdog.daemon.leadership import Leadership
 from watchdog.daemon.sdnotify import Notifier, SystemdHeartbeat
 from watchdog.daemon.selfcheck import DaemonMonitor
 from watchdog.daemon.unjudged import UnjudgeableLog
-from watchdog.engine.cycle import CycleReport, Engine
+from watchdog.engine.cycle import Engine
+from watchdog.engine.report import CycleReport
 from watchdog.observability import get_logger
 
 log = get_logger(component="daemon")
@@ -72,7 +73,7 @@ class CycleRunner:
         except StoreError as exc:
             # Wherever it is seen first (the leader lock, the scan, a write): while our
             # database was away, the application's heartbeat writers may have been too.
-            self._engine.guards.database_lost()
+            self._engine.database_lost()
             self._enter_outage(str(exc))
             if self._heartbeat is not None:
                 self._heartbeat.on_handled_outage()
@@ -87,7 +88,7 @@ class CycleRunner:
         self._leave_outage()
         self._unjudgeable.observe(report)
         if self.monitor is not None:
-            self.monitor.good(report, duration, self._engine, leader=True)
+            self.monitor.good(report, duration, leader=True)
         self.last_report, self.good_cycles = report, self.good_cycles + 1
         if self.wake is not None and report.next_deadline is not None:
             # The deadline counts from the scan, near the cycle's start: a cycle slowed by
@@ -118,7 +119,7 @@ class CycleRunner:
     def _standby_tick(self) -> bool:
         self._leave_outage()
         if self.monitor is not None:
-            self.monitor.good(None, 0.0, self._engine, leader=False)
+            self.monitor.good(None, 0.0, leader=False)
         if self._heartbeat is not None:
             self._heartbeat.on_good_cycle()  # a healthy standby is ready, and alive
         return True
@@ -228,7 +229,7 @@ class Daemon:
         self._engine = engine
         self._side_jobs = side_jobs
         for job in side_jobs:
-            job.on_unavailable = engine.guards.database_lost
+            job.on_unavailable = engine.database_lost
         self._interval = interval
         self._shutdown_timeout = shutdown_timeout
         self._notifier = notifier or Notifier()

@@ -39,7 +39,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from watchdog.core.breaker import BreakerSnapshot, BreakerState
 from watchdog.core.model import Action, AuditAction, AuditRow, IncidentState, Outcome
-from watchdog.engine.cycle import CycleReport
+from watchdog.engine.report import CycleReport
 
 # The text exposition format `render()` produces (prometheus-client's own constant for it
 # only exists in newer releases).

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from watchdog.core.model import Unjudgeable
-from watchdog.engine.cycle import CycleReport
+from watchdog.engine.report import CycleReport
 from watchdog.observability import get_logger
 
 log = get_logger(component="detection")
