@@ -27,13 +27,13 @@ from sqlalchemy.engine import make_url
 
 from bench import fleet
 from bench.common import Env, Results, median, pct
+from watchdog.clock import SystemClock
 from watchdog.config import DetectionSettings, EscalationSettings, InstancesSettings
 from watchdog.core.ports import NewAudit
 from watchdog.engine.cycle import Engine
 from watchdog.store.database import Database
 from watchdog.store.instances import SqlInstanceStore
 from watchdog.store.ledger import REVISION, SqlLedger
-from watchdog.wiring import MonotonicClock
 
 NAME = "cycle"
 DEFAULT_INTERVAL = DetectionSettings().interval
@@ -138,7 +138,7 @@ async def measure(
         await store.check()  # reads the column types, as the daemon does at start
         ledger = TimedLedger(db)
         engine = Engine(
-            store, ledger, {}, EscalationSettings().rules(), MonotonicClock(), dry_run=True
+            store, ledger, {}, EscalationSettings().rules(), SystemClock(), dry_run=True
         )
         sql = store.detection_sql
         raw = RawQuery(url, sql)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from typing import NoReturn, TypeVar
 
@@ -44,12 +45,12 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-    wait_random_exponential,
 )
 from tenacity.stop import stop_base
 
 from watchdog.core.errors import TransientRecoveryError, WatchdogError
 from watchdog.core.model import Action, ActionResult, Target
+from watchdog.core.policy import exponential
 from watchdog.core.ports import Recovery
 
 log = logging.getLogger(__name__)
@@ -272,9 +273,13 @@ class _Stop(stop_base):
         return self._predicate(retry_state)
 
 
-def _wait(first: float, maximum: float) -> wait_random_exponential:
+def _wait(first: float, maximum: float) -> Callable[[RetryCallState], float]:
     """Full jitter above a floor: the n-th wait is uniform in [first, min(2**n * first, max)]."""
-    return wait_random_exponential(multiplier=2 * first, min=first, max=maximum)
+
+    def wait(state: RetryCallState) -> float:
+        return random.uniform(first, exponential(2 * first, state.attempt_number, cap=maximum))
+
+    return wait
 
 
 def _log_retry(what: str, attempts: int) -> Callable[[RetryCallState], None]:

@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from watchdog.core.errors import InvalidTarget, TransientRecoveryError
 from watchdog.core.model import (
+    ACTIONABLE_STATES,
+    FLEET,
+    OPEN_STATES,
     Action,
     ActionResult,
     AuditAction,
@@ -193,9 +196,6 @@ def _instance_row(record: InstanceRecord, now: datetime) -> InstanceRow:
 
 # --------------------------------------------------------------------------- ledger
 
-_OPEN_STATES = (IncidentState.OPEN, IncidentState.EXHAUSTED, IncidentState.SUPPRESSED)
-_ACTIONABLE = (IncidentState.OPEN, IncidentState.SUPPRESSED)
-
 
 class MemoryLedger:
     """Incidents, pauses and the audit trail in lists, with `SqlLedger`'s semantics.
@@ -218,14 +218,14 @@ class MemoryLedger:
     # ---------------------------------------------------------------- reading
 
     async def load_open(self) -> dict[str, Incident]:
-        return {i.instance_id: i for i in self.incidents.values() if i.state in _OPEN_STATES}
+        return {i.instance_id: i for i in self.incidents.values() if i.state in OPEN_STATES}
 
     async def last_closed(self, instance_ids: Collection[str]) -> dict[str, Incident]:
         wanted = set(instance_ids)
         return {
             i.instance_id: i
             for i in self.incidents.values()  # in id order: the latest one wins
-            if i.instance_id in wanted and i.state not in _OPEN_STATES
+            if i.instance_id in wanted and i.state not in OPEN_STATES
         }
 
     async def load_pauses(self, now: datetime) -> dict[str, Pause]:
@@ -356,7 +356,7 @@ class MemoryLedger:
         detail: Mapping[str, Any],
     ) -> None:
         current = self.incidents.get(incident.id)
-        if current is None or current.state not in _OPEN_STATES:
+        if current is None or current.state not in OPEN_STATES:
             return
         self.incidents[incident.id] = replace(
             current, state=state, closed_at=now, next_action_at=None
@@ -482,7 +482,7 @@ class MemoryLedger:
     def _actionable(self, incident: Incident) -> Incident | None:
         """The stored version of `incident` if it may still be acted on (open or suppressed)."""
         current = self.incidents.get(incident.id)
-        return current if current and current.state in _ACTIONABLE else None
+        return current if current and current.state in ACTIONABLE_STATES else None
 
 
 def _row(
@@ -518,7 +518,7 @@ class MemoryFleetState:
     async def set_brake(self, engaged: bool, now: datetime, detail: Mapping[str, Any]) -> AuditRow:
         self.brake_state = {"engaged": engaged, "since": now.isoformat(), **detail}
         action = AuditAction.BRAKE_ENGAGED if engaged else AuditAction.BRAKE_RELEASED
-        return await self.ledger.append(NewAudit("*", action, Outcome.OK, detail=detail))
+        return await self.ledger.append(NewAudit(FLEET, action, Outcome.OK, detail=detail))
 
     async def grace(self) -> dict[str, Any] | None:
         return self.grace_state
@@ -528,7 +528,7 @@ class MemoryFleetState:
     ) -> AuditRow:
         self.grace_state = {"until": until.isoformat(), "since": now.isoformat(), **detail}
         full = {**detail, "until": until.isoformat()}
-        return await self.ledger.append(NewAudit("*", AuditAction.GRACE, Outcome.OK, detail=full))
+        return await self.ledger.append(NewAudit(FLEET, AuditAction.GRACE, Outcome.OK, detail=full))
 
     async def unjudgeable(self) -> dict[str, Any] | None:
         return self.unjudgeable_state
@@ -538,7 +538,7 @@ class MemoryFleetState:
     ) -> AuditRow:
         self.unjudgeable_state = {"present": present, "since": now.isoformat(), **detail}
         action = AuditAction.UNJUDGEABLE if present else AuditAction.UNJUDGEABLE_CLEARED
-        return await self.ledger.append(NewAudit("*", action, Outcome.OK, detail=detail))
+        return await self.ledger.append(NewAudit(FLEET, action, Outcome.OK, detail=detail))
 
 
 # ------------------------------------------------------------------------- recovery

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import ssl
-import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -28,11 +27,6 @@ from watchdog.resilience import RetryingRecovery
 from watchdog.store.database import Database
 from watchdog.store.instances import SqlInstanceStore
 from watchdog.store.ledger import REVISION, AuditSink, SqlLedger, ignore_audit
-
-
-class MonotonicClock:
-    def monotonic(self) -> float:
-        return time.monotonic()
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.apptable import SQLITE_FORMATS, AppTable
+from watchdog.clock import SystemClock
 from watchdog.config import InstancesSettings
 from watchdog.core.model import Action, Target
 from watchdog.core.policy import DetectionRules, EscalationRules, LadderStep
@@ -90,11 +91,6 @@ ESCALATION = EscalationRules(
 # Restart budgets that return within a few cycles: suppression happens, and then the
 # ladder goes on to exhaustion instead of waiting an hour of real time.
 SAFETY = SafetyRules(process_restart_window=0.1, fleet_restart_window=0.1)
-
-
-class MonotonicClock:
-    def monotonic(self) -> float:
-        return time.monotonic()
 
 
 # --------------------------------------------------------------------------- the fleet
@@ -299,7 +295,7 @@ def build_engine(
         ledger,
         {r.action: r for r in recoveries},
         ESCALATION,
-        MonotonicClock(),
+        SystemClock(),
         jitter=lambda: 0.0,
         timeout_margin=0.0,
         guards=guards,

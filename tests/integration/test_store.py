@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.apptable import AppTable
+from watchdog.clock import SystemClock
 from watchdog.config import DatabaseSettings, InstancesSettings, Settings
 from watchdog.core.errors import ConfigError, StoreError, StoreSchemaError
 from watchdog.core.model import (
@@ -32,7 +33,7 @@ from watchdog.store.database import Database
 from watchdog.store.instances import SqlInstanceStore
 from watchdog.store.ledger import SqlLedger
 from watchdog.store.schema import incidents, pauses
-from watchdog.wiring import MonotonicClock, open_runtime
+from watchdog.wiring import open_runtime
 
 RULES = DetectionRules()
 
@@ -864,7 +865,7 @@ async def test_a_steady_cycle_is_one_statement_and_still_sees_another_writers_pa
             runtime.ledger,
             {},
             settings.escalation.rules(),
-            MonotonicClock(),
+            SystemClock(),
             dry_run=True,
         )
         async with runtime.db.connect("now") as conn:

@@ -13,7 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from watchdog.core.model import Action
-from watchdog.core.policy import EscalationRules, LadderStep, backoff, step_for_attempt
+from watchdog.core.policy import (
+    EscalationRules,
+    LadderStep,
+    backoff,
+    exponential,
+    step_for_attempt,
+)
 
 RULES = EscalationRules()
 
@@ -133,3 +139,9 @@ def test_backoff_never_shrinks_as_the_default_ladder_climbs(attempt: int) -> Non
     assert backoff(RULES, step(attempt), attempt, 0.0) <= backoff(
         RULES, step(attempt + 1), attempt + 1, 0.0
     )
+
+
+def test_the_one_exponential_backoff_grows_caps_and_never_overflows() -> None:
+    assert [exponential(2.0, n, cap=300.0) for n in (0, 1, 2, 3, 9)] == [2, 2, 4, 8, 300]
+    assert exponential(10.0, 3, cap=1e9, factor=1.5) == 22.5
+    assert exponential(1.0, 10**6, cap=60.0, factor=10.0) == 60.0  # 10**999999 overflows

@@ -6,7 +6,6 @@ only sees whether a retry may help. The bearer token never appears in results or
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +19,8 @@ from watchdog.core.errors import (
     PermanentRecoveryError,
     RecoveryError,
     TransientRecoveryError,
+    describe,
+    squeeze,
 )
 from watchdog.core.model import Action, ActionResult, Target
 from watchdog.masking import mask_url
@@ -138,13 +139,13 @@ class ApiRestart:
                 return await client.send(request)
         except httpx.TimeoutException as exc:
             error = self._error(
-                f"{what} timed out after {self._timeout:g}s ({_describe(exc)})", transient=True
+                f"{what} timed out after {self._timeout:g}s ({describe(exc)})", transient=True
             )
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-            error = self._error(f"{what}: bad url: {_describe(exc)}", transient=False)
+            error = self._error(f"{what}: bad url: {describe(exc)}", transient=False)
         except httpx.TransportError as exc:
             # Refused, reset, DNS failure, proxy trouble: the far side may come back.
-            error = self._error(f"{what} failed: {_describe(exc)}", transient=True)
+            error = self._error(f"{what} failed: {describe(exc)}", transient=True)
         raise error from None
 
     def _headers(self) -> dict[str, str]:
@@ -152,7 +153,7 @@ class ApiRestart:
 
     def _status_error(self, response: httpx.Response, shown: str) -> RecoveryError:
         code = response.status_code
-        body = _one_line(response.text[: _BODY_CHARS * 4])[:_BODY_CHARS]
+        body = squeeze(response.text[: _BODY_CHARS * 4])[:_BODY_CHARS]
         message = f"HTTP {code} from {self._method} {shown}: {body}"
         return self._error(message, transient=code in TRANSIENT_STATUSES)
 
@@ -163,25 +164,3 @@ class ApiRestart:
         if transient:
             return TransientRecoveryError(message)
         return PermanentRecoveryError(message)
-
-
-def _describe(exc: Exception) -> str:
-    """Exception class and cause on one line, e.g. "ConnectError: Connection refused"."""
-    text = _os_reason(exc) or _one_line(str(exc))
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _os_reason(exc: BaseException) -> str | None:
-    """The OS error behind a wrapped one: httpx only says "All connection attempts failed"."""
-    cause = exc.__cause__ or exc.__context__
-    for _ in range(10):  # chains are short; the bound guards against cycles
-        if cause is None:
-            return None
-        if isinstance(cause, OSError) and cause.errno:
-            return os.strerror(cause.errno)
-        cause = cause.__cause__ or cause.__context__
-    return None
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

@@ -18,7 +18,12 @@ import os
 import signal
 from collections.abc import Callable, Sequence
 
-from watchdog.core.errors import PermanentRecoveryError, RecoveryError, TransientRecoveryError
+from watchdog.core.errors import (
+    PermanentRecoveryError,
+    RecoveryError,
+    TransientRecoveryError,
+    squeeze,
+)
 
 TAIL = 200  # characters of output kept for messages and audit details
 REAP_GRACE = 2.0  # seconds to wait for pipes to close after a kill
@@ -105,4 +110,4 @@ def tail(output: bytes) -> str:
 
 def one_line(text: str) -> str:
     """`text` with its white space folded onto one line; "(no output)" when empty."""
-    return " ".join(text.split()) or "(no output)"
+    return squeeze(text) or "(no output)"

@@ -46,6 +46,7 @@ from watchdog.core.errors import (
     PermanentRecoveryError,
     RecoveryError,
     TransientRecoveryError,
+    squeeze,
 )
 from watchdog.core.model import Action, ActionResult, Target
 from watchdog.masking import without_userinfo
@@ -409,7 +410,7 @@ def _fault_error(
             "enable [rpcinterface:supervisor] in its configuration"
         )
     return TransientRecoveryError(
-        f"supervisord {method} {name!r} failed: {_one_line(fault.faultString)}; "
+        f"supervisord {method} {name!r} failed: {squeeze(fault.faultString)}; "
         "see the program's log and supervisord's log"
     )
 
@@ -430,8 +431,4 @@ def _reason(exc: BaseException, timeout: float) -> str:
         return f"no answer within {timeout:g}s"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    return _one_line(str(exc)) if str(exc) else type(exc).__name__
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    return squeeze(str(exc)) if str(exc) else type(exc).__name__

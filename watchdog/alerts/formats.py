@@ -12,9 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from watchdog.core.model import AuditRow
+from watchdog.core.model import FLEET, AuditRow
 
-FLEET = "*"
 ALERTMANAGER_PATH: Final = "/api/v2/alerts"
 SINK_KINDS: Final = ("json", "slack", "alertmanager")
 _SUMMARY_CHARS = 300

@@ -32,8 +32,9 @@ import httpx
 
 from watchdog.alerts import formats
 from watchdog.config import SinkSettings
-from watchdog.core.errors import StoreError
+from watchdog.core.errors import StoreError, describe
 from watchdog.core.model import AuditRow
+from watchdog.core.policy import exponential
 from watchdog.masking import mask_urls_in
 from watchdog.store.database import Database
 from watchdog.store.outbox import Claimed, NewAlert, SqlOutbox
@@ -53,7 +54,7 @@ _TOKEN = re.compile(r"[!-~]+")  # visible ASCII: anything else cannot go in a he
 
 def backoff(attempts: int) -> float:
     """Seconds before the next try after `attempts` failed ones: 2, 4, 8 … 300."""
-    return min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** max(0, attempts - 1))
+    return exponential(BACKOFF_BASE, attempts, cap=BACKOFF_CAP)
 
 
 def _env_token(name: str) -> str | None:
@@ -291,7 +292,7 @@ class AlertSender:
             return Failure(f"no answer within {sink.timeout:g}s")
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             # Not chained or kept: the request inside the exception carries the headers.
-            return Failure(scrub(_describe(exc), sink, token))
+            return Failure(scrub(describe(exc), sink, token))
         if response.is_success:
             return None
         code = response.status_code
@@ -318,16 +319,3 @@ def _secrets(sink: SinkSettings, token: str | None) -> list[str]:
     found.extend(segment for segment in parts.path.split("/") if len(segment) >= 8)
     # Longest first, so a whole path is replaced before its segments.
     return sorted({s for s in found if len(s) >= 4}, key=len, reverse=True)
-
-
-def _describe(exc: Exception) -> str:
-    """Exception class and cause on one line, e.g. "ConnectError: Connection refused"."""
-    cause: BaseException | None = exc
-    for _ in range(10):  # chains are short; the bound guards against cycles
-        if cause is None:
-            break
-        if isinstance(cause, OSError) and cause.errno:
-            return f"{type(exc).__name__}: {os.strerror(cause.errno)}"
-        cause = cause.__cause__ or cause.__context__
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -19,6 +19,8 @@ and the retry policies only ever see our own types::
 
 from __future__ import annotations
 
+import os
+
 
 class WatchdogError(Exception):
     """Base of every error the watchdog raises on purpose."""
@@ -71,3 +73,25 @@ class InvalidTarget(PermanentRecoveryError):
 
 class NotFound(WatchdogError):
     """An operator named something the watchdog does not know."""
+
+
+# ------------------------------------------------------------------ error text, once
+
+
+def squeeze(text: str) -> str:
+    """`text` with its white space folded onto one line."""
+    return " ".join(text.split())
+
+
+def describe(exc: BaseException) -> str:
+    """An exception on one line, its class first: "ConnectError: Connection refused". A
+    wrapped OS error speaks for it (httpx only says "All connection attempts failed")."""
+    cause: BaseException | None = exc
+    for _ in range(10):  # chains are short; the bound guards against cycles
+        if cause is None:
+            break
+        if isinstance(cause, OSError) and cause.errno:
+            return f"{type(exc).__name__}: {os.strerror(cause.errno)}"
+        cause = cause.__cause__ or cause.__context__
+    text = squeeze(str(exc))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -81,7 +81,15 @@ class IncidentState(enum.StrEnum):
 
     @property
     def is_closed(self) -> bool:
-        return self not in (IncidentState.OPEN, IncidentState.EXHAUSTED, IncidentState.SUPPRESSED)
+        return self not in OPEN_STATES
+
+
+# Not closed: still the instance's current incident, whatever waits on it.
+OPEN_STATES = frozenset({IncidentState.OPEN, IncidentState.EXHAUSTED, IncidentState.SUPPRESSED})
+# Those the ladder goes on with when their next attempt is due.
+ACTIONABLE_STATES = frozenset({IncidentState.OPEN, IncidentState.SUPPRESSED})
+
+FLEET = "*"  # the instance column of fleet-wide audit rows (brake, leader, retention, ...)
 
 
 class Finding(NamedTuple):

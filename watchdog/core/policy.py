@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from watchdog.core.model import Action, Finding, Incident, IncidentState, Pause, Reason
+from watchdog.core.model import (
+    ACTIONABLE_STATES,
+    Action,
+    Finding,
+    Incident,
+    IncidentState,
+    Pause,
+    Reason,
+)
 
 # ---------------------------------------------------------------------------- rules
 
@@ -162,13 +170,23 @@ def step_for_attempt(rules: EscalationRules, attempt: int) -> LadderStep | None:
     return None
 
 
+def exponential(first: float, attempt: int, *, cap: float, factor: float = 2.0) -> float:
+    """The wait after failed attempt `attempt` (1-based): first × factor^(attempt−1), at
+    most `cap`. The one backoff: the ladder, alert delivery and retries all grow by it."""
+    try:
+        grown = first * factor ** max(0, attempt - 1)
+    except OverflowError:
+        return cap
+    return min(grown, cap)
+
+
 def backoff(rules: EscalationRules, step: LadderStep, attempt: int, jitter: float) -> float:
     """Seconds to wait after attempt `attempt`: settle × factor^(attempt−1), capped, plus jitter.
 
     `jitter` is a number in [0, 1) drawn by the caller.
     """
     cap = max(rules.backoff_cap, step.settle)
-    base = min(step.settle * rules.backoff_factor ** (attempt - 1), cap)
+    base = exponential(step.settle, attempt, cap=cap, factor=rules.backoff_factor)
     return base * (1.0 + rules.jitter * jitter)
 
 
@@ -268,7 +286,7 @@ def _decide_one(
         opening = (Open(finding, carried, continues),)
         attempt, due = carried, True
     else:
-        if incident.state not in (IncidentState.OPEN, IncidentState.SUPPRESSED):
+        if incident.state not in ACTIONABLE_STATES:
             return ()
         attempt = incident.attempt
         due = incident.next_action_at is None or incident.next_action_at <= world.now

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from watchdog.core.model import Action, Incident, IncidentState, Pause, Verdict
+from watchdog.core.model import ACTIONABLE_STATES, Action, Incident, IncidentState, Pause, Verdict
 from watchdog.core.policy import BRAKED_ACTIONS, EscalationRules, is_paused, step_for_attempt
 
 # The order a person reads them in: what must hold before anything else matters first.
@@ -138,7 +138,7 @@ def _next(facts: Facts, rules: EscalationRules) -> tuple[str | None, datetime | 
     incident, verdict = facts.incident, facts.verdict
     if verdict in _CLOSING and incident is not None and not incident.state.is_closed:
         return _CLOSING[verdict], facts.now
-    if incident is not None and incident.state in (IncidentState.OPEN, IncidentState.SUPPRESSED):
+    if incident is not None and incident.state in ACTIONABLE_STATES:
         step = step_for_attempt(rules, incident.attempt + 1)
         return (str(step.action) if step else "exhaust"), incident.next_action_at or facts.now
     if incident is None and verdict is Verdict.UNHEALTHY:

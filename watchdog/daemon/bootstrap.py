@@ -22,6 +22,7 @@ import httpx
 
 from watchdog import views
 from watchdog.alerts.sender import AlertFeeder, AlertSender
+from watchdog.clock import SystemClock
 from watchdog.config import Settings
 from watchdog.core.breaker import BreakerRules
 from watchdog.core.errors import ConfigError, StoreUnavailable
@@ -44,7 +45,6 @@ from watchdog.store.locks import PgAdvisoryLock, SqliteFileLock
 from watchdog.store.nodes import Node, SqlNodes
 from watchdog.store.retention import Keep, SqlRetention
 from watchdog.wiring import (
-    MonotonicClock,
     Runtime,
     breaker_names,
     open_recoveries,
@@ -107,7 +107,7 @@ async def _run(
                 runtime.ledger,
                 recoveries,
                 settings.escalation.rules(),
-                MonotonicClock(),
+                SystemClock(),
                 dry_run=dry_run,
                 max_concurrent_actions=settings.daemon.max_concurrent_actions,
                 guards=guards,

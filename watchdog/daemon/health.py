@@ -34,7 +34,7 @@ from functools import partial
 from typing import Any, Final, Protocol
 
 from watchdog.config import HealthSettings
-from watchdog.core.errors import ConfigError
+from watchdog.core.errors import ConfigError, describe
 from watchdog.daemon.metrics import CONTENT_TYPE, Metrics
 from watchdog.masking import mask_urls_in
 from watchdog.observability import get_logger
@@ -237,7 +237,7 @@ class HealthServer:
             return await route(), with_body
         except Exception as exc:
             log.exception("health_request_failed", path=request.path)
-            return _error(500, _one_line(request.path, exc)), with_body
+            return _error(500, _failure(request.path, exc)), with_body
 
     def _authorised(self, request: Request) -> bool:
         if self._token is None:
@@ -317,9 +317,8 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return _json({"error": message}, status=status, headers=headers)
 
 
-def _one_line(path: str, exc: Exception) -> str:
-    message = mask_urls_in(" ".join(str(exc).split()))
+def _failure(path: str, exc: Exception) -> str:
+    message = mask_urls_in(describe(exc))
     if len(message) > _MAX_ERROR:
         message = message[: _MAX_ERROR - 3] + "..."
-    text = f"{path} failed: {type(exc).__name__}"
-    return f"{text}: {message}" if message else text
+    return f"{path} failed: {message}"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from watchdog.core.errors import StoreError
-from watchdog.core.model import AuditAction, Outcome
+from watchdog.core.model import FLEET, AuditAction, Outcome
 from watchdog.core.ports import Ledger, NewAudit
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class Leadership:
         }
         if not moved:
             detail["first"] = True
-        return NewAudit("*", AuditAction.LEADER_CHANGED, Outcome.OK, detail=detail)
+        return NewAudit(FLEET, AuditAction.LEADER_CHANGED, Outcome.OK, detail=detail)
 
     async def fence(self) -> bool:
         """Still the leader, proven against the lock itself (asked before every action).

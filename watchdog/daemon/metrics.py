@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.process_collector import ProcessCollector
 
 from watchdog.core.breaker import BreakerSnapshot, BreakerState
-from watchdog.core.model import Action, AuditAction, AuditRow, IncidentState, Outcome
+from watchdog.core.model import OPEN_STATES, Action, AuditAction, AuditRow, Outcome
 from watchdog.engine.report import CycleReport
 
 # The text exposition format `render()` produces (prometheus-client's own constant for it
@@ -52,7 +52,7 @@ BREAKER_VALUES: Final[Mapping[BreakerState, int]] = {
 }
 
 # Incident states that are not closed: each always has a sample, 0 when none.
-OPEN_STATES: Final = tuple(str(s) for s in IncidentState if not s.is_closed)
+OPEN_STATE_NAMES: Final = tuple(sorted(str(s) for s in OPEN_STATES))
 
 CYCLE_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DETECTION_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0)
@@ -131,7 +131,7 @@ class Metrics:
     def _initialise(self) -> None:
         for health in ("healthy", "unhealthy", "unjudgeable"):
             self._instances.labels(health=health).set(0)
-        for state in OPEN_STATES:
+        for state in OPEN_STATE_NAMES:
             self._incidents.labels(state=state).set(0)
         for action in Action:
             for outcome in _INITIAL_OUTCOMES:
@@ -159,7 +159,7 @@ class Metrics:
         self._instances.labels(health="unhealthy").set(unhealthy)
         self._instances.labels(health="unjudgeable").set(unjudgeable)
         self._instances.labels(health="healthy").set(max(0, monitored - unhealthy - among))
-        for state in {*OPEN_STATES, *(str(s) for s in open_by_state)}:
+        for state in {*OPEN_STATE_NAMES, *(str(s) for s in open_by_state)}:
             self._incidents.labels(state=state).set(open_by_state.get(state, 0))
         if math.isfinite(duration) and duration >= 0:
             self._cycle.observe(duration)

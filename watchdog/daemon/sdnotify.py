@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from collections.abc import Mapping
 
+from watchdog.clock import SystemClock
 from watchdog.core.ports import Clock
 
 _USEC = 1_000_000
@@ -85,7 +85,7 @@ class SystemdHeartbeat:
 
     def __init__(self, notifier: Notifier, clock: Clock | None = None) -> None:
         self._notifier = notifier
-        self._clock = clock or _Monotonic()
+        self._clock = clock or SystemClock()
         self._interval = notifier.watchdog_interval()
         self._ready = False
         self._last_ping: float | None = None
@@ -127,11 +127,6 @@ class SystemdHeartbeat:
         if self._last_ping is None:
             return True
         return self._clock.monotonic() - self._last_ping >= self._interval
-
-
-class _Monotonic:
-    def monotonic(self) -> float:
-        return time.monotonic()
 
 
 def _address(value: str) -> str | bytes | None:

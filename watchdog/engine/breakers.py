@@ -9,10 +9,8 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from watchdog.core.breaker import BreakerBoard, BreakerRules, BreakerState, Transition
-from watchdog.core.model import Action, AuditAction, Outcome
+from watchdog.core.model import FLEET, Action, AuditAction, Outcome
 from watchdog.core.ports import BreakerStore, Ledger, NewAudit
-
-FLEET = "*"  # the instance column of fleet-wide audit rows
 
 
 class BackendBreakers:

@@ -11,7 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from watchdog.core.model import AuditAction, AuditRow, Outcome
+from watchdog.core.model import FLEET, AuditAction, AuditRow, Outcome
 from watchdog.core.ports import NewAudit
 from watchdog.core.safety import Restart
 from watchdog.store.database import Database
@@ -21,7 +21,6 @@ from watchdog.store.schema import flags, restarts
 BRAKE = "brake"
 UNJUDGEABLE = "unjudgeable"
 GRACE = "grace"
-FLEET = "*"  # the instance column of fleet-wide audit rows
 
 
 class SqlFleetState:

@@ -18,7 +18,7 @@ from typing import IO
 import psycopg
 from sqlalchemy.engine import make_url
 
-from watchdog.core.errors import ConfigError, StoreUnavailable
+from watchdog.core.errors import ConfigError, StoreUnavailable, describe
 from watchdog.store.database import APPLICATION_NAME
 
 LOCK_APPLICATION_NAME = APPLICATION_NAME + "-leader-lock"
@@ -62,7 +62,7 @@ class PgAdvisoryLock:
                 return bool(row and row[0])
         except (TimeoutError, psycopg.Error, OSError) as exc:
             await self.release()
-            raise StoreUnavailable(f"leader lock unavailable: {_one_line(exc)}") from None
+            raise StoreUnavailable(f"leader lock unavailable: {describe(exc)}") from None
 
     async def held(self) -> bool:
         if self._conn is None or self._conn.closed:
@@ -75,7 +75,7 @@ class PgAdvisoryLock:
         except (TimeoutError, psycopg.Error, OSError) as exc:
             await self.release()  # a lost session has lost its lock
             if self._on_lost is not None:
-                self._on_lost(_one_line(exc))
+                self._on_lost(describe(exc))
             return False
 
     async def release(self) -> None:
@@ -123,8 +123,3 @@ class SqliteFileLock:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

@@ -10,6 +10,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 
 from watchdog.core.model import (
+    ACTIONABLE_STATES,
     Action,
     AuditAction,
     AuditRow,
@@ -97,7 +98,7 @@ AUDIT_COLUMNS = (  # and "at", stamped apart
     "actor",
     "intent_id",
 )
-ACTIONABLE = (str(IncidentState.OPEN), str(IncidentState.SUPPRESSED))
+ACTIONABLE = tuple(sorted(str(s) for s in ACTIONABLE_STATES))  # as stored
 
 
 # What an Incident is built from, in its field order (load_open reads thousands a cycle).

@@ -24,11 +24,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from watchdog.core.errors import StoreError
-from watchdog.core.model import AuditAction, Outcome
+from watchdog.core.model import FLEET, AuditAction, Outcome
 from watchdog.core.ports import NewAudit
 from watchdog.observability import get_logger
 from watchdog.store.database import Database
-from watchdog.store.fleet import FLEET
 from watchdog.store.ledger import SqlLedger
 from watchdog.store.outbox import FAILED, SENT
 from watchdog.store.schema import OPEN_STATES, audit, incidents, outbox

@@ -12,6 +12,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
+from watchdog.core import model
+
 
 class UtcDateTime(sa.types.TypeDecorator[datetime]):
     """Aware UTC datetimes in, aware UTC datetimes out, on every dialect."""
@@ -37,7 +39,7 @@ class UtcDateTime(sa.types.TypeDecorator[datetime]):
 
 metadata = sa.MetaData()
 
-OPEN_STATES = ("open", "exhausted", "suppressed")
+OPEN_STATES = tuple(sorted(str(s) for s in model.OPEN_STATES))  # as stored
 
 incidents = sa.Table(
     "watchdog_incidents",
