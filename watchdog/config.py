@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from watchdog.core.errors import ConfigError
 from watchdog.core.model import Action
 from watchdog.core.policy import DetectionRules, EscalationRules, LadderStep
-from watchdog.masking import mask_url, mask_urls_in, mask_webhook
+from watchdog.masking import check_token, mask_url, mask_urls_in, mask_webhook
 from watchdog.render import MAX_DURATION
 
 ENV_PREFIX = "WATCHDOG_"
@@ -325,9 +325,7 @@ class Settings(_Section):
 
     def api_token(self) -> str | None:
         """The API bearer token, read from the configured variable; never logged."""
-        if not self.api.token_env:
-            return None
-        return os.environ.get(self.api.token_env) or None
+        return bearer_token("api.token_env", self.api.token_env)
 
 
 # ------------------------------------------------------------------------------ loading
@@ -407,12 +405,31 @@ def _describe(error: ErrorDetails, path: str | Path | None) -> str:
 
 
 def _check_secrets(settings: Settings, env: Mapping[str, str]) -> None:
-    needs_token = Action.API_RESTART in settings.escalation.actions() and settings.api.token_env
-    if needs_token and not env.get(settings.api.token_env):
+    """Every token a configured part will send or want: set, and fit for a header."""
+    if Action.API_RESTART in settings.escalation.actions():
+        bearer_token("api.token_env", settings.api.token_env, env)
+    if settings.health.enabled:
+        bearer_token("health.token_env", settings.health.token_env, env)
+    for n, sink in enumerate(settings.alerts.sinks):
+        bearer_token(f"alerts.sinks.{n}.token_env", sink.token_env, env)
+
+
+def bearer_token(key: str, variable: str, env: Mapping[str, str] | None = None) -> str | None:
+    """The token in environment variable `variable`, which setting `key` names (None when
+    it names none). Unset, empty or unfit for a header: a ConfigError naming the key."""
+    if not variable:
+        return None
+    token = (os.environ if env is None else env).get(variable)
+    if not token:
         raise ConfigError(
-            f"config error: api.token_env: environment variable {settings.api.token_env} "
-            'is not set; export the API token in it, or set api.token_env = "" for no auth'
+            f"config error: {key}: environment variable {variable} is not set; "
+            f'export the token in it, or set {key.rpartition(".")[2]} = "" for none'
         )
+    try:
+        check_token(token, variable)
+    except ValueError as exc:
+        raise ConfigError(f"config error: {key}: {exc}") from None
+    return token
 
 
 # ----------------------------------------------------------------------------- display

@@ -48,3 +48,15 @@ def without_userinfo(url: str) -> str:
     """`url` with its user and password left out entirely: `http://127.0.0.1:9001`."""
     found = _WITH_USERINFO.match(url)
     return url if found is None else f"{found.group(1)}{found.group(3)}"
+
+
+_HEADER_SAFE = re.compile(r"[!-~]+")  # visible ASCII: anything else cannot go in a header
+
+
+def check_token(token: str, variable: str) -> None:
+    """A bearer token goes into an HTTP header: visible ASCII only, so it can neither
+    break the request nor smuggle a header in. ValueError otherwise, never echoing it."""
+    if _HEADER_SAFE.fullmatch(token) is None:
+        raise ValueError(
+            f"the token in {variable} must be visible ASCII without spaces or line breaks"
+        )

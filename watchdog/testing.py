@@ -251,7 +251,7 @@ class MemoryLedger:
 
     # ---------------------------------------------------------------- writing
 
-    async def open_incident(
+    async def _open_one(
         self, finding: Finding, carried: int, continues: int | None, now: datetime
     ) -> Incident:
         incident = Incident(
@@ -270,9 +270,9 @@ class MemoryLedger:
         return incident
 
     async def open_incidents(self, openings: Sequence[Opening], now: datetime) -> list[Incident]:
-        return [await self.open_incident(o.finding, o.carried, o.continues, now) for o in openings]
+        return [await self._open_one(o.finding, o.carried, o.continues, now) for o in openings]
 
-    async def begin_action(
+    async def _claim_one(
         self,
         incident: Incident,
         attempt: int,
@@ -298,11 +298,11 @@ class MemoryLedger:
         if len({c.incident.id for c in claims}) != len(claims):
             raise ValueError("one claim per incident per batch")
         return [
-            await self.begin_action(c.incident, c.attempt, c.action, now, c.retry_at, c.detail)
+            await self._claim_one(c.incident, c.attempt, c.action, now, c.retry_at, c.detail)
             for c in claims
         ]
 
-    async def finish_action(
+    async def _finish_one(
         self,
         incident: Incident,
         attempt: int,
@@ -326,7 +326,7 @@ class MemoryLedger:
 
     async def finish_actions(self, finished: Sequence[Finished]) -> None:
         for f in finished:
-            await self.finish_action(
+            await self._finish_one(
                 f.incident,
                 f.attempt,
                 f.action,
@@ -337,7 +337,7 @@ class MemoryLedger:
                 f.intent_id,
             )
 
-    async def exhaust(self, incident: Incident, now: datetime) -> None:
+    async def _exhaust_one(self, incident: Incident, now: datetime) -> None:
         current = self._actionable(incident)
         if current is None:
             return
@@ -371,7 +371,7 @@ class MemoryLedger:
 
     async def exhaust_all(self, exhausted: Sequence[Incident], now: datetime) -> None:
         for incident in exhausted:
-            await self.exhaust(incident, now)
+            await self._exhaust_one(incident, now)
 
     async def suppress_all(
         self, held: Sequence[Incident], until: datetime, now: datetime, detail: Mapping[str, Any]

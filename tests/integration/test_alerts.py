@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from watchdog.alerts import AlertFeeder, AlertSender, SqlOutbox
 from watchdog.config import SinkSettings
 from watchdog.core.model import Action, AuditAction, Finding, Outcome, Reason
-from watchdog.core.ports import NewAudit
+from watchdog.core.ports import Claim, Finished, NewAudit, Opening
 from watchdog.store import migrate
 from watchdog.store import outbox as outbox_module
 from watchdog.store.database import Database
@@ -190,11 +190,13 @@ async def test_alerts_reach_json_slack_and_alertmanager_sinks(
     assert await feeder.feed(T0) == 0  # the first start only places the cursor
 
     finding = Finding("wa-05", Reason.STUCK_CONNECTING, "CONNECTING", 500.0, 120.0, "app")
-    incident = await ledger.open_incident(finding, 5, None, T0)  # "detected": no alert
-    intent = await ledger.begin_action(incident, 6, Action.PROCESS_RESTART, T0, T0, {"t": 1})
+    (incident,) = await ledger.open_incidents([Opening(finding, 5, None)], T0)  # no alert
+    claim = Claim(incident, 6, Action.PROCESS_RESTART, T0, {"t": 1})
+    (intent,) = await ledger.begin_actions([claim], T0)
     assert intent is not None
-    await ledger.finish_action(incident, 6, Action.PROCESS_RESTART, Outcome.OK, {}, 1.0, T0)
-    await ledger.exhaust(await _reload(ledger, "wa-05"), T0)
+    done = Finished(incident, 6, Action.PROCESS_RESTART, Outcome.OK, {}, 1.0, T0)
+    await ledger.finish_actions([done])
+    await ledger.exhaust_all([await _reload(ledger, "wa-05")], T0)
     await fleet.set_brake(True, T0, {"unhealthy": 9, "monitored": 10})
     await fleet.set_brake(False, T0, {"unhealthy": 0, "monitored": 10})
     await ledger.append(NewAudit("*", cast(AuditAction, "leader_changed"), Outcome.OK, detail={}))
@@ -427,7 +429,7 @@ async def test_secrets_never_reach_last_error_or_logs(
     errors = [r["last_error"] for r in rows]
     assert errors[0] == "HTTP 503: error at /*** for Bearer ***"
     assert errors[1] == "ConnectError: Connection refused"
-    assert errors[2] == "the token in BAD_TOKEN must be visible ASCII without spaces"
+    assert errors[2] == "the token in BAD_TOKEN must be visible ASCII without spaces or line breaks"
     assert receiver.at("/badtoken") == []
     assert all("\n" not in e for e in errors)
     # The watchdog's own log lines. (httpx logs every request URL at INFO on its own logger

@@ -313,7 +313,8 @@ async def test_a_missing_column_names_its_key(
 async def _open(ledger: SqlLedger, instances: SqlInstanceStore, app: AppTable, iid: str):  # type: ignore[no-untyped-def]
     app.add(iid, heartbeat_ago=200)
     scan = await instances.scan()
-    return await ledger.open_incident(scan.findings[iid], 0, None, scan.now), scan.now
+    (opened,) = await ledger.open_incidents([Opening(scan.findings[iid], 0, None)], scan.now)
+    return opened, scan.now
 
 
 async def _open_abc(ledger: SqlLedger, db: Database, app: AppTable) -> tuple[list[Incident], Scan]:
@@ -508,19 +509,15 @@ async def test_an_attempt_is_claimed_once_and_audited_before_and_after(
     ledger, instances = SqlLedger(db), store(db)
     incident, now = await _open(ledger, instances, app, "x")
 
-    first = await ledger.begin_action(incident, 1, Action.API_RESTART, now, now)
-    again = await ledger.begin_action(incident, 1, Action.API_RESTART, now, now)
+    claim = Claim(incident, 1, Action.API_RESTART, now)
+    (first,) = await ledger.begin_actions([claim], now)
+    (again,) = await ledger.begin_actions([claim], now)
     assert first is not None
     assert again is None  # a second writer loses the claim
-    await ledger.finish_action(
-        incident,
-        1,
-        Action.API_RESTART,
-        Outcome.OK,
-        {"status": 200},
-        0.25,
-        now + timedelta(seconds=30),
-    )
+    outcome = {"status": 200}
+    next_at = now + timedelta(seconds=30)
+    done = Finished(incident, 1, Action.API_RESTART, Outcome.OK, outcome, 0.25, next_at)
+    await ledger.finish_actions([done])
 
     rows = await ledger.audit(AuditQuery(instance_id="x"))
     assert [(r.action, r.outcome, r.attempt) for r in rows] == [
@@ -543,7 +540,7 @@ async def test_one_open_incident_per_instance(app: AppTable, db: Database) -> No
     from watchdog.core.errors import StoreError
 
     with pytest.raises(StoreError):
-        await ledger.open_incident(scan.findings["x"], 0, None, now)
+        await ledger.open_incidents([Opening(scan.findings["x"], 0, None)], now)
     assert list(await ledger.load_open()) == ["x"]
     assert incident.state is IncidentState.OPEN
 
@@ -551,7 +548,7 @@ async def test_one_open_incident_per_instance(app: AppTable, db: Database) -> No
 async def test_exhaust_then_close_then_history(app: AppTable, db: Database) -> None:
     ledger, instances = SqlLedger(db), store(db)
     incident, now = await _open(ledger, instances, app, "x")
-    await ledger.exhaust(incident, now)
+    await ledger.exhaust_all([incident], now)
     exhausted = (await ledger.load_open())["x"]
     assert exhausted.state is IncidentState.EXHAUSTED
     await ledger.close(exhausted, IncidentState.RESET, now, "alice", {"why": "test"})
@@ -704,7 +701,8 @@ async def test_suppress_flapping_counts_and_interrupted(app: AppTable, db: Datab
     ]
     # A suppressed incident is claimed like an open one, and becomes open again.
     held = loaded["a"]
-    assert await ledger.begin_action(held, 1, Action.PROCESS_RESTART, now, until) is not None
+    claim = Claim(held, 1, Action.PROCESS_RESTART, until)
+    assert (await ledger.begin_actions([claim], now)) != [None]
     assert (await ledger.load_open())["a"].state is IncidentState.OPEN
 
     assert await ledger.incident_counts(["a", "y"], now - timedelta(hours=1)) == {"a": 1}
@@ -871,7 +869,7 @@ async def test_a_steady_cycle_is_one_statement_and_still_sees_another_writers_pa
         async with runtime.db.connect("now") as conn:
             now = await runtime.db.read_now(conn)
         frozen = Finding("frozen", Reason.STALE_HEARTBEAT, "CONNECTED", 500.0, 90.0)
-        await runtime.ledger.open_incident(frozen, 0, None, now)  # an earlier daemon's
+        await runtime.ledger.open_incidents([Opening(frozen, 0, None)], now)  # an earlier one's
         statements: list[str] = []
         sa.event.listen(
             runtime.db.engine.sync_engine,

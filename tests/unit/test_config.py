@@ -109,6 +109,38 @@ def test_an_unset_token_variable_is_an_error_only_when_the_api_rung_is_used(
     assert load_settings(no_auth, {}, require_secrets=True).api_token() is None
 
 
+@pytest.mark.parametrize(
+    ("toml", "key", "variable"),
+    [
+        (
+            "[health]\nenabled = true\ntoken_env = 'HEALTH_TOKEN'\n",
+            "health.token_env",
+            "HEALTH_TOKEN",
+        ),
+        (
+            "[[alerts.sinks]]\nname = 'ops'\nurl = 'https://hooks.example/x'\n"
+            "token_env = 'HOOK_TOKEN'\n",
+            "alerts.sinks.0.token_env",
+            "HOOK_TOKEN",
+        ),
+    ],
+)
+def test_every_token_variable_is_checked_at_start_by_one_rule(
+    tmp_path: Path, toml: str, key: str, variable: str
+) -> None:
+    path = write(tmp_path, "[api]\ntoken_env = ''\n" + toml)
+    with pytest.raises(
+        ConfigError, match=rf"^config error: {key}: environment variable {variable} is not set"
+    ):
+        load_settings(path, {}, require_secrets=True)
+    with pytest.raises(
+        ConfigError, match=rf"^config error: {key}: the token in {variable} must be visible ASCII"
+    ) as bad:
+        load_settings(path, {variable: "tok\r\nX-Evil: 1"}, require_secrets=True)
+    assert "Evil" not in str(bad.value)  # never echoed
+    assert load_settings(path, {variable: "tok-1"}, require_secrets=True)
+
+
 def test_secrets_never_appear_in_the_effective_configuration() -> None:
     env = {
         "WATCHDOG_DATABASE__URL": "postgresql+psycopg://wd:hunter2@db:5432/app",

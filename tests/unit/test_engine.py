@@ -561,25 +561,6 @@ async def test_dry_run_treats_an_incident_it_would_close_as_closed_until_it_free
 # ------------------------------------------------------------- the fakes' contract
 
 
-async def test_memory_ledger_claims_are_conditional() -> None:
-    rig = make_rig()
-    rig.store.add("a")
-    rig.clock.advance(STALE)
-    await rig.cycle()
-    (incident,) = (await rig.ledger.load_open()).values()
-    now = rig.clock.now
-
-    assert await rig.ledger.begin_action(incident, 1, API, now, now) is None  # already taken
-    assert await rig.ledger.begin_action(incident, 3, API, now, now) is None  # skips one
-    assert await rig.ledger.begin_action(incident, 2, API, now, now) == len(rig.ledger.rows)
-    await rig.ledger.close(incident, IncidentState.RESET, now, "ops", {})
-    await rig.ledger.close(incident, IncidentState.RESET, now, "ops", {})  # no second row
-    assert await rig.ledger.begin_action(incident, 3, API, now, now) is None  # closed
-    assert [r.actor for r in rig.rows("a", AuditAction.RESET)] == ["ops"]
-    assert [r.id for r in rig.ledger.rows] == list(range(1, len(rig.ledger.rows) + 1))
-    assert rig.ledger.emitted == rig.ledger.rows
-
-
 async def test_memory_ledger_audit_query_and_resume() -> None:
     clock = FakeClock()
     ledger = MemoryLedger(clock)

@@ -17,7 +17,7 @@ from watchdog.actions.naming import check_safe_name
 from watchdog.core.errors import StoreUnavailable
 from watchdog.core.model import AuditAction, IncidentState, Outcome, Scan, Unjudgeable
 from watchdog.core.policy import EscalationRules, LadderStep
-from watchdog.core.ports import Claim
+from watchdog.core.ports import Claim, Opening
 from watchdog.core.safety import Restart, SafetyRules, brake_engaged, budget_returns_at
 from watchdog.daemon.leadership import Leadership, NodeIdentity
 from watchdog.daemon.loop import CycleRunner
@@ -377,10 +377,10 @@ async def test_an_intent_without_outcome_is_reconciled_once_and_not_repeated() -
     rig.store.add("a")
     rig.clock.advance(STALE)
     scan = await rig.store.scan()
-    incident = await rig.ledger.open_incident(scan.findings["a"], 0, None, scan.now)
+    (incident,) = await rig.ledger.open_incidents([Opening(scan.findings["a"], 0, None)], scan.now)
     retry_at = scan.now + timedelta(seconds=30)
     # The watchdog dies between the intent and the outcome of attempt 1.
-    assert await rig.ledger.begin_action(incident, 1, API, scan.now, retry_at) is not None
+    assert await rig.ledger.begin_actions([Claim(incident, 1, API, retry_at)], scan.now) != [None]
 
     rows = await rig.ledger.interrupt(await rig.ledger.orphan_intents(), "stopped")
     assert [(r.action, r.outcome, r.attempt) for r in rows] == [

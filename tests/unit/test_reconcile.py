@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from watchdog.core.model import Action, Finding, Outcome, Reason
-from watchdog.core.ports import Claim, Finished
+from watchdog.core.ports import Claim, Finished, Opening
 from watchdog.daemon.reconcile import IntentReconciler, may_interrupt
 from watchdog.testing import FakeClock, MemoryLedger
 
@@ -34,7 +34,7 @@ class Fleet:
 async def intent(ledger: MemoryLedger, instance_id: str, owner: str | None) -> int:
     now = ledger.clock.now
     finding = Finding(instance_id, Reason.STALE_HEARTBEAT, "CONNECTED", 100.0, 90.0)
-    incident = await ledger.open_incident(finding, 0, None, now)
+    (incident,) = await ledger.open_incidents([Opening(finding, 0, None)], now)
     detail = {"node": owner} if owner else None
     claim = Claim(incident, 1, Action.API_RESTART, now + timedelta(seconds=30), detail)
     (intent_id,) = await ledger.begin_actions([claim], now)

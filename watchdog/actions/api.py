@@ -23,13 +23,12 @@ from watchdog.core.errors import (
     squeeze,
 )
 from watchdog.core.model import Action, ActionResult, Target
-from watchdog.masking import mask_url
+from watchdog.masking import check_token, mask_url
 
 # Statuses that mean "busy or briefly down", worth retrying later.
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 _BODY_CHARS = 200
 _METHOD = re.compile(r"[A-Z]+")
-_TOKEN = re.compile(r"[!-~]+")  # visible ASCII: anything else cannot go in a header
 _DOT_SEGMENTS = frozenset({"", ".", ".."})
 
 
@@ -67,12 +66,8 @@ def check_api(url_template: str, method: str, token: str | None, timeout: float)
         raise ValueError(f"api.method must be an HTTP method such as POST, got {method!r}")
     if timeout <= 0:
         raise ValueError(f"api.timeout must be positive, got {timeout!r}")
-    if token and _TOKEN.fullmatch(token) is None:
-        # Deliberately not echoed: it is a secret.
-        raise ValueError(
-            "the token in the variable api.token_env names must be visible ASCII without "
-            "spaces or line breaks"
-        )
+    if token:
+        check_token(token, "the variable api.token_env names")
 
 
 class ApiRestart:

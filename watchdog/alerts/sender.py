@@ -21,7 +21,6 @@ import asyncio
 import logging
 import math
 import os
-import re
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from watchdog.config import SinkSettings
 from watchdog.core.errors import StoreError, describe
 from watchdog.core.model import AuditRow
 from watchdog.core.policy import exponential
-from watchdog.masking import mask_urls_in
+from watchdog.masking import check_token, mask_urls_in
 from watchdog.store.database import Database
 from watchdog.store.outbox import Claimed, NewAlert, SqlOutbox
 
@@ -49,7 +48,6 @@ BACKOFF_CAP = 300.0  # ... up to 5 minutes
 REJECTED = frozenset({400, 413, 422})
 _ERROR_CHARS = 300
 _BODY_CHARS = 120
-_TOKEN = re.compile(r"[!-~]+")  # visible ASCII: anything else cannot go in a header
 
 
 def backoff(attempts: int) -> float:
@@ -277,10 +275,11 @@ class AlertSender:
         """POST the stored body; None on 2xx. Bounded by the sink's timeout."""
         token = self._token(sink.token_env) if sink.token_env else None
         headers = {"Content-Type": "application/json"}
-        if token and _TOKEN.fullmatch(token) is None:
-            # Not sent, and not echoed: a header error would quote it.
-            return Failure(f"the token in {sink.token_env} must be visible ASCII without spaces")
         if token:
+            try:
+                check_token(token, sink.token_env)
+            except ValueError as exc:  # not sent: a header error would quote it
+                return Failure(str(exc))
             headers["Authorization"] = f"Bearer {token}"
         url = formats.target_url(sink.kind, sink.url)
         try:

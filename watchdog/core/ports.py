@@ -185,56 +185,24 @@ class Ledger(Protocol):
         so nothing is read while it is unchanged."""
         ...
 
-    async def open_incident(
-        self, finding: Finding, carried: int, continues: int | None, now: datetime
-    ) -> Incident: ...
-
     async def open_incidents(self, openings: Sequence[Opening], now: datetime) -> list[Incident]:
-        """`open_incident` for each, committed together (a mass freeze opens hundreds at
-        once; a commit each would hold the cycle up for seconds)."""
-        ...
-
-    async def begin_action(
-        self,
-        incident: Incident,
-        attempt: int,
-        action: Action,
-        now: datetime,
-        retry_at: datetime,
-        detail: Mapping[str, Any] | None = None,
-    ) -> int | None:
-        """Claim attempt `attempt` and commit its intent row (`started`).
-
-        Returns the audit row id, or None when another writer claimed it first.
-        """
+        """Open an incident for each (audited `detected`), committed together (a mass freeze
+        opens hundreds at once; a commit each would hold the cycle up for seconds)."""
         ...
 
     async def begin_actions(self, claims: Sequence[Claim], now: datetime) -> list[int | None]:
-        """`begin_action` for each, committed together before any of them is acted on;
-        one result per claim, in order."""
+        """Claim each attempt and commit its intent row (`started`), all together before
+        any of them is acted on; one result per claim, in order: the intent row's id, or
+        None when another writer claimed that attempt first."""
         ...
-
-    async def finish_action(
-        self,
-        incident: Incident,
-        attempt: int,
-        action: Action,
-        outcome: Outcome,
-        detail: Mapping[str, Any],
-        duration: float,
-        next_action_at: datetime,
-        intent_id: int | None = None,
-    ) -> None: ...
 
     async def finish_actions(self, finished: Sequence[Finished]) -> None:
-        """`finish_action` for each, committed together (outcomes of a storm of calls
-        arrive faster than one commit each)."""
+        """Record each attempt's outcome (one per intent), committed together (outcomes of
+        a storm of calls arrive faster than one commit each)."""
         ...
 
-    async def exhaust(self, incident: Incident, now: datetime) -> None: ...
-
     async def exhaust_all(self, exhausted: Sequence[Incident], now: datetime) -> None:
-        """`exhaust` for each, committed together."""
+        """Mark each exhausted (audited), committed together."""
         ...
 
     async def close(

@@ -23,9 +23,9 @@ import httpx
 from watchdog import views
 from watchdog.alerts.sender import AlertFeeder, AlertSender
 from watchdog.clock import SystemClock
-from watchdog.config import Settings
+from watchdog.config import Settings, bearer_token
 from watchdog.core.breaker import BreakerRules
-from watchdog.core.errors import ConfigError, StoreUnavailable
+from watchdog.core.errors import StoreUnavailable
 from watchdog.core.model import AuditRow
 from watchdog.core.safety import SafetyRules
 from watchdog.daemon.health import HealthServer
@@ -186,14 +186,7 @@ async def _health_server(settings: Settings, monitor: DaemonMonitor) -> AsyncIte
     if not settings.health.enabled:
         yield
         return
-    token = None
-    if settings.health.token_env:
-        token = os.environ.get(settings.health.token_env)
-        if not token:
-            raise ConfigError(
-                f"config error: health.token_env: environment variable "
-                f'{settings.health.token_env} is not set; export it or set token_env = ""'
-            )
+    token = bearer_token("health.token_env", settings.health.token_env)
     server = HealthServer(settings.health, monitor, monitor.metrics, token)
     await server.start()
     log.info("health_endpoint", host=settings.health.host, port=server.port)

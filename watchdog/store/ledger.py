@@ -19,10 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from watchdog.core.model import (
-    Action,
     AuditAction,
     AuditRow,
-    Finding,
     Incident,
     IncidentState,
     Outcome,
@@ -174,11 +172,6 @@ class SqlLedger:
 
     # ---------------------------------------------------------------- writing
 
-    async def open_incident(
-        self, finding: Finding, carried: int, continues: int | None, now: datetime
-    ) -> Incident:
-        return (await self.open_incidents([Opening(finding, carried, continues)], now))[0]
-
     async def open_incidents(self, openings: Sequence[Opening], now: datetime) -> list[Incident]:
         if not openings:
             return []
@@ -231,18 +224,6 @@ class SqlLedger:
             for o, new_id in zip(openings, new_ids, strict=True)
         ]
 
-    async def begin_action(
-        self,
-        incident: Incident,
-        attempt: int,
-        action: Action,
-        now: datetime,
-        retry_at: datetime,
-        detail: Mapping[str, Any] | None = None,
-    ) -> int | None:
-        claim = Claim(incident, attempt, action, retry_at, detail)
-        return (await self.begin_actions([claim], now))[0]
-
     async def begin_actions(self, claims: Sequence[Claim], now: datetime) -> list[int | None]:
         """One conditional UPDATE for the whole batch: a claim wins when its incident is
         still actionable at attempt N-1 (RETURNING names the winners), then the intent
@@ -281,25 +262,6 @@ class SqlLedger:
         ids = {c.incident.id: row.id for c, row in zip(winners, rows, strict=True)}
         return [ids.get(c.incident.id) for c in claims]
 
-    async def finish_action(
-        self,
-        incident: Incident,
-        attempt: int,
-        action: Action,
-        outcome: Outcome,
-        detail: Mapping[str, Any],
-        duration: float,
-        next_action_at: datetime,
-        intent_id: int | None = None,
-    ) -> None:
-        await self.finish_actions(
-            [
-                Finished(
-                    incident, attempt, action, outcome, detail, duration, next_action_at, intent_id
-                )
-            ]
-        )
-
     async def finish_actions(self, finished: Sequence[Finished]) -> None:
         """The outcome rows (stamped with the database clock at commit) and each open
         incident's next due time, all in one transaction. Idempotent: an intent that has
@@ -332,9 +294,6 @@ class SqlLedger:
             await _bump(conn)
         for row in rows:
             self._emit(row)
-
-    async def exhaust(self, incident: Incident, now: datetime) -> None:
-        await self.exhaust_all([incident], now)
 
     async def exhaust_all(self, exhausted: Sequence[Incident], now: datetime) -> None:
         if not exhausted:
