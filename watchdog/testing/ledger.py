@@ -1,29 +1,18 @@
-"""In-memory fakes of the ports, for tests and demos.
-
-`FakeClock` moves only when told to; `MemoryInstanceStore` is the application's table
-judged by `policy.classify` (the rule the SQL query mirrors); `MemoryLedger` keeps the
-semantics of `store.ledger.SqlLedger` (conditional claims, an audit row with every state
-change); `RecordingRecovery` records its calls and fails or hangs on request.
-
-Only the standard library and watchdog's pure modules are imported here.
-"""
+"""The ledger in memory, with the semantics of `store.ledger.SqlLedger` (conditional
+claims, an audit row with every state change; tests/contract checks they agree)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import fields, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-from watchdog.core.errors import InvalidTarget, TransientRecoveryError
 from watchdog.core.model import (
     ACTIONABLE_STATES,
-    FLEET,
     OPEN_STATES,
     Action,
-    ActionResult,
     AuditAction,
     AuditRow,
     Finding,
@@ -31,15 +20,6 @@ from watchdog.core.model import (
     IncidentState,
     Outcome,
     Pause,
-    Scan,
-    Target,
-)
-from watchdog.core.policy import (
-    DetectionRules,
-    InstanceRow,
-    classify,
-    time_to_threshold,
-    unmonitored_reason,
 )
 from watchdog.core.ports import (
     AuditQuery,
@@ -51,150 +31,10 @@ from watchdog.core.ports import (
     Opening,
     interruption,
 )
-from watchdog.core.safety import Restart
+from watchdog.testing.clock import FakeClock
 
 if TYPE_CHECKING:
-    from watchdog.core.ports import Clock, InstanceStore, Ledger, Recovery
-
-EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
-"""Where a `FakeClock` starts unless told otherwise."""
-
-
-class FakeClock:
-    """Wall time (`now`, aware UTC) and monotonic time that move only on `advance`."""
-
-    def __init__(self, now: datetime = EPOCH, monotonic: float = 1000.0) -> None:
-        if now.tzinfo is None:
-            raise ValueError("FakeClock needs an aware datetime")
-        self.now = now.astimezone(UTC)
-        self._monotonic = monotonic
-
-    def monotonic(self) -> float:
-        return self._monotonic
-
-    def advance(self, seconds: float) -> None:
-        """Move both clocks forward by `seconds`."""
-        if seconds < 0:
-            raise ValueError(f"time only moves forward, got {seconds!r}")
-        self.now += timedelta(seconds=seconds)
-        self._monotonic += seconds
-
-
-# ------------------------------------------------------------------------ instances
-
-
-@dataclass(slots=True)
-class InstanceRecord:
-    """One mutable row of the application's table."""
-
-    id: str
-    enabled: bool
-    status: str
-    status_changed_at: datetime
-    last_heartbeat_at: datetime | None
-    force_reconnect: bool = False
-    process: str | None = None
-
-
-class MemoryInstanceStore:
-    """The application's table in a dict; ages are measured against `clock.now`.
-
-    An instance freezes when the test stops calling `beat`.
-    """
-
-    def __init__(self, clock: FakeClock, rules: DetectionRules | None = None) -> None:
-        self.clock = clock
-        self.rules = rules if rules is not None else DetectionRules()
-        self.instances: dict[str, InstanceRecord] = {}
-        self.scan_count = 0
-
-    def add(
-        self,
-        instance_id: str,
-        *,
-        enabled: bool = True,
-        status: str = "CONNECTED",
-        beat: bool = True,
-        process: str | None = None,
-    ) -> InstanceRecord:
-        """Insert an instance whose status changed now and, if `beat`, that beat now."""
-        now = self.clock.now
-        record = InstanceRecord(
-            instance_id, enabled, status, now, now if beat else None, process=process
-        )
-        self.instances[instance_id] = record
-        return record
-
-    def beat(self, instance_id: str) -> None:
-        """Record a heartbeat at the clock's now."""
-        self.instances[instance_id].last_heartbeat_at = self.clock.now
-
-    def set_status(self, instance_id: str, status: str) -> None:
-        """Change the status; `status_changed_at` moves only when it really changes."""
-        record = self.instances[instance_id]
-        if record.status != status:
-            record.status = status
-            record.status_changed_at = self.clock.now
-
-    def set_enabled(self, instance_id: str, enabled: bool) -> None:
-        self.instances[instance_id].enabled = enabled
-
-    async def scan(self) -> Scan:
-        self.scan_count += 1
-        now = self.clock.now
-        findings: dict[str, Finding] = {}
-        deadlines: list[float] = []
-        for record in self.instances.values():
-            row = _instance_row(record, now)
-            finding = classify(row, self.rules)
-            if finding is not None:
-                findings[finding.instance_id] = finding
-            left = time_to_threshold(row, self.rules)
-            if left is not None:
-                deadlines.append(left)
-        monitored = sum(
-            r.enabled and r.status not in self.rules.ignored_statuses
-            for r in self.instances.values()
-        )
-        return Scan(now, findings, monitored, min(deadlines) if deadlines else None)
-
-    async def set_force_reconnect(self, instance_id: str) -> bool:
-        record = self.instances.get(instance_id)
-        if record is None:
-            return False
-        record.force_reconnect = True
-        return True
-
-    async def exists(self, instance_id: str) -> bool:
-        return instance_id in self.instances
-
-    async def unmonitored(self, instance_ids: Collection[str]) -> dict[str, str]:
-        result: dict[str, str] = {}
-        for instance_id in instance_ids:
-            record = self.instances.get(instance_id)
-            enabled, status = (record.enabled, record.status) if record else (None, None)
-            why = unmonitored_reason(enabled, status, self.rules)
-            if why is not None:
-                result[instance_id] = why
-        return result
-
-    async def now(self) -> datetime:
-        return self.clock.now
-
-
-def _instance_row(record: InstanceRecord, now: datetime) -> InstanceRow:
-    beat = record.last_heartbeat_at
-    return InstanceRow(
-        instance_id=record.id,
-        enabled=record.enabled,
-        status=record.status,
-        status_age=(now - record.status_changed_at).total_seconds(),
-        heartbeat_age=None if beat is None else (now - beat).total_seconds(),
-        process=record.process,
-    )
-
-
-# --------------------------------------------------------------------------- ledger
+    pass
 
 
 class MemoryLedger:
@@ -494,113 +334,3 @@ def _row(
 ) -> NewAudit:
     reason = str(incident.reason)
     return NewAudit(incident.instance_id, action, outcome, incident.id, reason, attempt, detail)
-
-
-class MemoryFleetState:
-    """Restarts and the brake in memory, with `SqlFleetState`'s semantics."""
-
-    def __init__(self, ledger: MemoryLedger) -> None:
-        self.ledger = ledger
-        self.restarts: list[tuple[Restart, list[str]]] = []
-        self.brake_state: dict[str, Any] | None = None
-        self.unjudgeable_state: dict[str, Any] | None = None
-        self.grace_state: dict[str, Any] | None = None
-
-    async def recent_restarts(self, since: datetime) -> list[Restart]:
-        return [r for r, _ids in self.restarts if r.at >= since]
-
-    async def record_restart(self, process: str, at: datetime, instances: Sequence[str]) -> None:
-        self.restarts.append((Restart(process, at), list(instances)))
-
-    async def brake(self) -> dict[str, Any] | None:
-        return self.brake_state
-
-    async def set_brake(self, engaged: bool, now: datetime, detail: Mapping[str, Any]) -> AuditRow:
-        self.brake_state = {"engaged": engaged, "since": now.isoformat(), **detail}
-        action = AuditAction.BRAKE_ENGAGED if engaged else AuditAction.BRAKE_RELEASED
-        return await self.ledger.append(NewAudit(FLEET, action, Outcome.OK, detail=detail))
-
-    async def grace(self) -> dict[str, Any] | None:
-        return self.grace_state
-
-    async def set_grace(
-        self, until: datetime, now: datetime, detail: Mapping[str, Any]
-    ) -> AuditRow:
-        self.grace_state = {"until": until.isoformat(), "since": now.isoformat(), **detail}
-        full = {**detail, "until": until.isoformat()}
-        return await self.ledger.append(NewAudit(FLEET, AuditAction.GRACE, Outcome.OK, detail=full))
-
-    async def unjudgeable(self) -> dict[str, Any] | None:
-        return self.unjudgeable_state
-
-    async def set_unjudgeable(
-        self, present: bool, now: datetime, detail: Mapping[str, Any]
-    ) -> AuditRow:
-        self.unjudgeable_state = {"present": present, "since": now.isoformat(), **detail}
-        action = AuditAction.UNJUDGEABLE if present else AuditAction.UNJUDGEABLE_CLEARED
-        return await self.ledger.append(NewAudit(FLEET, action, Outcome.OK, detail=detail))
-
-
-# ------------------------------------------------------------------------- recovery
-
-
-class RecordingRecovery:
-    """A recovery rung that records every `Target` it is called with in `calls`.
-
-    Instances named in `fail` get a `TransientRecoveryError`; those in `hang` wait
-    forever (until the engine's `timeout` cancels them); any other call succeeds and then
-    runs `effect(target)`, e.g. to make the instance beat again. With `key_by="process"`
-    targets sharing a process share one call, and a target without a process is a
-    `PermanentRecoveryError`.
-    """
-
-    def __init__(
-        self,
-        action: Action,
-        *,
-        timeout: float = 5.0,
-        key_by: Literal["instance", "process"] = "instance",
-        fail: Collection[str] = (),
-        hang: Collection[str] = (),
-        effect: Callable[[Target], None] | None = None,
-    ) -> None:
-        self._action = action
-        self._timeout = timeout
-        self.key_by = key_by
-        self.fail = set(fail)
-        self.hang = set(hang)
-        self.effect = effect
-        self.calls: list[Target] = []
-
-    @property
-    def action(self) -> Action:
-        return self._action
-
-    @property
-    def timeout(self) -> float:
-        return self._timeout
-
-    def key(self, target: Target) -> str:
-        if self.key_by == "instance":
-            return target.instance_id
-        if target.process is None:  # as the supervisor backend says it
-            raise InvalidTarget(f"instance {target.instance_id!r} has no process")
-        return target.process
-
-    async def recover(self, target: Target) -> ActionResult:
-        self.calls.append(target)
-        key = self.key(target)
-        if target.instance_id in self.hang:
-            await asyncio.Event().wait()  # never set: only a timeout ends this
-        if target.instance_id in self.fail:
-            raise TransientRecoveryError(f"{self._action} refused for {target.instance_id!r}")
-        if self.effect is not None:
-            self.effect(target)
-        return ActionResult(detail={"fake": str(self._action), "key": key})
-
-
-if TYPE_CHECKING:  # mypy checks that the fakes implement the ports
-    _clock: Clock = FakeClock()
-    _store: InstanceStore = MemoryInstanceStore(FakeClock())
-    _ledger: Ledger = MemoryLedger(FakeClock())
-    _recovery: Recovery = RecordingRecovery(Action.API_RESTART)
