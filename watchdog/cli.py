@@ -25,7 +25,7 @@ from watchdog.masking import mask_urls_in
 from watchdog.observability import configure_logging, emit_audit, silence_logging
 from watchdog.render import one_line
 from watchdog.store import migrate
-from watchdog.store.ledger import AuditSink, ignore_audit
+from watchdog.store.audit import AuditSink, ignore_audit
 from watchdog.wiring import Runtime, check_backends, login_user, open_runtime
 
 P = ParamSpec("P")

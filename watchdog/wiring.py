@@ -24,9 +24,10 @@ from watchdog.core.errors import ConfigError, StoreError
 from watchdog.core.model import Action
 from watchdog.core.ports import Recovery
 from watchdog.resilience import RetryingRecovery
+from watchdog.store.audit import AuditSink, ignore_audit
 from watchdog.store.database import Database
 from watchdog.store.instances import SqlInstanceStore
-from watchdog.store.ledger import REVISION, AuditSink, SqlLedger, ignore_audit
+from watchdog.store.ledger import REVISION, SqlLedger
 
 
 @dataclass(frozen=True, slots=True)

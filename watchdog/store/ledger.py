@@ -8,7 +8,6 @@ event on stdout).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,30 +19,26 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from watchdog.core.model import (
     AuditAction,
-    AuditRow,
     Incident,
     IncidentState,
     Outcome,
     Pause,
 )
 from watchdog.core.ports import (
-    AuditQuery,
     Claim,
     Closing,
     Finished,
     LedgerState,
     NewAudit,
     Opening,
-    interruption,
 )
-from watchdog.store.database import Database, as_utc
+from watchdog.store.audit import AuditSink, AuditTrail, ignore_audit, insert_rows
+from watchdog.store.database import Database
 from watchdog.store.records import (
     ACTIONABLE,
-    AUDIT_COLUMNS,
     INCIDENT_COLUMNS,
     OPENING_COLUMNS,
     attempt_audit,
-    audit_row,
     incident_audit,
     incident_from,
     intent,
@@ -51,17 +46,10 @@ from watchdog.store.records import (
 from watchdog.store.schema import (
     OPEN_STATES,
     UtcDateTime,
-    audit,
     incidents,
     pauses,
     revisions,
 )
-
-AuditSink = Callable[[AuditRow], None]
-
-
-def ignore_audit(_row: AuditRow) -> None:
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +60,7 @@ class _Cached:
     pauses: dict[str, Pause]  # all rows: each read keeps those in force at its own now
 
 
-class SqlLedger:
+class SqlLedger(AuditTrail):
     """`max_cache_age`: open incidents and pauses are reloaded when their revision moved
     (every writer here bumps it) and at least this often (seconds), for a writer that
     does not (an older version mid-upgrade, a hand-made SQL fix)."""
@@ -146,19 +134,6 @@ class SqlLedger:
             rows = (await conn.execute(query)).all()
         return {row.instance_id: incident_from(row) for row in rows}
 
-    async def audit(self, query: AuditQuery) -> list[AuditRow]:
-        """Matching rows, the most recent `limit` of them, oldest first."""
-        select = sa.select(audit).order_by(audit.c.id.desc()).limit(query.limit)
-        if query.instance_id is not None:
-            select = select.where(audit.c.instance_id == query.instance_id)
-        if query.since is not None:
-            select = select.where(audit.c.at >= query.since)
-        if query.actions:
-            select = select.where(audit.c.action.in_([str(a) for a in query.actions]))
-        async with self._db.connect("read audit") as conn:
-            rows = (await conn.execute(select)).all()
-        return [audit_row(row) for row in reversed(rows)]
-
     async def incident_history(self, instance_id: str, limit: int) -> Sequence[Incident]:
         query = (
             sa.select(*INCIDENT_COLUMNS)
@@ -192,7 +167,10 @@ class SqlLedger:
         ]
         async with self._db.begin("open incidents") as conn:
             new_ids = [
-                i for i, _at, _key in await self._insert(conn, incidents, OPENING_COLUMNS, data)
+                i
+                for i, _at, _key in await insert_rows(
+                    self._db, conn, incidents, OPENING_COLUMNS, data
+                )
             ]
             specs = [
                 NewAudit(
@@ -377,18 +355,6 @@ class SqlLedger:
         self._emit(row)
         return True
 
-    async def append(self, row: NewAudit) -> AuditRow:
-        return (await self.append_all([row]))[0]
-
-    async def append_all(self, rows: Sequence[NewAudit]) -> list[AuditRow]:
-        if not rows:
-            return []
-        async with self._db.begin("append audit") as conn:
-            written = await self.insert_audits(conn, None, rows)
-        for row in written:
-            self._emit(row)
-        return written
-
     async def suppress_all(
         self,
         held: Sequence[Incident],
@@ -452,45 +418,6 @@ class SqlLedger:
         async with self._db.connect("count incidents") as conn:
             return {str(r[0]): int(r[1]) for r in await conn.execute(query)}
 
-    async def orphan_intents(
-        self, among: Collection[int] | None = None, instances: Collection[str] | None = None
-    ) -> list[AuditRow]:
-        """Intent rows without an outcome: no later row of the same incident, attempt and
-        action (rows from before outcomes named their intent count too). Of all, or of
-        the intent ids `among`, or of the instances `instances` (read by their index)."""
-        later = audit.alias("later")
-        query = sa.select(audit).where(
-            audit.c.outcome == str(Outcome.STARTED),
-            ~sa.exists().where(
-                later.c.incident_id == audit.c.incident_id,
-                later.c.attempt == audit.c.attempt,
-                later.c.action == audit.c.action,
-                later.c.id > audit.c.id,
-            ),
-        )
-        if among is not None:
-            if not among:
-                return []
-            query = query.where(audit.c.id.in_(sorted(among)))  # a few: the ones still waiting
-        if instances is not None:
-            if not instances:
-                return []
-            query = query.where(self._db.among(audit.c.instance_id, instances))
-        async with self._db.connect("find intents without outcome") as conn:
-            rows = (await conn.execute(query.order_by(audit.c.id))).all()
-        return [audit_row(row) for row in rows]
-
-    async def interrupt(self, intents: Sequence[AuditRow], note: str) -> list[AuditRow]:
-        """An `interrupted` outcome for each intent that still has none."""
-        specs = [interruption(row, note) for row in intents]
-        if not specs:
-            return []
-        async with self._db.begin("record interrupted actions") as conn:
-            written = await self.insert_audits(conn, None, specs)
-        for row in written:
-            self._emit(row)
-        return written
-
     # ---------------------------------------------------------------- helpers
 
     async def _change_all(
@@ -510,110 +437,6 @@ class SqlLedger:
                 await _bump(conn)
         for row in written:
             self._emit(row)
-
-    def emit(self, row: AuditRow) -> None:
-        """Hand a committed audit row to the log sink."""
-        self._emit(row)
-
-    async def insert_audit(self, conn: AsyncConnection, at: datetime, spec: NewAudit) -> AuditRow:
-        return (await self.insert_audits(conn, at, [spec]))[0]
-
-    async def insert_audits(
-        self, conn: AsyncConnection, at: datetime | None, specs: Sequence[NewAudit]
-    ) -> list[AuditRow]:
-        """Append rows in one statement; their ids follow the order of `specs`. `at` None:
-        stamped with the database clock (on PostgreSQL inside the INSERT, no extra trip).
-
-        Outcome rows (with an `intent_id`) whose intent has an outcome already are left
-        out: the database holds each intent to one outcome, so writing outcomes again
-        (after a lost commit acknowledgement) appends nothing twice. Returns the rows
-        written."""
-        if not specs:
-            return []
-        if at is None and self._db.is_sqlite:
-            at = await self._db.read_now(conn)  # in-process: no round trip to save
-        data = [
-            (
-                spec.incident_id,
-                spec.instance_id,
-                spec.reason,
-                spec.attempt,
-                str(spec.action),
-                str(spec.outcome),
-                json.dumps(dict(spec.detail), sort_keys=True, default=str),
-                spec.duration,
-                spec.actor,
-                spec.intent_id,
-            )
-            for spec in specs
-        ]
-        stamp = sa.func.now() if at is None else sa.literal(at, UtcDateTime())
-        outcomes = any(spec.intent_id is not None for spec in specs)
-        written = await self._insert(
-            conn, audit, AUDIT_COLUMNS, data, at=stamp, unique="intent_id" if outcomes else None
-        )
-        kept = _inserted(specs, {intent_id for _id, _at, intent_id in written})
-        return [
-            AuditRow(
-                new_id,
-                as_utc(stamped),
-                spec.instance_id,
-                spec.action,
-                spec.outcome,
-                spec.incident_id,
-                spec.reason,
-                spec.attempt,
-                dict(spec.detail),
-                spec.duration,
-                spec.actor,
-                spec.intent_id,
-            )
-            for spec, (new_id, stamped, _intent) in zip(kept, written, strict=True)
-        ]
-
-    async def _insert(
-        self,
-        conn: AsyncConnection,
-        table: sa.Table,
-        columns: Sequence[str],
-        data: Sequence[Sequence[Any]],
-        *,
-        at: sa.ColumnElement[Any] | None = None,
-        unique: str | None = None,
-    ) -> list[tuple[int, Any, Any]]:
-        """Insert rows in one short statement: (new id, `at`, `unique`) of each, in the
-        order of `data`. `at`, when given, fills the column of that name in every row.
-        `unique`: a column with a unique index; a row that would repeat a value already
-        there is skipped (and missing from the result).
-
-        Rows go in in `n` order, so the ids (from one sequence, ascending) sort into it."""
-        rows = self._db.rows("batch", {c: table.c[c].type for c in columns}, data)
-        fields: list[sa.ColumnElement[Any]] = [rows.c[c] for c in columns]
-        names = list(columns)
-        if at is not None:
-            fields.append(at)
-            names.append("at")
-        # WHERE true: SQLite would otherwise read ON CONFLICT as a join's ON.
-        select = sa.select(*fields).where(sa.true()).order_by(rows.c.n)
-        stamp = table.c.at if at is not None else sa.null()
-        key = table.c[unique] if unique is not None else sa.null()
-        insert = self._db.insert_skipping(table, unique).from_select(names, select)
-        returned = await conn.execute(insert.returning(table.c.id, stamp, key))
-        return sorted((row[0], row[1], row[2]) for row in returned)
-
-
-def _inserted(specs: Sequence[NewAudit], intents: Collection[Any]) -> list[NewAudit]:
-    """The specs an insert kept, in order: all but outcomes of an intent it skipped (and
-    of an intent given twice, all but the first)."""
-    kept: list[NewAudit] = []
-    taken: set[int] = set()
-    for spec in specs:
-        if spec.intent_id is None:
-            kept.append(spec)
-        elif spec.intent_id in intents and spec.intent_id not in taken:
-            taken.add(spec.intent_id)
-            kept.append(spec)
-    return kept
 
 
 def _in_force(held: Mapping[str, Pause], now: datetime) -> dict[str, Pause]:
