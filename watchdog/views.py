@@ -6,7 +6,7 @@ database's clock. What it all means for one instance is `situation.situate`."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,10 +25,8 @@ from watchdog.core.model import (
 )
 from watchdog.core.policy import UNREADABLE, EscalationRules, is_paused, step_for_attempt
 from watchdog.core.situation import Facts, human_delta, situate, when
-from watchdog.store.breakers import SqlBreakerStore
-from watchdog.store.fleet import SqlFleetState
 from watchdog.store.judging import rule_of, why_of
-from watchdog.store.nodes import Node, SqlNodes
+from watchdog.store.nodes import Node
 from watchdog.store.readings import Reading
 from watchdog.wiring import Runtime, breaker_names
 
@@ -130,10 +128,9 @@ async def fleet_view(rt: Runtime) -> FleetView:
         unmonitored = await rt.instances.unmonitored(gone) if gone else {}
     except WatchdogError as exc:  # the watchdog's own records are still worth showing
         table_error = str(exc)
-    fleet = SqlFleetState(rt.db, rt.ledger)
-    grace = await fleet.grace()
-    nodes = await SqlNodes(rt.db).all()
-    breakers = await SqlBreakerStore(rt.db).load()
+    grace = await rt.fleet.grace()
+    nodes = await rt.nodes.all()
+    breakers = await rt.breaker_store.load()
     orphans = await rt.ledger.orphan_intents(instances=list(state.incidents))
     return FleetView(
         now=now,
@@ -145,7 +142,7 @@ async def fleet_view(rt: Runtime) -> FleetView:
         unmonitored=unmonitored,
         nodes=nodes,
         acting=acting(nodes, now, settings.detection.interval),
-        brake=await fleet.brake(),
+        brake=await rt.fleet.brake(),
         grace_until=_time(grace.get("until")) if grace else None,
         breakers=breakers,
         open_breakers=_open(breakers, breaker_names(settings)),
@@ -303,3 +300,19 @@ def _open(
 
 def _time(value: object) -> datetime | None:
     return datetime.fromisoformat(value) if isinstance(value, str) else None
+
+
+async def fleet_status(runtime: Runtime) -> dict[str, Any]:
+    """/status: the same view as `watchdogctl status --json`, with the fleet around it."""
+    view = await fleet_view(runtime)
+    interval = runtime.settings.detection.interval
+    return {
+        "now": view.now.isoformat(),
+        "fleet": asdict(view.census) if view.census else None,
+        "table_error": view.table_error or None,
+        "acting": view.acting.detail,
+        "nodes": [node_record(n, view.now, interval) for n in view.nodes],
+        "breakers": [asdict(b) for b in view.breakers],
+        "brake": view.brake,
+        "incidents": status_records(view, runtime.settings.escalation.rules()),
+    }

@@ -1,12 +1,12 @@
-"""Builds the adapters from the settings and closes them again: the only place that
-imports both the pure core and the adapters (besides the CLI that calls it).
-"""
+"""The composition root: builds every adapter from the settings, and closes them again,
+for `run`, the operator's commands and `/status` alike (nothing else constructs a store,
+a lock or a backend)."""
 
 from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,23 +19,39 @@ from watchdog.actions.api import ApiRestart, HttpClients, check_api
 from watchdog.actions.command import CommandRestart
 from watchdog.actions.db_flag import DbFlag
 from watchdog.actions.systemd import SystemdRestart
+from watchdog.alerts.sender import AlertFeeder, AlertSender
 from watchdog.config import Settings
+from watchdog.core.breaker import BreakerRules
 from watchdog.core.errors import ConfigError, StoreError
 from watchdog.core.model import Action
 from watchdog.core.ports import Recovery
+from watchdog.core.safety import SafetyRules
+from watchdog.daemon.leadership import LeaderLock
+from watchdog.engine.breakers import BackendBreakers
+from watchdog.engine.guards import Guards
 from watchdog.resilience import RetryingRecovery
 from watchdog.store.audit import AuditSink, ignore_audit
+from watchdog.store.breakers import SqlBreakerStore
 from watchdog.store.database import Database
+from watchdog.store.fleet import SqlFleetState
 from watchdog.store.instances import SqlInstanceStore
 from watchdog.store.ledger import REVISION, SqlLedger
+from watchdog.store.locks import PgAdvisoryLock, SqliteFileLock
+from watchdog.store.nodes import SqlNodes
+from watchdog.store.retention import Keep, SqlRetention
 
 
 @dataclass(frozen=True, slots=True)
 class Runtime:
+    """The stores on one database, built once per process."""
+
     settings: Settings
     db: Database
     instances: SqlInstanceStore
     ledger: SqlLedger
+    nodes: SqlNodes
+    fleet: SqlFleetState
+    breaker_store: SqlBreakerStore
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -77,7 +93,9 @@ async def open_runtime(
             exact_share=settings.safety.brake_fraction / 2,
             ledger_revision=REVISION,
         )
-        yield Runtime(settings, db, instances, SqlLedger(db, emit))
+        ledger = SqlLedger(db, emit)
+        fleet = SqlFleetState(db, ledger)
+        yield Runtime(settings, db, instances, ledger, SqlNodes(db), fleet, SqlBreakerStore(db))
     finally:
         await db.dispose()
 
@@ -194,3 +212,60 @@ def login_user() -> str:
         return pwd.getpwuid(os.getuid()).pw_name
     except (ImportError, KeyError):
         return "unknown"
+
+
+# ----------------------------------------------------------- what the daemon adds
+
+
+def guards(runtime: Runtime, *, startup_grace: bool) -> Guards:
+    settings = runtime.settings
+    safety = settings.safety.model_dump(exclude={"retry_attempts"})
+    grace = settings.detection.grace
+    return Guards(
+        runtime.ledger,
+        runtime.fleet,
+        SafetyRules(**safety),
+        grace=settings.detection.stale_after if grace is None else grace,
+        startup_grace=startup_grace,
+    )
+
+
+async def breakers(runtime: Runtime) -> BackendBreakers:
+    """The breaker of each rung, loaded as the database last saw them."""
+    settings = runtime.settings
+    rules = BreakerRules(**settings.breaker.model_dump())
+    board = BackendBreakers(rules, breaker_names(settings), runtime.ledger, runtime.breaker_store)
+    await board.load()
+    return board
+
+
+async def leader_lock(runtime: Runtime, on_lost: Callable[[str], None]) -> LeaderLock:
+    """A file lock beside an SQLite database (taken now: a second daemon on the same file
+    is refused at once, naming the other's pid), else a PostgreSQL advisory lock."""
+    settings = runtime.settings
+    path = sqlite_path(settings.database.url)
+    if runtime.db.is_sqlite and path is not None:
+        lock = SqliteFileLock(path)
+        await lock.acquire()  # raises ConfigError naming the other daemon's pid
+        return lock
+    return PgAdvisoryLock(
+        settings.database.url, settings.ha.lock_key, settings.database.timeout, on_lost=on_lost
+    )
+
+
+def retention(runtime: Runtime) -> SqlRetention | None:
+    """What `[retention]` deletes (None when it keeps everything)."""
+    settings = runtime.settings
+    r = settings.retention
+    floor = max(settings.escalation.reopen_window, settings.safety.flapping_window)
+    keep = Keep.days(r.audit_days, r.incidents_days, r.outbox_days, incidents_floor=floor)
+    return None if keep.forever else SqlRetention(runtime.db, runtime.ledger, keep)
+
+
+def alert_senders(
+    runtime: Runtime, node_id: str, client: httpx.AsyncClient
+) -> tuple[AlertFeeder, AlertSender]:
+    alerts = runtime.settings.alerts
+    feeder = AlertFeeder(runtime.db, alerts.sinks)
+    sender = AlertSender(runtime.db, alerts.sinks, node_id, client, alerts.max_attempts)
+    return feeder, sender

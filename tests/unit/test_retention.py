@@ -13,7 +13,7 @@ import pytest
 
 from watchdog.config import RetentionSettings, load_settings
 from watchdog.core.errors import ConfigError, StoreUnavailable
-from watchdog.daemon.bootstrap import RETENTION_CHECK, RETENTION_EVERY, retention_job
+from watchdog.daemon.jobs import RETENTION_CHECK, RETENTION_EVERY, retention_job
 from watchdog.daemon.loop import SideJob
 from watchdog.store.retention import Keep
 

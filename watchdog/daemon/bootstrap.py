@@ -9,28 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import gc
 import importlib.metadata
 import os
 import socket
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
-import httpx
-
-from watchdog import views
-from watchdog.alerts.sender import AlertFeeder, AlertSender
+from watchdog import views, wiring
 from watchdog.clock import SystemClock
 from watchdog.config import Settings, bearer_token
-from watchdog.core.breaker import BreakerRules
 from watchdog.core.errors import StoreUnavailable
 from watchdog.core.model import AuditRow
-from watchdog.core.safety import SafetyRules
 from watchdog.daemon.health import HealthServer
-from watchdog.daemon.leadership import LeaderLock, Leadership, NodeIdentity
-from watchdog.daemon.loop import Daemon, SideJob, StopSignals, run_once
+from watchdog.daemon.jobs import alert_jobs, reconcile_job, retention_jobs
+from watchdog.daemon.leadership import Leadership, NodeIdentity
+from watchdog.daemon.loop import Daemon, StopSignals, run_once
 from watchdog.daemon.metrics import Metrics
 from watchdog.daemon.reconcile import IntentReconciler
 from watchdog.daemon.selfcheck import DaemonMonitor, MemoryWatch
@@ -39,23 +32,14 @@ from watchdog.engine.cycle import Engine
 from watchdog.engine.guards import Guards
 from watchdog.observability import emit_audit, get_logger
 from watchdog.store import migrate
-from watchdog.store.breakers import SqlBreakerStore
-from watchdog.store.fleet import SqlFleetState
-from watchdog.store.locks import PgAdvisoryLock, SqliteFileLock
-from watchdog.store.nodes import Node, SqlNodes
-from watchdog.store.retention import Keep, SqlRetention
+from watchdog.store.nodes import Node
 from watchdog.wiring import (
     Runtime,
-    breaker_names,
     open_recoveries,
     open_runtime,
-    sqlite_path,
 )
 
 log = get_logger(component="runner")
-
-RETENTION_EVERY = 3600.0  # seconds between retention runs of the leader
-RETENTION_CHECK = 60.0  # how soon after taking the lead the first run comes
 
 
 async def run_daemon(settings: Settings, *, once: bool, dry_run: bool) -> int:
@@ -87,13 +71,13 @@ async def _run(
     monitor: DaemonMonitor | None,
 ) -> int:
     settings = runtime.settings
-    breakers = await _breakers(runtime)
-    guards = _guards(runtime, startup_grace=not once)
+    breakers = await wiring.breakers(runtime)
+    guards = wiring.guards(runtime, startup_grace=not once)
     live: set[int] = set()  # intents whose action is in flight here: never `interrupted`
     me = _identity(settings)
     reconciler = IntentReconciler(
         runtime.ledger,
-        SqlNodes(runtime.db).all,
+        runtime.nodes.all,
         me.node_id,
         live,
         node_timeout=max(10.0, 3 * settings.detection.interval + settings.database.timeout),
@@ -101,7 +85,7 @@ async def _run(
     )
     leadership = await _leadership(runtime, me, breakers, reconciler, guards, dry_run)
     try:
-        async with open_recoveries(runtime) as recoveries, _alert_jobs(runtime, leadership) as jobs:
+        async with open_recoveries(runtime) as recoveries, alert_jobs(runtime, leadership) as jobs:
             engine = Engine(
                 runtime.instances,
                 runtime.ledger,
@@ -121,11 +105,11 @@ async def _run(
                 return await run_once(engine, settings.daemon.shutdown_timeout, leadership)
             # Everything alive now (libraries, compiled SQL, configuration) lives as long as
             # the process: out of the cyclic collector's way, each cycle's collections scan
-            # only what cycles allocate (about 10 ms a cycle less at 100,000 instances).
+            # only what cycles allocate.
             gc.freeze()
             if not dry_run:
-                jobs.append(_reconcile_job(reconciler, leadership, settings.detection.interval))
-                jobs.extend(_retention_jobs(runtime, leadership, signals))
+                jobs.append(reconcile_job(reconciler, leadership, settings.detection.interval))
+                jobs.extend(retention_jobs(runtime, leadership, signals))
             daemon = Daemon(
                 engine,
                 settings.detection.interval,
@@ -141,33 +125,6 @@ async def _run(
         await leadership.stop()
 
 
-@contextlib.asynccontextmanager
-async def _alert_jobs(runtime: Runtime, leadership: Leadership) -> AsyncIterator[list[SideJob]]:
-    """Alert feeding and delivery, on every replica (both are safe concurrently)."""
-    alerts = runtime.settings.alerts
-    if not alerts.sinks:
-        yield []
-        return
-    async with httpx.AsyncClient(follow_redirects=False) as client:
-        feeder = AlertFeeder(runtime.db, alerts.sinks)
-        sender = AlertSender(
-            runtime.db, alerts.sinks, leadership.node_id, client, alerts.max_attempts
-        )
-
-        await feeder.feed()  # set the cursor now: events from the first cycle on are alerted
-
-        async def send() -> None:
-            await sender.send_due()
-
-        async def feed() -> None:
-            await feeder.feed()
-
-        yield [
-            SideJob("alerts_feed", alerts.interval, feed),
-            SideJob("alerts_send", alerts.interval, send),
-        ]
-
-
 def _monitor(runtime: Runtime, metrics: Metrics) -> DaemonMonitor:
     settings = runtime.settings
     return DaemonMonitor(
@@ -176,7 +133,7 @@ def _monitor(runtime: Runtime, metrics: Metrics) -> DaemonMonitor:
         interval=settings.detection.interval,
         slack=settings.database.timeout * 3,
         ready_max_age=settings.health.ready_max_age,
-        status=lambda: fleet_status(runtime),
+        status=lambda: views.fleet_status(runtime),
     )
 
 
@@ -196,86 +153,12 @@ async def _health_server(settings: Settings, monitor: DaemonMonitor) -> AsyncIte
         await server.stop()
 
 
-async def fleet_status(runtime: Runtime) -> dict[str, Any]:
-    """/status: the same view as `watchdogctl status --json`, with the fleet around it."""
-    view = await views.fleet_view(runtime)
-    interval = runtime.settings.detection.interval
-    return {
-        "now": view.now.isoformat(),
-        "fleet": dataclasses.asdict(view.census) if view.census else None,
-        "table_error": view.table_error or None,
-        "acting": view.acting.detail,
-        "nodes": [views.node_record(n, view.now, interval) for n in view.nodes],
-        "breakers": [dataclasses.asdict(b) for b in view.breakers],
-        "brake": view.brake,
-        "incidents": views.status_records(view, runtime.settings.escalation.rules()),
-    }
-
-
 def _identity(settings: Settings) -> NodeIdentity:
     return NodeIdentity(
         settings.ha.node_id or f"{socket.gethostname()}:{os.getpid()}",
         socket.gethostname(),
         os.getpid(),
     )
-
-
-def _reconcile_job(reconciler: IntentReconciler, leadership: Leadership, every: float) -> SideJob:
-    """The leader looks again at intents left to a node that may still record them."""
-
-    async def recheck() -> None:
-        if leadership.is_leader:
-            await reconciler.recheck()
-
-    return SideJob("reconcile", max(every, 1.0), recheck)
-
-
-def _retention_jobs(
-    runtime: Runtime, leadership: Leadership, signals: StopSignals
-) -> list[SideJob]:
-    """The leader deletes history older than `[retention]` keeps (none when it keeps all)."""
-    settings = runtime.settings
-    r = settings.retention
-    floor = max(settings.escalation.reopen_window, settings.safety.flapping_window)
-    keep = Keep.days(r.audit_days, r.incidents_days, r.outbox_days, incidents_floor=floor)
-    if keep.forever:
-        return []
-    retention = SqlRetention(runtime.db, runtime.ledger, keep)
-
-    def leading() -> bool:
-        return leadership.is_leader
-
-    def proceed() -> bool:  # between batches: stop for a shutdown or a lost lead
-        return leading() and not signals.requested.is_set()
-
-    async def prune() -> None:
-        await retention.run(proceed)
-
-    return [retention_job(prune, leading)]
-
-
-def retention_job(
-    prune: Callable[[], Awaitable[None]],
-    leading: Callable[[], bool],
-    every: float = RETENTION_EVERY,
-    check: float = RETENTION_CHECK,
-    monotonic: Callable[[], float] = time.monotonic,
-) -> SideJob:
-    """Run `prune` every `every` seconds while leading, and at the first check after
-    taking the lead (a new leader may follow one that pruned long ago, or never)."""
-    last: float | None = None  # when this node last pruned since it took the lead
-
-    async def maybe_prune() -> None:
-        nonlocal last
-        if not leading():
-            last = None
-            return
-        if last is not None and monotonic() - last < every:
-            return
-        last = monotonic()  # also when the run fails: the next try is a period later
-        await prune()
-
-    return SideJob("retention", check, maybe_prune)
 
 
 async def _leadership(
@@ -287,22 +170,9 @@ async def _leadership(
     dry_run: bool,
 ) -> Leadership:
     """Register this node; on SQLite refuse to start next to another daemon at once."""
-    settings = runtime.settings
-    path = sqlite_path(settings.database.url)
-    lock: LeaderLock
-    if runtime.db.is_sqlite and path is not None:
-        lock = SqliteFileLock(path)
-        await lock.acquire()  # raises ConfigError naming the other daemon's pid
-    else:
-        lock = PgAdvisoryLock(
-            settings.database.url,
-            settings.ha.lock_key,
-            settings.database.timeout,
-            on_lost=lambda error: _lock_lost(guards, error),
-        )
-    nodes = SqlNodes(runtime.db)
+    lock = await wiring.leader_lock(runtime, on_lost=lambda error: _lock_lost(guards, error))
     now = await runtime.instances.now()
-    await nodes.register(Node(me.node_id, me.host, me.pid, "standby", _version(), now))
+    await runtime.nodes.register(Node(me.node_id, me.host, me.pid, "standby", _version(), now))
 
     async def on_lead() -> None:
         # A predecessor may have died mid-action, and its breakers are ours now.
@@ -310,7 +180,7 @@ async def _leadership(
             await reconciler.on_lead()
         await breakers.load()
 
-    return Leadership(lock, nodes, runtime.ledger, me, on_lead)
+    return Leadership(lock, runtime.nodes, runtime.ledger, me, on_lead)
 
 
 def _lock_lost(guards: Guards, error: str) -> None:
@@ -325,28 +195,6 @@ def _version() -> str:
         return importlib.metadata.version("instance-watchdog")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
-
-
-def _guards(runtime: Runtime, *, startup_grace: bool) -> Guards:
-    settings = runtime.settings
-    safety = settings.safety.model_dump(exclude={"retry_attempts"})
-    grace = settings.detection.grace
-    return Guards(
-        runtime.ledger,
-        SqlFleetState(runtime.db, runtime.ledger),
-        SafetyRules(**safety),
-        grace=settings.detection.stale_after if grace is None else grace,
-        startup_grace=startup_grace,
-    )
-
-
-async def _breakers(runtime: Runtime) -> BackendBreakers:
-    settings = runtime.settings
-    names = breaker_names(settings)
-    rules = BreakerRules(**settings.breaker.model_dump())
-    breakers = BackendBreakers(rules, names, runtime.ledger, SqlBreakerStore(runtime.db))
-    await breakers.load()
-    return breakers
 
 
 async def _prepare(runtime: Runtime) -> None:
