@@ -13,7 +13,7 @@ def test_an_unexpected_error_is_one_masked_line_with_its_own_exit_code(
     def broken(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("lost postgresql://wd:hunter2@db/app\nsecond line")
 
-    monkeypatch.setattr(cli, "load_settings", broken)
+    monkeypatch.setattr(cli.base, "load_settings", broken)
     monkeypatch.setattr("sys.argv", ["watchdogctl", "status"])
     with pytest.raises(SystemExit) as exited:
         cli.main()

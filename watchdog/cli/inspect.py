@@ -1,0 +1,167 @@
+"""Looking: `status`, `explain`, `show`, `audit`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from watchdog import render, views
+from watchdog.cli.base import Context, cli, handle_errors, pass_ctx, since_value, with_runtime
+from watchdog.core.errors import NotFound, WatchdogError
+from watchdog.core.model import AuditAction, RowFacts, Target, Verdict
+from watchdog.core.ports import AuditQuery, ProcessLocator
+from watchdog.core.situation import human_delta, stamp
+from watchdog.render import one_line
+from watchdog.wiring import Runtime
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@pass_ctx
+@handle_errors
+def status(ctx: Context, as_json: bool) -> None:
+    """The fleet as the table says it now, who acts, and every instance needing attention."""
+
+    async def work(rt: Runtime) -> None:
+        view = await views.fleet_view(rt)
+        records = views.status_records(view, rt.settings.escalation.rules())
+        if as_json:
+            click.echo(render.as_json(records))
+            return
+        interval = rt.settings.detection.interval
+        nodes = [views.node_record(n, view.now, interval) for n in view.nodes]
+        click.echo(render.fleet_line(view.census, rt.settings.instances.table, view.table_error))
+        click.echo(f"acting: {view.acting.detail} (as of {stamp(view.now)})")
+        click.echo(render.nodes_table(nodes, view.now))
+        click.echo(render.brake_line(view.brake))
+        click.echo(render.breaker_table(view.breakers))
+        click.echo()
+        click.echo(render.status_table(records, view.census))
+
+    with_runtime(ctx, work)
+
+
+@cli.command()
+@click.argument("instance_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_ctx
+@handle_errors
+def explain(ctx: Context, instance_id: str, as_json: bool) -> None:
+    """Why the watchdog is or is not acting on one instance, and what it does next."""
+
+    async def work(rt: Runtime) -> None:
+        view = await views.fleet_view(rt)
+        row = await rt.instances.inspect_row(instance_id) if view.scan is not None else None
+        history = await rt.ledger.incident_history(instance_id, 1)
+        if row is None and not history and instance_id not in view.pauses:
+            raise NotFound(
+                f"unknown instance {instance_id!r}: neither in table "
+                f"{rt.settings.instances.table} nor in the watchdog's records"
+            )
+        if row is None and view.scan is not None:
+            row = RowFacts(instance_id, Verdict.DELETED, "the row is gone from the table", {})
+        explained = views.explanation(view, instance_id, row, history, rt.settings)
+        click.echo(render.as_json(explained) if as_json else render.explanation(explained))
+
+    with_runtime(ctx, work)
+
+
+@cli.command()
+@click.argument("instance_id")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@pass_ctx
+@handle_errors
+def show(ctx: Context, instance_id: str, limit: int) -> None:
+    """One instance: its incidents and recent audit trail."""
+
+    async def work(rt: Runtime) -> None:
+        history = await rt.ledger.incident_history(instance_id, 5)
+        rows = await rt.ledger.audit(AuditQuery(instance_id=instance_id, limit=limit))
+        known = history or rows or await rt.instances.exists(instance_id)
+        if not known:
+            raise NotFound(f"unknown instance {instance_id!r}; `watchdogctl status` lists them")
+        now = await rt.instances.now()
+        pause = (await rt.ledger.load_pauses(now)).get(instance_id)
+        click.echo(f"instance {one_line(instance_id)}")
+        click.echo(
+            f"  paused until {pause.until:%Y-%m-%d %H:%M:%S} ({pause.reason}, by {pause.actor})"
+            if pause
+            else "  not paused"
+        )
+        for incident in history:
+            click.echo(_incident_line(incident))
+        process = history[0].process if history else None
+        click.echo(await _hosting_process(rt, instance_id, process))
+        click.echo(render.audit_table(rows))
+
+    with_runtime(ctx, work)
+
+
+async def _hosting_process(rt: Runtime, instance_id: str, process: str | None) -> str:
+    """One line about the process hosting the instance, from its backend and psutil."""
+    from watchdog.actions.evidence import process_facts
+    from watchdog.wiring import process_backend
+
+    backend = process_backend(rt.settings)
+    if backend is None or not isinstance(backend, ProcessLocator):
+        return "  hosting process: unknown (the process backend cannot locate processes)"
+    try:
+        name = backend.key(Target(instance_id, process))
+        facts = process_facts(await backend.locate(name))
+    except WatchdogError as exc:
+        return f"  hosting process: unknown ({exc})"
+    if facts is None:
+        return f"  hosting process {name}: not running or not visible from here"
+    return (
+        f"  hosting process {name}: pid {facts['pid']}, {facts['state']}, up "
+        f"{human_delta(facts['uptime'])}, rss {facts['rss'] / 2**20:.1f} MiB"
+    )
+
+
+def _incident_line(incident: Any) -> str:
+    closed = f", closed {incident.closed_at:%Y-%m-%d %H:%M:%S}" if incident.closed_at else ""
+    return (
+        f"  incident {incident.id}: {incident.state} {incident.reason}, attempt "
+        f"{incident.attempt}, opened {incident.opened_at:%Y-%m-%d %H:%M:%S}{closed}"
+    )
+
+
+@cli.command()
+@click.option("--instance", "instance_id", help="Only this instance.")
+@click.option(
+    "--since",
+    callback=since_value,
+    help="Only rows newer than this: a duration (1h, 30m) or an ISO-8601 time.",
+)
+@click.option(
+    "--action",
+    "actions",
+    multiple=True,
+    type=click.Choice([a.value for a in AuditAction]),
+    help="Only these actions.",
+)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array, oldest first.")
+@pass_ctx
+@handle_errors
+def audit(
+    ctx: Context,
+    instance_id: str | None,
+    since: str | None,
+    actions: tuple[str, ...],
+    limit: int,
+    as_json: bool,
+) -> None:
+    """The audit trail, oldest first."""
+
+    async def work(rt: Runtime) -> None:
+        since_at = render.parse_since(since, await rt.instances.now()) if since else None
+        query = AuditQuery(instance_id, since_at, [AuditAction(a) for a in actions], limit)
+        rows = await rt.ledger.audit(query)
+        if as_json:
+            click.echo(render.as_json([r.as_json() for r in rows]))
+        else:
+            click.echo(render.audit_table(rows))
+
+    with_runtime(ctx, work)
