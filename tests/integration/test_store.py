@@ -765,6 +765,10 @@ async def test_fleet_state_restarts_and_brake(db: Database) -> None:
     await fleet.record_restart("p2", now - timedelta(hours=2), ["c"])
     recent = await fleet.recent_restarts(now - timedelta(hours=1))
     assert [(r.process, r.at) for r in recent] == [("p1", now)]
+    await fleet.record_restart("p1", now, ["a"])  # a second restart of p1 at that moment
+    await fleet.forget_restart("p1", now)  # that one never went out: one is forgotten
+    recent = await fleet.recent_restarts(now - timedelta(hours=1))
+    assert [(r.process, r.at) for r in recent] == [("p1", now)]
     row = await fleet.set_brake(True, now, {"unhealthy": 5, "monitored": 6})
     assert row.action is AuditAction.BRAKE_ENGAGED
     assert (await fleet.brake() or {})["engaged"] is True

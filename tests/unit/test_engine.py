@@ -7,6 +7,7 @@ waits for its actions, as the daemon would before the next tick.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -94,6 +95,7 @@ def make_rig(
     fleet: bool = False,
     grace: float = 0.0,
     breakers: bool = False,
+    fence: Callable[[], Awaitable[bool]] | None = None,
 ) -> Rig:
     clock = FakeClock()
     store = MemoryInstanceStore(clock, DetectionRules())
@@ -124,6 +126,7 @@ def make_rig(
         breakers=BackendBreakers(BreakerRules(), {PROC: "supervisor"}, ledger)
         if breakers
         else None,
+        fence=fence,
     )
     return Rig(clock, store, ledger, recs, engine, fleet_state)
 

@@ -4,7 +4,7 @@ and interrupted actions reconciled at start."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -294,9 +294,10 @@ async def test_restart_budget_suppresses_and_resumes() -> None:
     assert rig.state("a") is IncidentState.OPEN
 
 
-def restart_rig() -> Rig:
+def restart_rig(fence: Callable[[], Awaitable[bool]] | None = None) -> Rig:
     """Process restarts from the first attempt, budgets on, no brake, one frozen instance."""
-    rig = make_rig(fleet=True, rules=PROCESS_ONLY, safety=SafetyRules(brake_min_unhealthy=100))
+    safety = SafetyRules(brake_min_unhealthy=100)
+    rig = make_rig(fleet=True, rules=PROCESS_ONLY, safety=safety, fence=fence)
     rig.store.add("a", process="p1")
     rig.clock.advance(STALE)
     return rig
@@ -320,6 +321,23 @@ async def test_a_restart_whose_claim_is_lost_spends_no_budget() -> None:
     assert report.actions == []
     assert fleet_of(rig).restarts == []  # nothing ran here, so nothing is counted
     assert rig.calls(PROC) == []
+
+
+async def test_a_restart_claimed_by_a_leader_losing_the_lead_before_its_call_is_not_counted() -> (
+    None
+):
+    asked: list[bool] = []
+
+    async def fence() -> bool:  # leads at the claim, lost by the time of the call
+        asked.append(True)
+        return len(asked) == 1
+
+    rig = restart_rig(fence)
+    report = await rig.cycle()
+    assert report.actions == [("a", PROC, 1)]  # claimed
+    assert rig.calls(PROC) == []  # but never called
+    assert rig.rows("a", AuditAction.PROCESS_RESTART)[-1].detail == {"reason": "lost_leadership"}
+    assert fleet_of(rig).restarts == []  # so the budget is untouched
 
 
 async def test_a_restart_left_by_a_shutdown_before_its_claim_spends_no_budget() -> None:

@@ -187,7 +187,8 @@ class Dispatcher:
             await self._settle_budget(admitted, won if skip is None else [], now)
             if won:
                 self._live.update(j.intent_id for j in won if j.intent_id is not None)
-                self._launch(action, won, now, mono0, skip)
+                counted = admitted.group.key if admitted.budgeted and skip is None else None
+                self._launch(action, won, now, mono0, skip, counted)
             report.actions += [(j.act.instance_id, j.act.action, j.act.attempt) for j in won]
 
     async def _settle_budget(self, admitted: _Admitted, calling: list[_Job], now: datetime) -> None:
@@ -228,11 +229,13 @@ class Dispatcher:
         now: datetime,
         mono0: float,
         skip: dict[str, Any] | None = None,
+        counted: str | None = None,
     ) -> None:
         """Run one group's shared recovery call (or, given `skip`, record it skipped) as a
-        task; its instances are busy until the outcome is on record."""
+        task; its instances are busy until the outcome is on record. `counted`: the
+        process whose restart budget this call was counted against."""
         self._busy.update(job.act.instance_id for job in jobs)
-        task = asyncio.create_task(self._run_group(action, jobs, now, mono0, skip))
+        task = asyncio.create_task(self._run_group(action, jobs, now, mono0, skip, counted))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -249,6 +252,7 @@ class Dispatcher:
         now: datetime,
         mono0: float,
         skip: dict[str, Any] | None,
+        counted: str | None = None,
     ) -> None:
         try:
             if skip is not None:
@@ -259,6 +263,8 @@ class Dispatcher:
                         outcome, detail = await self._call(action, members[0])
                     else:
                         outcome, detail = Outcome.SKIPPED, {"reason": "lost_leadership"}
+                        if counted is not None:  # never went out: no budget spent
+                            await self._guards.restart_unsent(counted, now)
             if (
                 self._breakers is not None
                 and outcome in (Outcome.OK, Outcome.FAILED)

@@ -150,6 +150,13 @@ class Guards:
         if self._history is not None and held in self._history:
             self._history.remove(held)
 
+    async def restart_unsent(self, process: str, now: datetime) -> None:
+        """A claimed restart whose call did not go out (this node stopped leading before
+        it): the budget it was counted against is given back."""
+        if self._fleet is not None:
+            await self._fleet.forget_restart(process, now)
+        self.restart_dropped(process, now)
+
     async def _restart_history(self, now: datetime) -> list[Restart]:
         assert self._fleet is not None
         if self._history is None:

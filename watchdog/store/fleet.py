@@ -38,6 +38,17 @@ class SqlFleetState:
         async with self._db.begin("record restart") as conn:
             await conn.execute(sa.insert(restarts).values(values))
 
+    async def forget_restart(self, process: str, at: datetime) -> None:
+        one = (
+            sa.select(restarts.c.id)
+            .where(restarts.c.process == process, restarts.c.at == at)
+            .order_by(restarts.c.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        async with self._db.begin("forget restart") as conn:
+            await conn.execute(sa.delete(restarts).where(restarts.c.id == one))
+
     async def brake(self) -> dict[str, Any] | None:
         """The brake's last recorded state: {"engaged": bool, ...} or None if never set."""
         return await self._flag(BRAKE)

@@ -38,6 +38,12 @@ class MemoryFleetState:
     async def record_restart(self, process: str, at: datetime, instances: Sequence[str]) -> None:
         self.restarts.append((Restart(process, at), list(instances)))
 
+    async def forget_restart(self, process: str, at: datetime) -> None:
+        for n in range(len(self.restarts) - 1, -1, -1):
+            if self.restarts[n][0] == Restart(process, at):
+                del self.restarts[n]
+                return
+
     async def brake(self) -> dict[str, Any] | None:
         return self.brake_state
 
