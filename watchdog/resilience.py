@@ -5,8 +5,8 @@ What is retried:
 * A recovery call wrapped in `RetryingRecovery` that raised a `WatchdogError` with
   `transient=True`: connection refused or reset, HTTP 429/502/503/504, no answer in time,
   supervisord unreachable, exit status 75 (EX_TEMPFAIL), the database busy while setting a
-  flag. Up to `attempts` tries, with exponential backoff and jitter (about 0.2 s at first,
-  at most 2 s), and never past the recovery's own `timeout`: that is the budget of the
+  flag. Up to `attempts` tries, with exponential backoff and jitter (`FIRST_WAIT` at first,
+  at most `MAX_WAIT`), and never past the recovery's own `timeout`: that is the budget of the
   whole action, retries included (see `Recovery.timeout`), so the engine's backstop
   (`timeout` + margin) still holds. A retry is not started when its wait would leave less
   than a quarter of the budget, and a retry still running at the deadline is cancelled.
