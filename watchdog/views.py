@@ -44,8 +44,8 @@ class Acting:
 @dataclass(frozen=True, slots=True)
 class FleetView:
     now: datetime
-    census: Census | None  # None: the table could not be read (`table_error` says why)
-    table_error: str
+    census: Census | None  # None: the table could not be read (`table_failure` says why)
+    table_failure: WatchdogError | None
     scan: Scan | None
     incidents: Mapping[str, Incident]
     pauses: Mapping[str, Pause]
@@ -58,6 +58,12 @@ class FleetView:
     open_breakers: Mapping[Action, datetime | None]
     in_flight: frozenset[int]  # incident ids with an intent still without its outcome
     reading: Reading | None  # how the table's values were read (None: they were not)
+
+    @property
+    def table_error(self) -> str:
+        """Why the table could not be read ("" when it was)."""
+        return "" if self.table_failure is None else str(self.table_failure)
+
     unjudged: Mapping[str, Unjudgeable]  # the named rows that cannot be judged, by id
 
     def facts(self, instance_id: str, row: RowFacts | None = None) -> Facts:
@@ -118,7 +124,7 @@ async def fleet_view(rt: Runtime) -> FleetView:
     settings = rt.settings
     now = await rt.instances.now()
     state = await rt.ledger.load_state(now)
-    census, scan, table_error, unmonitored, reading = None, None, "", {}, None
+    census, scan, failure, unmonitored, reading = None, None, None, {}, None
     try:
         # The daemon's store was checked at its start (and `/status` shares it).
         reading = rt.instances.checked or await rt.instances.check()
@@ -127,7 +133,7 @@ async def fleet_view(rt: Runtime) -> FleetView:
         gone = [i for i in state.incidents if i not in scan.findings]
         unmonitored = await rt.instances.unmonitored(gone) if gone else {}
     except WatchdogError as exc:  # the watchdog's own records are still worth showing
-        table_error = str(exc)
+        failure = exc
     grace = await rt.fleet.grace()
     nodes = await rt.nodes.all()
     breakers = await rt.breaker_store.load()
@@ -135,7 +141,7 @@ async def fleet_view(rt: Runtime) -> FleetView:
     return FleetView(
         now=now,
         census=census,
-        table_error=table_error,
+        table_failure=failure,
         scan=scan,
         incidents=state.incidents,
         pauses=state.pauses,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -327,3 +328,41 @@ def test_a_daemon_logs_json_lines_only_on_stdout(watchdogctl: str, config: Path)
     assert "watchdog" in loggers  # structlog's own events
     assert any(name.startswith("watchdog.") for name in loggers)  # the standard library's
     assert {"db_flag", "detected"} <= {e.get("action") for e in events}
+
+
+def test_a_run_once_keeps_what_its_calls_taught_the_breakers(
+    watchdogctl: str, tmp_path: Path, sqlite_url: str
+) -> None:
+    app = AppTable(sqlite_url)
+    app.create()
+    app.add("frozen", heartbeat_ago=200)
+    app.dispose()
+    with socket.socket() as s:  # a port nobody listens on: every call is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = tmp_path / "watchdog.toml"
+    path.write_text(f"""
+[database]
+url = "{sqlite_url}"
+[api]
+restart_url = "http://127.0.0.1:{port}/restart/{{id}}"
+token_env = ""
+""")
+    assert ctl(watchdogctl, "--config", str(path), "run", "--once").returncode == 0
+    shown = ctl(watchdogctl, "--config", str(path), "status").stdout
+    assert "no calls yet" not in shown
+    (api,) = [line.split() for line in shown.splitlines() if line.startswith("api ")]
+    assert api[1:3] == ["closed", "1"]  # the refused call is on record
+
+
+def test_a_wrong_mapping_is_named_by_explain_and_status_not_taken_for_a_missing_row(
+    watchdogctl: str, config: Path
+) -> None:
+    env = {"WATCHDOG_INSTANCES__HEARTBEAT": "last_beat"}
+    c = str(config)
+    explained = ctl(watchdogctl, "--config", c, "explain", "healthy", env=env)
+    one_line_error(explained, 2, "instances.heartbeat", "no column last_beat")
+    assert "unknown instance" not in explained.stderr
+    status = ctl(watchdogctl, "--config", c, "status", env=env)
+    assert status.returncode == 2  # what it could show is shown, and the exit says it failed
+    assert "no column last_beat" in status.stdout

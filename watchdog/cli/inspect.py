@@ -28,6 +28,8 @@ def status(ctx: Context, as_json: bool) -> None:
         records = views.status_records(view, rt.settings.escalation.rules())
         if as_json:
             click.echo(render.as_json(records))
+            if view.table_failure is not None:
+                raise view.table_failure
             return
         interval = rt.settings.detection.interval
         nodes = [views.node_record(n, view.now, interval) for n in view.nodes]
@@ -38,6 +40,8 @@ def status(ctx: Context, as_json: bool) -> None:
         click.echo(render.breaker_table(view.breakers))
         click.echo()
         click.echo(render.status_table(records, view.census))
+        if view.table_failure is not None:  # shown above; the exit code says it too
+            raise view.table_failure
 
     with_runtime(ctx, work)
 
@@ -55,6 +59,8 @@ def explain(ctx: Context, instance_id: str, as_json: bool) -> None:
         row = await rt.instances.inspect_row(instance_id) if view.scan is not None else None
         history = await rt.ledger.incident_history(instance_id, 1)
         if row is None and not history and instance_id not in view.pauses:
+            if view.table_failure is not None:  # the table, unread, may well hold it
+                raise view.table_failure
             raise NotFound(
                 f"unknown instance {instance_id!r}: neither in table "
                 f"{rt.settings.instances.table} nor in the watchdog's records"

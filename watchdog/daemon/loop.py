@@ -302,6 +302,7 @@ class Daemon:
         finished = await self._engine.drain(remaining())
         if not finished:
             log.warning("actions_still_in_flight_at_shutdown")
+        await self._engine.save_breakers()
         if self.cycles.leadership is not None:
             await self.cycles.leadership.stop()
         log.info("stopped", clean=finished)
@@ -317,6 +318,7 @@ async def run_once(
     runner = CycleRunner(engine, leadership=leadership)
     ok = await runner.tick()
     await engine.drain(drain_timeout)
+    await engine.save_breakers()
     if leadership is not None:
         if not leadership.is_leader:
             log.warning("another watchdog leads: this run took no action")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from watchdog.core.errors import StoreError
 from watchdog.core.model import Action, Incident, IncidentState
@@ -41,6 +41,9 @@ from watchdog.engine.dispatch import Dispatcher, ready
 from watchdog.engine.dry_run import DryRun
 from watchdog.engine.guards import Guards
 from watchdog.engine.report import CycleReport
+from watchdog.observability import get_logger
+
+log = get_logger(component="engine")
 
 
 class Engine:
@@ -83,6 +86,7 @@ class Engine:
         )
         self._dry_run = DryRun(ledger) if dry_run else None
         self._first_cycle = True
+        self._last_scan: tuple[datetime, float] | None = None  # (database now, monotonic)
 
     @property
     def busy(self) -> frozenset[str]:
@@ -96,6 +100,19 @@ class Engine:
         """Wait for in-flight actions and their outcomes (see `Dispatcher.drain`)."""
         return await self._dispatch.drain(timeout)
 
+    async def save_breakers(self) -> None:
+        """After the last drain: keep what the breakers learned from the actions that
+        finished after their cycle (a `--once` run, a shutdown), for the next start and
+        `status`. A database that does not answer now only costs that."""
+        if self._breakers is None or self._last_scan is None:
+            return
+        scan_now, mono = self._last_scan
+        now = scan_now + timedelta(seconds=self._clock.monotonic() - mono)
+        try:
+            await self._breakers.save(now)
+        except StoreError as exc:
+            log.warning("breakers_not_saved", error=str(exc))
+
     def database_lost(self) -> None:
         """The database did not answer: no action until it is back, then a grace."""
         self._guards.database_lost()
@@ -107,6 +124,7 @@ class Engine:
             self._guards.database_lost()  # no action while we cannot read the truth
             raise
         mono0 = self._clock.monotonic()
+        self._last_scan = (scan.now, mono0)
         if self._guards.database_back(scan.now) and self._dry_run is None:
             await self._guards.record_grace(scan.now, after_start=self._first_cycle)
         self._first_cycle = False
