@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 from sqlalchemy.engine import make_url
 
@@ -197,15 +205,17 @@ class ProcessSettings(_Section):
     command: tuple[str, ...] = ("pm2", "restart", "{process}")
     user: bool = False  # systemd: systemctl --user
     timeout: Seconds = 30.0
-    stop_wait: Seconds = 10.0  # supervisor: SIGKILL a program still not down after this
+    # supervisor: SIGKILL a program still not down after this (checked against timeout)
+    stop_wait: Seconds = Field(10.0, validate_default=True)
 
-    @model_validator(mode="after")
-    def _stop_wait_fits(self) -> ProcessSettings:
-        if self.backend == "supervisor" and self.stop_wait >= self.timeout:
-            raise ValueError(
-                f"stop_wait ({self.stop_wait:g}) must be shorter than timeout ({self.timeout:g})"
-            )
-        return self
+    @field_validator("stop_wait")
+    @classmethod
+    def _stop_wait_fits(cls, stop_wait: float, info: ValidationInfo) -> float:
+        """Checked on `stop_wait` itself, so the error names that key (and its variable)."""
+        timeout = info.data.get("timeout")
+        if info.data.get("backend") == "supervisor" and timeout and stop_wait >= timeout:
+            raise ValueError(f"must be shorter than process.timeout ({timeout:g})")
+        return stop_wait
 
     @field_validator("command")
     @classmethod
@@ -395,7 +405,7 @@ def _describe(error: ErrorDetails, path: str | Path | None) -> str:
     env_name = ENV_PREFIX + "__".join(str(p).upper() for p in error["loc"][:2])
     where = f"{path} or {env_name}" if path else env_name
     if error["type"] == "extra_forbidden":
-        return f"config error: {key}: unknown key; check its spelling (see README, Configuration)"
+        return f"config error: {key}: unknown key; check its spelling (see README, Configure)"
     got = error.get("input")
     if isinstance(got, str):
         got = mask_urls_in(got)  # a URL in the message must not carry its password

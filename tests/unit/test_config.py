@@ -79,7 +79,11 @@ def test_config_path_from_the_environment(tmp_path: Path) -> None:
         ("", {"WATCHDOG_DETECTION__INTERVAL": "0"}, "WATCHDOG_DETECTION__INTERVAL"),
         ("[detection\n", {}, "not valid TOML"),
         ("[detection]\ninterval = 100\n", {}, "must not exceed detection.stale_after"),
-        ("[process]\ntimeout = 5\n", {}, "stop_wait (10) must be shorter than timeout (5)"),
+        (
+            "[process]\ntimeout = 5\n",
+            {},
+            "process.stop_wait: must be shorter than process.timeout (5) (got 10.0); fix it in",
+        ),
     ],
 )
 def test_errors_are_one_line_naming_the_key(

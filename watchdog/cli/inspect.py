@@ -91,7 +91,7 @@ def show(ctx: Context, instance_id: str, limit: int) -> None:
         pause = (await rt.ledger.load_pauses(now)).get(instance_id)
         click.echo(f"instance {one_line(instance_id)}")
         click.echo(
-            f"  paused until {pause.until:%Y-%m-%d %H:%M:%S} ({pause.reason}, by {pause.actor})"
+            f"  paused until {stamp(pause.until)} ({pause.reason}, by {pause.actor})"
             if pause
             else "  not paused"
         )
@@ -126,10 +126,10 @@ async def _hosting_process(rt: Runtime, instance_id: str, process: str | None) -
 
 
 def _incident_line(incident: Any) -> str:
-    closed = f", closed {incident.closed_at:%Y-%m-%d %H:%M:%S}" if incident.closed_at else ""
+    closed = f", closed {stamp(incident.closed_at)}" if incident.closed_at else ""
     return (
         f"  incident {incident.id}: {incident.state} {incident.reason}, attempt "
-        f"{incident.attempt}, opened {incident.opened_at:%Y-%m-%d %H:%M:%S}{closed}"
+        f"{incident.attempt}, opened {stamp(incident.opened_at)}{closed}"
     )
 
 

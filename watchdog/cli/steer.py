@@ -17,6 +17,7 @@ from watchdog.cli.base import (
 )
 from watchdog.core.errors import NotFound
 from watchdog.core.model import IncidentState, Pause
+from watchdog.core.situation import stamp
 from watchdog.render import one_line
 from watchdog.wiring import Runtime
 
@@ -36,7 +37,7 @@ def pause(ctx: Context, instance_id: str, duration: float, reason: str, actor: s
         now = await rt.instances.now()
         until = now + timedelta(seconds=duration)
         await rt.ledger.pause(Pause(instance_id, until, reason, actor), now)
-        click.echo(f"paused {one_line(instance_id)} until {until:%Y-%m-%d %H:%M:%S} UTC")
+        click.echo(f"paused {one_line(instance_id)} until {stamp(until)}")
 
     with_runtime(ctx, work)
 
