@@ -206,7 +206,7 @@ class ProcessSettings(_Section):
     user: bool = False  # systemd: systemctl --user
     timeout: Seconds = 30.0
     # supervisor: SIGKILL a program still not down after this (checked against timeout)
-    stop_wait: Seconds = Field(10.0, validate_default=True)
+    stop_wait: Seconds = Field(default=10.0, validate_default=True)
 
     @field_validator("stop_wait")
     @classmethod
