@@ -22,24 +22,27 @@ _SILENT = logging.CRITICAL + 10
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
     """Every log line as one JSON object on `stream` (stdout by default), timestamps in
     UTC ISO-8601: the project's structlog events and the standard library's records (the
-    pure core, the scheduler, the drivers) go through the same renderer. JSON escapes
-    control characters, so a value from the application's table can never forge a line."""
+    pure core, the scheduler, the drivers) get the same fields and the same renderer.
+    JSON escapes control characters, so a value from the application's table can never
+    forge a line. The project's own events (two per recovery call in a storm) are
+    rendered straight to the stream; only the library's records take the standard
+    library's handler, through structlog's `ProcessorFormatter`."""
     threshold = _LEVELS.get(level, _SILENT)
-    shared: list[structlog.typing.Processor] = [
+    out = stream or sys.stdout
+    stamped: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.add_log_level,
+    ]
+    timestamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    rendered: list[structlog.typing.Processor] = [
+        structlog.processors.format_exc_info,
+        structlog.processors.JSONRenderer(sort_keys=False),
     ]
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(sort_keys=False),
-        ],
+        foreign_pre_chain=[*stamped, structlog.stdlib.add_logger_name, timestamp],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendered],
     )
-    handler = logging.StreamHandler(stream or sys.stdout)
+    handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]  # configured again (a test, a second command): replaced
@@ -48,13 +51,25 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
     # write a line per cycle or per migration step.
     for noisy in ("apscheduler", "alembic", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(threshold, logging.WARNING))
+    silent = threshold > logging.CRITICAL
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        # The root logger's level silences what this filter cannot (it stops at CRITICAL).
+        processors=[*stamped, _OWN_LOGGER, timestamp, *rendered],
         wrapper_class=structlog.make_filtering_bound_logger(min(threshold, logging.CRITICAL)),
-        logger_factory=structlog.stdlib.LoggerFactory(),
+        logger_factory=(
+            structlog.ReturnLoggerFactory() if silent else structlog.PrintLoggerFactory(out)
+        ),
         cache_logger_on_first_use=False,
     )
+
+
+def _own_logger(
+    _logger: object, _method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    event["logger"] = "watchdog"  # as `add_logger_name` names the library's records
+    return event
+
+
+_OWN_LOGGER: structlog.typing.Processor = _own_logger
 
 
 def silence_logging() -> None:
