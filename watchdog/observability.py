@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -28,7 +28,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
     rendered straight to the stream; only the library's records take the standard
     library's handler, through structlog's `ProcessorFormatter`."""
     threshold = _LEVELS.get(level, _SILENT)
-    out = stream or sys.stdout
+    out = stream or _STDOUT
     stamped: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -60,6 +60,19 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         ),
         cache_logger_on_first_use=False,
     )
+
+
+class _Stdout:
+    """Whatever `sys.stdout` is when a line is written (a test's capture, a redirect)."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+_STDOUT = cast(TextIO, _Stdout())
 
 
 def _own_logger(
