@@ -20,7 +20,7 @@ from watchdog.actions.command import CommandRestart
 from watchdog.actions.db_flag import DbFlag
 from watchdog.actions.systemd import SystemdRestart
 from watchdog.alerts.sender import AlertFeeder, AlertSender
-from watchdog.config import Settings
+from watchdog.config import Settings, bearer_token
 from watchdog.core.breaker import BreakerRules
 from watchdog.core.errors import ConfigError, StoreError
 from watchdog.core.model import Action
@@ -141,7 +141,7 @@ def _build(
     if action is Action.API_RESTART:
         assert http is not None  # made by open_recoveries whenever the ladder has the rung
         api = settings.api
-        return ApiRestart(http, api.restart_url, api.method, settings.api_token(), api.timeout)
+        return ApiRestart(http, api.restart_url, api.method, api_token(settings), api.timeout)
     if action is Action.DB_FLAG:
         return DbFlag(runtime.instances, settings.database.timeout)
     return _process_backend(settings)
@@ -164,7 +164,7 @@ def check_backends(settings: Settings) -> None:
     if Action.API_RESTART in actions:
         api = settings.api
         try:
-            check_api(api.restart_url, api.method, settings.api_token(), api.timeout)
+            check_api(api.restart_url, api.method, api_token(settings), api.timeout)
         except ValueError as exc:
             raise ConfigError(f"config error: {exc}") from None
     if Action.PROCESS_RESTART in actions:
@@ -269,3 +269,8 @@ def alert_senders(
     feeder = AlertFeeder(runtime.db, alerts.sinks)
     sender = AlertSender(runtime.db, alerts.sinks, node_id, client, alerts.max_attempts)
     return feeder, sender
+
+
+def api_token(settings: Settings) -> str | None:
+    """The restart API's bearer token (never logged)."""
+    return bearer_token("api.token_env", settings.api.token_env)

@@ -9,6 +9,7 @@ import pytest
 from watchdog.config import load_settings, redacted
 from watchdog.core.errors import ConfigError
 from watchdog.core.model import Action
+from watchdog.wiring import api_token
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -110,7 +111,7 @@ def test_an_unset_token_variable_is_an_error_only_when_the_api_rung_is_used(
     no_api = write(tmp_path, "[escalation]\nladder = [{ action = 'db_flag' }]\n")
     assert load_settings(no_api, {}, require_secrets=True)
     no_auth = write(tmp_path, "[api]\ntoken_env = ''\n")
-    assert load_settings(no_auth, {}, require_secrets=True).api_token() is None
+    assert api_token(load_settings(no_auth, {}, require_secrets=True)) is None
 
 
 @pytest.mark.parametrize(

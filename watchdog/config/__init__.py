@@ -1,0 +1,58 @@
+"""Configuration: a TOML file plus `WATCHDOG_<SECTION>__<KEY>` environment variables,
+validated once at start-up into a frozen object (`sections`), read and shown by `loading`.
+Every error is raised as one `ConfigError` line that names the key and the fix.
+"""
+
+from watchdog.config.loading import bearer_token, load_settings, redacted
+from watchdog.config.sections import (
+    CONFIG_ENV,
+    ENV_PREFIX,
+    AlertSettings,
+    ApiSettings,
+    BreakerSettings,
+    DaemonSettings,
+    DatabaseSettings,
+    Days,
+    DetectionSettings,
+    EscalationSettings,
+    HaSettings,
+    HealthSettings,
+    Identifier,
+    InstancesSettings,
+    ProcessSettings,
+    QualifiedName,
+    RetentionSettings,
+    SafetySettings,
+    Seconds,
+    Settings,
+    SinkSettings,
+    StepSettings,
+)
+
+__all__ = [
+    "CONFIG_ENV",
+    "ENV_PREFIX",
+    "AlertSettings",
+    "ApiSettings",
+    "BreakerSettings",
+    "DaemonSettings",
+    "DatabaseSettings",
+    "Days",
+    "DetectionSettings",
+    "EscalationSettings",
+    "HaSettings",
+    "HealthSettings",
+    "Identifier",
+    "InstancesSettings",
+    "ProcessSettings",
+    "QualifiedName",
+    "RetentionSettings",
+    "SafetySettings",
+    "Seconds",
+    "Settings",
+    "SinkSettings",
+    "StepSettings",
+    "bearer_token",
+    "load_settings",
+    "redacted",
+]
