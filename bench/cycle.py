@@ -33,7 +33,8 @@ from watchdog.core.ports import NewAudit
 from watchdog.engine.cycle import Engine
 from watchdog.store.database import Database
 from watchdog.store.instances import SqlInstanceStore
-from watchdog.store.ledger import REVISION, SqlLedger
+from watchdog.store.ledger import SqlLedger
+from watchdog.store.state import REVISION
 
 NAME = "cycle"
 DEFAULT_INTERVAL = DetectionSettings().interval

@@ -35,10 +35,11 @@ from watchdog.store.breakers import SqlBreakerStore
 from watchdog.store.database import Database
 from watchdog.store.fleet import SqlFleetState
 from watchdog.store.instances import SqlInstanceStore
-from watchdog.store.ledger import REVISION, SqlLedger
+from watchdog.store.ledger import SqlLedger
 from watchdog.store.locks import PgAdvisoryLock, SqliteFileLock
 from watchdog.store.nodes import SqlNodes
 from watchdog.store.retention import Keep, SqlRetention
+from watchdog.store.state import REVISION
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from watchdog.core.model import (
     AuditAction,
@@ -48,16 +46,8 @@ from watchdog.store.schema import (
     UtcDateTime,
     incidents,
     pauses,
-    revisions,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class _Cached:
-    revision: int | None
-    loaded_at: float  # monotonic
-    incidents: dict[str, Incident]  # open ones
-    pauses: dict[str, Pause]  # all rows: each read keeps those in force at its own now
+from watchdog.store.state import StateCache, bump
 
 
 class SqlLedger(AuditTrail):
@@ -75,52 +65,19 @@ class SqlLedger(AuditTrail):
     ) -> None:
         self._db = db
         self._emit = emit
-        self._max_cache_age = max_cache_age
-        self._monotonic = monotonic
-        self._cached: _Cached | None = None
+        self._state = StateCache(db, max_cache_age, monotonic)
 
     # ---------------------------------------------------------------- reading
 
     async def load_open(self) -> dict[str, Incident]:
-        return dict((await self._load()).incidents)
+        return dict((await self._state.load()).incidents)
 
     async def load_pauses(self, now: datetime) -> dict[str, Pause]:
-        return _in_force((await self._load()).pauses, now)
+        return _in_force((await self._state.load()).pauses, now)
 
     async def load_state(self, now: datetime, revision: int | None = None) -> LedgerState:
-        cached = await self._load(revision)
+        cached = await self._state.load(revision)
         return LedgerState(cached.incidents, _in_force(cached.pauses, now))
-
-    async def _load(self, known: int | None = None) -> _Cached:
-        """Nothing read when the revision is `known` (read with the detection query, see
-        `REVISION`) and unchanged, one tiny read without it; both tables only after a
-        change. The revision is read first, so a cache is never labelled newer than its
-        content."""
-        cached = self._cached
-        if known is not None and cached is not None and self._fresh(cached, known):
-            return cached
-        async with self._db.connect("load open incidents and pauses") as conn:
-            revision = known
-            if revision is None:
-                revision = (await conn.execute(_READ_REVISION)).scalar_one_or_none()
-            if cached is None or not self._fresh(cached, revision):
-                loaded_at = self._monotonic()
-                rows = (await conn.execute(_OPEN_INCIDENTS)).all()
-                held = (await conn.execute(_ALL_PAUSES)).all()
-                cached = _Cached(
-                    revision,
-                    loaded_at,
-                    {row.instance_id: incident_from(row) for row in rows},
-                    {r.instance_id: Pause(r.instance_id, r.until, r.reason, r.actor) for r in held},
-                )
-                self._cached = cached if revision is not None else None  # no row: never trust
-        return cached
-
-    def _fresh(self, cached: _Cached, revision: int | None) -> bool:
-        return (
-            revision == cached.revision
-            and self._monotonic() - cached.loaded_at < self._max_cache_age
-        )
 
     async def last_closed(self, instance_ids: Collection[str]) -> dict[str, Incident]:
         latest = (
@@ -185,7 +142,7 @@ class SqlLedger(AuditTrail):
                 for o, new_id in zip(openings, new_ids, strict=True)
             ]
             rows = await self.insert_audits(conn, now, specs)
-            await _bump(conn)
+            await bump(conn)
         for row in rows:  # logged once committed
             self._emit(row)
         return [
@@ -234,7 +191,7 @@ class SqlLedger(AuditTrail):
             winners = [c for c in claims if c.incident.id in won]
             rows = await self.insert_audits(conn, now, [intent(c) for c in winners])
             if winners:
-                await _bump(conn)
+                await bump(conn)
         for row in rows:  # logged once committed
             self._emit(row)
         ids = {c.incident.id: row.id for c, row in zip(winners, rows, strict=True)}
@@ -269,7 +226,7 @@ class SqlLedger(AuditTrail):
         async with self._db.begin("record outcomes") as conn:
             rows = await self.insert_audits(conn, None, specs)
             await conn.execute(set_next_due)
-            await _bump(conn)
+            await bump(conn)
         for row in rows:
             self._emit(row)
 
@@ -339,7 +296,7 @@ class SqlLedger(AuditTrail):
             await conn.execute(sa.delete(pauses).where(pauses.c.instance_id == pause.instance_id))
             await conn.execute(sa.insert(pauses).values(values))
             row = await self.insert_audit(conn, now, spec)
-            await _bump(conn)
+            await bump(conn)
         self._emit(row)
 
     async def resume(self, instance_id: str, actor: str) -> bool:
@@ -351,7 +308,7 @@ class SqlLedger(AuditTrail):
                 await conn.execute(active)  # an expired pause is just tidied away
                 return False
             row = await self.insert_audit(conn, now, spec)
-            await _bump(conn)
+            await bump(conn)
         self._emit(row)
         return True
 
@@ -434,29 +391,10 @@ class SqlLedger(AuditTrail):
             specs = [spec for incident_id, spec in audits if incident_id in matched]
             written = await self.insert_audits(conn, now, specs)
             if matched:
-                await _bump(conn)
+                await bump(conn)
         for row in written:
             self._emit(row)
 
 
 def _in_force(held: Mapping[str, Pause], now: datetime) -> dict[str, Pause]:
     return {i: p for i, p in held.items() if p.until > now}
-
-
-async def _bump(conn: AsyncConnection) -> None:
-    """Mark the incidents or pauses changed; last in the transaction, so on PostgreSQL the
-    row lock it takes (serialising incident writers) is held only until the commit."""
-    await conn.execute(_BUMP_REVISION)
-
-
-_INCIDENTS_REVISION = revisions.c.name == "incidents"
-_READ_REVISION = sa.select(revisions.c.revision).where(_INCIDENTS_REVISION)
-# For `SqlInstanceStore(ledger_revision=...)`: read with each scan, passed to `load_state`.
-REVISION = _READ_REVISION.scalar_subquery()
-_BUMP_REVISION = (
-    sa.update(revisions).where(_INCIDENTS_REVISION).values(revision=revisions.c.revision + 1)
-)
-
-
-_ALL_PAUSES = sa.select(pauses)
-_OPEN_INCIDENTS = sa.select(*INCIDENT_COLUMNS).where(incidents.c.state.in_(OPEN_STATES))

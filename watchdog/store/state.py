@@ -1,0 +1,89 @@
+"""The open incidents and the pauses, as a cycle reads them: cached, and read again only
+when their revision moved (every writer bumps it in its own transaction) or the cache is
+older than `max_cache_age` (a writer that does not bump: an older version mid-upgrade, a
+hand-made SQL fix)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from watchdog.core.model import Incident, Pause
+from watchdog.store.database import Database
+from watchdog.store.records import INCIDENT_COLUMNS, incident_from
+from watchdog.store.schema import OPEN_STATES, incidents, pauses, revisions
+
+
+@dataclass(frozen=True, slots=True)
+class Cached:
+    revision: int | None
+    loaded_at: float  # monotonic
+    incidents: dict[str, Incident]  # open ones
+    pauses: dict[str, Pause]  # all rows: each read keeps those in force at its own now
+
+
+class StateCache:
+    def __init__(
+        self,
+        db: Database,
+        max_cache_age: float = 60.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._db = db
+        self._max_cache_age = max_cache_age
+        self._monotonic = monotonic
+        self._cached: Cached | None = None
+
+    async def load(self, known: int | None = None) -> Cached:
+        """Nothing read when the revision is `known` (read with the detection query, see
+        `REVISION`) and unchanged, one tiny read without it; both tables only after a
+        change. The revision is read first, so a cache is never labelled newer than its
+        content."""
+        cached = self._cached
+        if known is not None and cached is not None and self._fresh(cached, known):
+            return cached
+        async with self._db.connect("load open incidents and pauses") as conn:
+            revision = known
+            if revision is None:
+                revision = (await conn.execute(_READ_REVISION)).scalar_one_or_none()
+            if cached is None or not self._fresh(cached, revision):
+                loaded_at = self._monotonic()
+                rows = (await conn.execute(_OPEN_INCIDENTS)).all()
+                held = (await conn.execute(_ALL_PAUSES)).all()
+                cached = Cached(
+                    revision,
+                    loaded_at,
+                    {row.instance_id: incident_from(row) for row in rows},
+                    {r.instance_id: Pause(r.instance_id, r.until, r.reason, r.actor) for r in held},
+                )
+                self._cached = cached if revision is not None else None  # no row: never trust
+        return cached
+
+    def _fresh(self, cached: Cached, revision: int | None) -> bool:
+        return (
+            revision == cached.revision
+            and self._monotonic() - cached.loaded_at < self._max_cache_age
+        )
+
+
+async def bump(conn: AsyncConnection) -> None:
+    """Mark the incidents or pauses changed; last in the transaction, so on PostgreSQL the
+    row lock it takes (serialising incident writers) is held only until the commit."""
+    await conn.execute(_BUMP_REVISION)
+
+
+_INCIDENTS_REVISION = revisions.c.name == "incidents"
+_READ_REVISION = sa.select(revisions.c.revision).where(_INCIDENTS_REVISION)
+# For `SqlInstanceStore(ledger_revision=...)`: read with each scan, passed to `load_state`.
+REVISION = _READ_REVISION.scalar_subquery()
+_BUMP_REVISION = (
+    sa.update(revisions).where(_INCIDENTS_REVISION).values(revision=revisions.c.revision + 1)
+)
+
+
+_ALL_PAUSES = sa.select(pauses)
+_OPEN_INCIDENTS = sa.select(*INCIDENT_COLUMNS).where(incidents.c.state.in_(OPEN_STATES))
