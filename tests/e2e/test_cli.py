@@ -171,6 +171,17 @@ def test_a_missing_database_is_named(watchdogctl: str, tmp_path: Path) -> None:
     assert not missing.exists()  # never created by accident
 
 
+@pytest.mark.parametrize("command", [("status",), ("run",)])
+def test_a_file_that_is_not_a_database_is_named_at_once(
+    watchdogctl: str, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    junk = tmp_path / "app.db"
+    junk.write_text("this is not a database\n" * 100)
+    env = {"WATCHDOG_DATABASE__URL": f"sqlite:///{junk}", "WATCHDOG_API__TOKEN_ENV": ""}
+    result = ctl(watchdogctl, *command, env=env)  # `run` exits too: no wait would help
+    one_line_error(result, 1, "not an SQLite database", "[database] url")
+
+
 def test_tables_never_created_are_named(watchdogctl: str, sqlite_url: str) -> None:
     AppTable(sqlite_url).create()
     result = ctl(watchdogctl, "status", env={"WATCHDOG_DATABASE__URL": sqlite_url})

@@ -212,6 +212,11 @@ def translate(error: exc.DBAPIError, what: str) -> StoreError:
     """Turn a driver error into a transient or permanent store error, one line long."""
     message = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
     lowered = message.lower()
+    if "file is not a database" in lowered:  # SQLite: no wait will make it one
+        return StoreError(
+            f"database file is not an SQLite database ({what}): {message}; check the path "
+            "in [database] url"
+        )
     if "fatal:" in lowered and any(hint in lowered for hint in _REFUSED_HINTS):
         # Not a missing table: the server refused who we are or where we want to go.
         return StoreError(
