@@ -118,3 +118,15 @@ def test_an_unhealthy_instance_without_an_incident_is_detected_next() -> None:
     assert when(fresh, NOW) == "due"
     nothing = situate(facts(incident=None, verdict=Verdict.HEALTHY), RULES)
     assert (nothing.next_action, when(nothing, NOW)) == (None, "-")
+
+
+@pytest.mark.parametrize("verdict", [Verdict.HEALTHY, Verdict.DISABLED, Verdict.DELETED])
+def test_with_nothing_to_do_no_guard_is_said_to_hold_it(verdict: Verdict) -> None:
+    nothing = facts(verdict=verdict, incident=None, leader=None, leader_detail="no daemon")
+    situation = situate(nothing, RULES)
+    assert situation.next_action is None
+    assert situation.blocked_by == []  # no daemon acting holds nothing that is not due
+    assert when(situation, NOW) == "-"
+    assert not {g.name: g for g in situation.guards}["no_leader"].ok  # still shown, as a fact
+    exhausted = situate(facts(incident=incident(11, IncidentState.EXHAUSTED)), RULES)
+    assert exhausted.blocked_by == ["exhausted"]  # why nothing is done is still said

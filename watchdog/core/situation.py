@@ -67,7 +67,15 @@ class Situation:
 
     @property
     def blocked_by(self) -> list[str]:
-        return [g.name for g in self.guards if not g.ok]
+        """The guards holding the next action; with none to take, only those that say why
+        none is taken (the ladder ran out, the row cannot be read)."""
+        held = [g.name for g in self.guards if not g.ok]
+        if self.next_action is None:
+            return [name for name in held if name in _WHY_NOTHING]
+        return held
+
+
+_WHY_NOTHING = frozenset({"exhausted", "readable"})
 
 
 def situate(facts: Facts, rules: EscalationRules) -> Situation:
@@ -95,17 +103,18 @@ def when(situation: Situation, now: datetime) -> str:
         ("exhausted", "exhausted"),
         ("in_flight", "running now"),
         ("readable", "held: unjudgeable"),
-        ("no_leader", "held: no daemon acting"),
     ):
         if name in blocked:
             return text
+    if situation.next_action is None:
+        return "-"
+    if "no_leader" in blocked:
+        return "held: no daemon acting"
     for name in ("pause", "grace", "budget"):
         if name in blocked:
             return f"held: {blocked[name].detail}"
     if "brake" in blocked:
         return "held: brake"
-    if situation.next_action is None:
-        return "-"
     if "breaker" in blocked:
         return "skipped: breaker open"
     at = situation.next_action_at
