@@ -228,6 +228,36 @@ async def test_brake_holds_db_flag_and_process_restart_and_is_audited() -> None:
     ]
 
 
+async def test_when_the_brake_releases_everyone_gets_a_grace_before_escalating() -> None:
+    rig = make_rig(fleet=True, grace=STALE)
+    for n in range(10):
+        rig.store.add(f"i{n}")
+    await rig.cycle()  # the start's own grace begins
+    rig.clock.advance(STALE)
+    for n in range(6, 10):
+        rig.store.beat(f"i{n}")
+    held = await rig.cycle()  # i0-i5 frozen at once: 6 of 10
+    assert held.brake
+    for n in range(5):
+        rig.store.beat(f"i{n}")  # the fleet comes back but for i5
+    rig.clock.advance(1)
+    released = await rig.cycle()
+    assert not released.brake
+    assert released.actions == []  # no rung at once for what the brake held back
+    graces = [r for r in rig.ledger.rows if r.action is AuditAction.GRACE]
+    assert graces[-1].detail["why"] == "the mass-failure brake released"
+    grace_ends = rig.clock.now + timedelta(seconds=STALE)
+    acted: list[tuple[str, object]] = []
+    for _ in range(80):  # five-second cycles, the others beating: i5 alone comes back
+        rig.clock.advance(5)
+        for m in range(10):
+            if m != 5:
+                rig.store.beat(f"i{m}")
+        acted += [(i, rig.clock.now) for i, _a, _n in (await rig.cycle()).actions]
+    assert {i for i, _at in acted} == {"i5"}
+    assert min(at for _i, at in acted) >= grace_ends  # not before the grace is over
+
+
 async def no_status() -> dict[str, Any]:
     return {}
 

@@ -143,6 +143,9 @@ class Engine:
         ]
         unmonitored = await self._instances.unmonitored(gone) if gone else {}
         recent = await self._ledger.last_closed(new_ids) if new_ids else {}
+        # In grace, the unhealthy count is heartbeat writers catching up, not a failure.
+        # Judged before the world is made: a release starts a grace this very cycle.
+        brake = not in_grace and await self._guards.brake(scan, record=self._dry_run is None)
         world = World(
             now=scan.now,
             findings=scan.findings,
@@ -153,8 +156,7 @@ class Engine:
             unjudged=unjudged,
             unmonitored=unmonitored,
             grace_until=self._guards.grace_until,
-            # In grace, the unhealthy count is heartbeat writers catching up, not a failure.
-            brake=not in_grace and await self._guards.brake(scan, record=self._dry_run is None),
+            brake=brake,
         )
         report = CycleReport(
             now=scan.now,

@@ -73,11 +73,19 @@ class Guards:
 
     async def brake(self, scan: Scan, *, record: bool) -> bool:
         """Whether the mass-failure brake holds this cycle; audits engage and release.
-        Unrecorded (a dry run), the state is kept in memory only, for the gauge."""
+        Unrecorded (a dry run), the state is kept in memory only, for the gauge. When it
+        releases, everyone gets `grace` before being judged again, as after our own start:
+        a fleet coming back is not escalated all at once."""
         engaged = brake_engaged(len(scan.findings), scan.enabled_count, self._rules)
         if record and self._fleet is not None:
             await self._record_brake(self._fleet, engaged, scan)
+        released = self._brake is True and not engaged
         self._brake = engaged
+        if released and self._grace > 0:
+            self.grace_until = scan.now + timedelta(seconds=self._grace)
+            if record and self._fleet is not None:
+                detail = {"why": "the mass-failure brake released", "seconds": self._grace}
+                await self._fleet.set_grace(self.grace_until, scan.now, detail)
         return engaged
 
     async def _record_brake(self, fleet: FleetState, engaged: bool, scan: Scan) -> None:
