@@ -306,16 +306,21 @@ async def test_a_claim_takes_the_next_attempt_and_commits_its_intent(ledger: Led
 async def test_claims_are_conditional(ledger: Ledger) -> None:
     a, b, c, d = await open_(ledger, "a", "b", "c", "d")
     assert await claim(ledger, a, 1) is not None
-    await ledger.exhaust_all([c], at(1))
+    await ledger.exhaust_all([c], at(1), at(3601))
+    assert (await current(ledger, "c")).next_action_at == at(3601)  # its retry's time
     await ledger.close_all([Closing(d, IncidentState.RESET, "ops", {})], at(1))
     rows = len(await trail(ledger))
 
     assert await claim(ledger, a, 1, now=at(2)) is None  # taken already
     assert await claim(ledger, b, 2, now=at(2)) is None  # attempt 1 skipped
-    assert await claim(ledger, c, 1, now=at(2)) is None  # exhausted
+    assert await claim(ledger, c, 2, now=at(2)) is None  # exhausted at 0: attempt 1 next
     assert await claim(ledger, d, 1, now=at(2)) is None  # closed
     assert len(await trail(ledger)) == rows  # no row for a lost claim
     assert (await current(ledger, "a")).next_action_at == at(30)  # the winner's due time
+
+    # An exhausted incident's last rung is tried again: claimed, and it stays exhausted.
+    assert await claim(ledger, c, 1, now=at(3601)) is not None
+    assert (await current(ledger, "c")).state is IncidentState.EXHAUSTED
 
     a1 = await current(ledger, "a")
     assert await claim(ledger, a1, 2, FLAG, now=at(30)) is not None  # the next one: won

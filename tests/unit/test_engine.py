@@ -644,9 +644,9 @@ def record_ledger_calls(rig: Rig) -> list[tuple[str, int]]:
     ):
         write = getattr(ledger, name)
 
-        async def recorded(batch, now, kind=kind, write=write):  # type: ignore[no-untyped-def]
+        async def recorded(batch, now, *more, kind=kind, write=write):  # type: ignore[no-untyped-def]
             calls.append((kind, len(batch)))
-            return await write(batch, now)
+            return await write(batch, now, *more)
 
         setattr(ledger, name, recorded)
     return calls
@@ -715,3 +715,30 @@ async def test_a_shared_restart_waits_until_every_member_is_open_and_runs_once()
     await rig.cycle()
     assert calls == [("open", 100), ("open", 50), ("claim", 150)]
     assert rig.recoveries[PROC].calls == [Target("i000", "p1")]  # one restart for all 150
+
+
+async def test_no_final_give_up_the_last_rung_is_tried_again_every_exhausted_retry() -> None:
+    one_try = EscalationRules(
+        ladder=(LadderStep(API, 1, 30.0),), max_attempts=1, exhausted_retry=3600.0
+    )
+    rig = make_rig(rules=one_try)
+    rig.store.add("a")
+    rig.clock.advance(STALE)
+    await rig.cycle()  # attempt 1
+    rig.clock.advance(30)
+    await rig.cycle()  # exhausted
+    rig.clock.advance(3599)
+    assert (await rig.cycle()).actions == []
+    rig.clock.advance(1)
+    retried = await rig.cycle()
+    assert retried.actions == [("a", API, 2)]
+    assert rig.calls(API) == ["a", "a"]
+    assert rig.state("a") is IncidentState.EXHAUSTED  # still: it is a retry, not a ladder
+    started = rig.rows("a", AuditAction.API_RESTART)[-2]
+    assert started.detail.get("exhausted_retry") is True
+    (said,) = rig.rows("a", AuditAction.EXHAUSTED_RETRY)  # audited (and alerted) once a try
+    assert (said.attempt, said.detail["rung"]) == (2, "api_restart")
+    rig.store.beat("a")
+    rig.clock.advance(5)
+    await rig.cycle()
+    assert rig.state("a") is IncidentState.RECOVERED  # a recovery closes it as usual

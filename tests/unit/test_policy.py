@@ -533,7 +533,10 @@ class Sim:
                 )
             case Exhaust(instance_id=instance_id):
                 current = self.incidents[instance_id]
-                self.incidents[instance_id] = replace(current, state=IncidentState.EXHAUSTED)
+                retry_at = self.now + timedelta(seconds=RULES.exhausted_retry)
+                self.incidents[instance_id] = replace(
+                    current, state=IncidentState.EXHAUSTED, next_action_at=retry_at
+                )
             case Resolve(incident=closing):
                 self._close(closing, IncidentState.RECOVERED)
             case Dismiss(incident=closing):
@@ -597,6 +600,30 @@ def test_a_frozen_instance_climbs_the_whole_ladder_then_exhausts() -> None:
     ]
     assert sim.cycles[-1].decisions == []
     assert sim.incidents["a"].state is IncidentState.EXHAUSTED
+
+
+def test_an_exhausted_instance_gets_its_last_rung_again_every_exhausted_retry() -> None:
+    hour = RULES.exhausted_retry
+    sim = Sim().run(ticks(400.0, stale(), times=MAX + 1))  # climbed and exhausted
+    assert sim.incidents["a"].state is IncidentState.EXHAUSTED
+    assert sim.step(Tick(hour - 1.0, (stale(),))).decisions == []  # not before the hour
+    again = acts_of(sim.step(Tick(1.0, (stale(),))))
+    last = RULES.ladder[-1].action
+    assert [(a.attempt, a.action, a.retry, a.delay) for a in again] == [(MAX + 1, last, True, hour)]
+    assert sim.incidents["a"].state is IncidentState.EXHAUSTED  # still exhausted, tried again
+    assert [a.attempt for a in acts_of(sim.step(Tick(hour, (stale(),))))] == [MAX + 2]  # hourly
+
+
+def test_no_retry_of_an_exhausted_instance_when_off_paused_or_braked() -> None:
+    exhausted = incident(attempt=MAX, state=IncidentState.EXHAUSTED, next_action_at=T0)
+    due = world(findings=[finding()], incidents=[exhausted])
+    assert [(type(d), d.attempt) for d in run(due)] == [(Act, MAX + 1)]  # type: ignore[union-attr]
+    off = decide(replace(RULES, exhausted_retry=0.0), due, lambda: 0.0)
+    assert off == []
+    assert run(world(findings=[finding()], incidents=[exhausted], pauses=[pause()])) == []
+    assert run(replace(due, brake=True)) == []  # the last rung, process_restart, is braked
+    never = world(findings=[finding()], incidents=[replace(exhausted, next_action_at=None)])
+    assert run(never) == []  # exhausted before retries existed: not due on its own
 
 
 def test_flapping_instance_keeps_climbing_across_short_recoveries() -> None:

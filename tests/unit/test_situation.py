@@ -68,7 +68,11 @@ def test_every_guard_is_named_and_nothing_holds_a_due_action() -> None:
             "held: paused until 2026-11-29 13:00:00Z by alice (deploy)",
         ),
         ({"in_flight": True}, ["in_flight"], "running now"),
-        ({"incident": incident(10, IncidentState.EXHAUSTED)}, ["exhausted"], "exhausted"),
+        (  # exhausted with retries off (or from before they existed): nothing comes
+            {"incident": replace(incident(10, IncidentState.EXHAUSTED), next_action_at=None)},
+            ["exhausted"],
+            "exhausted",
+        ),
         (
             {"incident": incident(5, IncidentState.SUPPRESSED, due=600)},
             ["budget"],
@@ -128,5 +132,14 @@ def test_with_nothing_to_do_no_guard_is_said_to_hold_it(verdict: Verdict) -> Non
     assert situation.blocked_by == []  # no daemon acting holds nothing that is not due
     assert when(situation, NOW) == "-"
     assert not {g.name: g for g in situation.guards}["no_leader"].ok  # still shown, as a fact
-    exhausted = situate(facts(incident=incident(11, IncidentState.EXHAUSTED)), RULES)
+    spent = replace(incident(11, IncidentState.EXHAUSTED), next_action_at=None)
+    exhausted = situate(facts(incident=spent), RULES)
     assert exhausted.blocked_by == ["exhausted"]  # why nothing is done is still said
+
+
+def test_an_exhausted_incident_says_when_its_last_rung_comes_again() -> None:
+    later = replace(incident(10, IncidentState.EXHAUSTED), next_action_at=NOW + timedelta(hours=1))
+    situation = situate(facts(incident=later), RULES)
+    assert situation.next_action == "retry process_restart"
+    assert situation.blocked_by == []
+    assert when(situation, NOW) == "exhausted; retry in 1h00m (13:00:00Z)"

@@ -34,6 +34,7 @@ KINDS: Final[Mapping[str, AlertKind]] = {
     # A process restart is alerted on its intent row: the restart is under way.
     "process_restart": AlertKind("WatchdogProcessRestart", "warning", outcome="started"),
     "exhausted": AlertKind("WatchdogRecoveryExhausted", "critical"),
+    "exhausted_retry": AlertKind("WatchdogRecoveryExhausted", "critical"),
     "suppressed": AlertKind("WatchdogRestartSuppressed", "warning", outcome="skipped"),
     "brake_engaged": AlertKind("WatchdogBrakeEngaged", "critical"),
     "brake_released": AlertKind("WatchdogBrakeEngaged", "critical", resolves=True),
@@ -68,6 +69,13 @@ def summary(row: AuditRow) -> str:
 def _process_restart(row: AuditRow, d: Mapping[str, Any]) -> str:
     target = f" of {_v(d['target'])}" if d.get("target") else ""
     return f"{_who(row)}: process_restart{target} (attempt {row.attempt}) after {row.reason}"
+
+
+def _exhausted_retry(row: AuditRow, d: Mapping[str, Any]) -> str:
+    return (
+        f"{_who(row)}: still unhealthy after the ladder ran out ({row.reason}); its last rung "
+        f"{_v(d.get('rung'))} tried again (attempt {row.attempt})"
+    )
 
 
 def _exhausted(row: AuditRow, d: Mapping[str, Any]) -> str:
@@ -134,6 +142,7 @@ def _generic(row: AuditRow, _d: Mapping[str, Any]) -> str:
 _SUMMARIES: Final[dict[str, Callable[[AuditRow, Mapping[str, Any]], str]]] = {
     "process_restart": _process_restart,
     "exhausted": _exhausted,
+    "exhausted_retry": _exhausted_retry,
     "suppressed": _suppressed,
     "brake_engaged": _brake_engaged,
     "brake_released": _brake_released,

@@ -140,6 +140,8 @@ class EscalationSettings(_Section):
     backoff_cap: Seconds = 300.0
     jitter: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
     reopen_window: Annotated[float, Field(ge=0.0, le=315_576_000)] = 600.0
+    # An exhausted incident's last rung is tried again this often (0: never).
+    exhausted_retry: Annotated[float, Field(ge=0.0, le=315_576_000)] = 3600.0
 
     @field_validator("ladder")
     @classmethod
@@ -163,6 +165,7 @@ class EscalationSettings(_Section):
             self.backoff_cap,
             self.jitter,
             self.reopen_window,
+            self.exhausted_retry,
         )
 
     def actions(self) -> frozenset[Action]:

@@ -52,6 +52,7 @@ class AuditAction(enum.StrEnum):
     UNJUDGEABLE = "unjudgeable"  # rows the watchdog cannot judge appeared in the table
     UNJUDGEABLE_CLEARED = "unjudgeable_cleared"  # every row can be judged again
     RETENTION = "retention"  # the leader deleted history older than [retention] keeps
+    EXHAUSTED_RETRY = "exhausted_retry"  # an exhausted incident's last rung, tried again
 
 
 class Outcome(enum.StrEnum):

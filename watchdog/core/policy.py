@@ -82,6 +82,7 @@ class EscalationRules:
     backoff_cap: float = 300.0
     jitter: float = 0.2  # up to this fraction of the delay is added at random
     reopen_window: float = 600.0  # a new incident this soon after the last continues its count
+    exhausted_retry: float = 3600.0  # an exhausted incident's last rung again this often; 0: never
 
 
 # ------------------------------------------------------------------------ detection
@@ -208,6 +209,7 @@ class Act:
     action: Action
     delay: float  # seconds before the next attempt may follow this one
     finding: Finding
+    retry: bool = False  # the ladder ran out: its last rung, tried again after a while
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +288,8 @@ def _decide_one(
         opening = (Open(finding, carried, continues),)
         attempt, due = carried, True
     else:
+        if incident.state is IncidentState.EXHAUSTED:
+            return _retry_exhausted(rules, world, finding, incident)
         if incident.state not in ACTIONABLE_STATES:
             return ()
         attempt = incident.attempt
@@ -299,6 +303,23 @@ def _decide_one(
         return opening  # held back, not skipped: the attempt waits until the brake is released
     delay = backoff(rules, step, attempt + 1, jitter())
     return (*opening, Act(finding.instance_id, attempt + 1, step.action, delay, finding))
+
+
+def _retry_exhausted(
+    rules: EscalationRules, world: World, finding: Finding, incident: Incident
+) -> tuple[Decision, ...]:
+    """No final give-up: the last rung again once every `exhausted_retry` seconds, under
+    every guard (a pause, the brake, the budgets, the breakers) like any attempt."""
+    due = incident.next_action_at is not None and incident.next_action_at <= world.now
+    if rules.exhausted_retry <= 0 or not due:
+        return ()
+    if is_paused(world.pauses.get(finding.instance_id), world.now):
+        return ()
+    last = rules.ladder[-1].action
+    if world.brake and last in BRAKED_ACTIONS:
+        return ()
+    attempt = incident.attempt + 1
+    return (Act(finding.instance_id, attempt, last, rules.exhausted_retry, finding, retry=True),)
 
 
 def _carried_attempts(

@@ -201,8 +201,11 @@ class Ledger(Protocol):
         a storm of calls arrive faster than one commit each)."""
         ...
 
-    async def exhaust_all(self, exhausted: Sequence[Incident], now: datetime) -> None:
-        """Mark each exhausted (audited), committed together."""
+    async def exhaust_all(
+        self, exhausted: Sequence[Incident], now: datetime, retry_at: datetime | None = None
+    ) -> None:
+        """Mark each exhausted (audited), committed together; `retry_at`: when its last
+        rung is tried again (None: never)."""
         ...
 
     async def close(

@@ -88,7 +88,7 @@ def situate(facts: Facts, rules: EscalationRules) -> Situation:
         _grace(facts),
         _pause(facts),
         _in_flight(facts),
-        _exhausted(facts),
+        _exhausted(facts, action),
         _brake(facts, rung),
         _budget(facts),
         _breaker(facts, rung),
@@ -98,6 +98,12 @@ def situate(facts: Facts, rules: EscalationRules) -> Situation:
 
 def when(situation: Situation, now: datetime) -> str:
     """What will really happen next, in a few words (`status`'s WHEN column)."""
+    text = _when(situation, now)
+    retry = situation.next_action is not None and situation.next_action.startswith("retry ")
+    return f"exhausted; retry {text}" if retry and text.startswith("in ") else text
+
+
+def _when(situation: Situation, now: datetime) -> str:
     blocked = {g.name: g for g in situation.guards if not g.ok}
     for name, text in (
         ("exhausted", "exhausted"),
@@ -150,6 +156,10 @@ def _next(facts: Facts, rules: EscalationRules) -> tuple[str | None, datetime | 
     if incident is not None and incident.state in ACTIONABLE_STATES:
         step = step_for_attempt(rules, incident.attempt + 1)
         return (str(step.action) if step else "exhaust"), incident.next_action_at or facts.now
+    if incident is not None and incident.state is IncidentState.EXHAUSTED:
+        if rules.exhausted_retry > 0 and incident.next_action_at is not None:
+            return f"retry {rules.ladder[-1].action}", incident.next_action_at
+        return None, None
     if incident is None and verdict is Verdict.UNHEALTHY:
         step = step_for_attempt(rules, 1)
         return (f"detect, then {step.action}" if step else "detect"), facts.now
@@ -196,12 +206,14 @@ def _in_flight(facts: Facts) -> Guard:
     return Guard("in_flight", True, "no action running")
 
 
-def _exhausted(facts: Facts) -> Guard:
+def _exhausted(facts: Facts, action: str | None) -> Guard:
     incident = facts.incident
-    if incident is not None and incident.state is IncidentState.EXHAUSTED:
-        detail = f"all {incident.attempt} attempts spent: waits for recovery or `reset`"
-        return Guard("exhausted", False, detail)
-    return Guard("exhausted", True, "attempts left")
+    if incident is None or incident.state is not IncidentState.EXHAUSTED:
+        return Guard("exhausted", True, "attempts left")
+    spent = f"all {incident.attempt} attempts spent"
+    if action is not None:  # no final give-up: the last rung is tried again
+        return Guard("exhausted", True, f"{spent}: the last rung again when due")
+    return Guard("exhausted", False, f"{spent}: waits for recovery or `reset`")
 
 
 def _brake(facts: Facts, rung: Action | None) -> Guard:

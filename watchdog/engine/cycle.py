@@ -226,8 +226,11 @@ class Engine:
             report.opened += len(opened)
             await self._guards.check_flapping(opened, now)
             await self._dispatch.start(ready(waiting, incidents), incidents, report, now, mono0)
+        every = self._rules.exhausted_retry
+        retry_at = now + timedelta(seconds=every) if every > 0 else None
         for spent in chunks(exhausts, BATCH):  # may be for incidents opened just above
-            await self._ledger.exhaust_all([incidents[e.instance_id] for e in spent], now)
+            batch = [incidents[e.instance_id] for e in spent]
+            await self._ledger.exhaust_all(batch, now, retry_at)
             report.exhausted += len(spent)
 
 

@@ -18,9 +18,9 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from watchdog.core.errors import InvalidTarget, RecoveryError, StoreError, WatchdogError
-from watchdog.core.model import Action, Incident, Outcome, Target
+from watchdog.core.model import Action, AuditAction, Incident, Outcome, Target
 from watchdog.core.policy import Act
-from watchdog.core.ports import BATCH, Claim, Clock, Finished, Ledger, Recovery
+from watchdog.core.ports import BATCH, Claim, Clock, Finished, Ledger, NewAudit, Recovery
 from watchdog.engine.breakers import BackendBreakers
 from watchdog.engine.guards import Guards
 from watchdog.engine.outcomes import OutcomeWriter
@@ -174,6 +174,7 @@ class Dispatcher:
     ) -> None:
         claims = [self._claim(job, now, a.group) for a in chunk for job in a.jobs]
         results = iter(await self._ledger.begin_actions(claims, now))
+        retried: list[_Job] = []
         for admitted in chunk:
             mono = self._clock.monotonic()
             intents = [(job, next(results)) for job in admitted.jobs]
@@ -182,6 +183,7 @@ class Dispatcher:
                 for j, intent in intents
                 if intent is not None
             ]
+            retried += [j for j in won if j.act.retry]
             action = admitted.group.action
             skip = self._skip(action, now) if won else None
             await self._settle_budget(admitted, won if skip is None else [], now)
@@ -190,6 +192,8 @@ class Dispatcher:
                 counted = admitted.group.key if admitted.budgeted and skip is None else None
                 self._launch(action, won, now, mono0, skip, counted)
             report.actions += [(j.act.instance_id, j.act.action, j.act.attempt) for j in won]
+        if retried:  # the ladder ran out and starts its last rung again: said (and alerted)
+            await self._ledger.append_all([_retried(j) for j in retried])
 
     async def _settle_budget(self, admitted: _Admitted, calling: list[_Job], now: datetime) -> None:
         """Only a restart that goes out (claimed, not skipped) spends restart budget."""
@@ -214,6 +218,8 @@ class Dispatcher:
         detail: dict[str, Any] = {"target": group.key} if restart else {}
         if self._owner is not None:
             detail["node"] = self._owner
+        if act.retry:
+            detail["exhausted_retry"] = True
         return Claim(
             job.incident,
             act.attempt,
@@ -364,3 +370,17 @@ def _group_of(recovery: Recovery | None, act: Act) -> Group:
     except RecoveryError:
         return own
     return Group(act.action, key, keyed=True)
+
+
+def _retried(job: _Job) -> NewAudit:
+    incident, act = job.incident, job.act
+    detail = {"rung": str(act.action), "intent": job.intent_id}
+    return NewAudit(
+        incident.instance_id,
+        AuditAction.EXHAUSTED_RETRY,
+        Outcome.OK,
+        incident.id,
+        str(incident.reason),
+        act.attempt,
+        detail,
+    )

@@ -161,12 +161,14 @@ class SqlLedger(AuditTrail):
 
     async def begin_actions(self, claims: Sequence[Claim], now: datetime) -> list[int | None]:
         """One conditional UPDATE for the whole batch: a claim wins when its incident is
-        still actionable at attempt N-1 (RETURNING names the winners), then the intent
-        rows of the winners, in the same transaction."""
+        still actionable (or exhausted: a retry of its last rung, which leaves it so) at
+        attempt N-1 (RETURNING names the winners), then the intent rows of the winners, in
+        the same transaction."""
         if not claims:
             return []
         if len({c.incident.id for c in claims}) != len(claims):
             raise ValueError("one claim per incident per batch")
+        exhausted, opened = str(IncidentState.EXHAUSTED), str(IncidentState.OPEN)
         claimed = self._db.rows(
             "claims",
             {"id": sa.Integer(), "prev": sa.Integer(), "action": sa.Text(), "due": UtcDateTime()},
@@ -176,13 +178,13 @@ class SqlLedger(AuditTrail):
             sa.update(incidents)
             .where(incidents.c.id == claimed.c.id)
             .where(incidents.c.attempt == claimed.c.prev)
-            .where(incidents.c.state.in_(ACTIONABLE))
+            .where(incidents.c.state.in_((*ACTIONABLE, exhausted)))
             .values(
                 attempt=incidents.c.attempt + 1,
                 last_action=claimed.c.action,
                 next_action_at=claimed.c.due,
                 updated_at=now,
-                state=str(IncidentState.OPEN),
+                state=sa.case((incidents.c.state == exhausted, exhausted), else_=opened),
             )
             .returning(incidents.c.id)
         )
@@ -230,7 +232,9 @@ class SqlLedger(AuditTrail):
         for row in rows:
             self._emit(row)
 
-    async def exhaust_all(self, exhausted: Sequence[Incident], now: datetime) -> None:
+    async def exhaust_all(
+        self, exhausted: Sequence[Incident], now: datetime, retry_at: datetime | None = None
+    ) -> None:
         if not exhausted:
             return
         targets = self._db.rows("exhausting", {"id": sa.Integer()}, [(i.id,) for i in exhausted])
@@ -238,7 +242,7 @@ class SqlLedger(AuditTrail):
             sa.update(incidents)
             .where(incidents.c.id == targets.c.id)
             .where(incidents.c.state.in_(ACTIONABLE))
-            .values(state=str(IncidentState.EXHAUSTED), next_action_at=None, updated_at=now)
+            .values(state=str(IncidentState.EXHAUSTED), next_action_at=retry_at, updated_at=now)
         )
         audits = [
             (i.id, incident_audit(i, AuditAction.EXHAUSTED, {"attempts": i.attempt}))

@@ -121,15 +121,18 @@ class MemoryLedger:
         retry_at: datetime,
         detail: Mapping[str, Any] | None = None,
     ) -> int | None:
-        current = self._actionable(incident)
-        if current is None or current.attempt != attempt - 1:
+        current = self.incidents.get(incident.id)
+        if current is None or current.state not in (*ACTIONABLE_STATES, IncidentState.EXHAUSTED):
             return None
+        if current.attempt != attempt - 1:
+            return None
+        exhausted = current.state is IncidentState.EXHAUSTED  # a retry leaves it so
         self.incidents[incident.id] = replace(
             current,
             attempt=attempt,
             last_action=action,
             next_action_at=retry_at,
-            state=IncidentState.OPEN,
+            state=IncidentState.EXHAUSTED if exhausted else IncidentState.OPEN,
         )
         spec = _row(incident, AuditAction(str(action)), Outcome.STARTED, attempt, detail or {})
         return self._write(now, spec).id
@@ -177,12 +180,14 @@ class MemoryLedger:
                 f.intent_id,
             )
 
-    async def _exhaust_one(self, incident: Incident, now: datetime) -> None:
+    async def _exhaust_one(
+        self, incident: Incident, now: datetime, retry_at: datetime | None
+    ) -> None:
         current = self._actionable(incident)
         if current is None:
             return
         self.incidents[incident.id] = replace(
-            current, state=IncidentState.EXHAUSTED, next_action_at=None
+            current, state=IncidentState.EXHAUSTED, next_action_at=retry_at
         )
         n = incident.attempt
         self._write(now, _row(incident, AuditAction.EXHAUSTED, Outcome.OK, n, {"attempts": n}))
@@ -209,9 +214,11 @@ class MemoryLedger:
         for c in closings:
             await self.close(c.incident, c.state, now, c.actor, c.detail)
 
-    async def exhaust_all(self, exhausted: Sequence[Incident], now: datetime) -> None:
+    async def exhaust_all(
+        self, exhausted: Sequence[Incident], now: datetime, retry_at: datetime | None = None
+    ) -> None:
         for incident in exhausted:
-            await self._exhaust_one(incident, now)
+            await self._exhaust_one(incident, now, retry_at)
 
     async def suppress_all(
         self, held: Sequence[Incident], until: datetime, now: datetime, detail: Mapping[str, Any]
