@@ -905,3 +905,15 @@ async def test_the_ladder_leaves_the_same_trail(ledger: Ledger, emitted: list[Au
         last_action=RESTART,
         flapping=True,
     )
+
+
+async def test_a_held_retry_of_an_exhausted_incident_waits_and_stays_exhausted(
+    ledger: Ledger,
+) -> None:
+    (spent,) = await open_(ledger, "a")
+    await ledger.exhaust_all([spent], at(1), at(3601))
+    exhausted = await current(ledger, "a")
+    await ledger.suppress_all([exhausted], at(7200), at(3601), {"process": "p1"})
+    held = await current(ledger, "a")
+    assert (held.state, held.next_action_at) == (IncidentState.EXHAUSTED, at(7200))
+    assert [r["action"] for r in await trail(ledger, "a")][-1] == "suppressed"

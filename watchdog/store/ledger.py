@@ -323,18 +323,30 @@ class SqlLedger(AuditTrail):
         now: datetime,
         detail: Mapping[str, Any],
     ) -> None:
-        """Hold the next attempt of each until `until` (the restart budget is spent)."""
+        """Hold the next attempt of each until `until` (the restart budget is spent); an
+        exhausted incident's retry is held the same way, and it stays exhausted."""
         if not held:
             return
+        exhausted, suppressed = str(IncidentState.EXHAUSTED), str(IncidentState.SUPPRESSED)
+        retrying = sa.and_(incidents.c.state == exhausted, incidents.c.next_action_at.is_not(None))
         targets = self._db.rows(
             "held", {"id": sa.Integer(), "attempt": sa.Integer()}, [(i.id, i.attempt) for i in held]
         )
         update = (
             sa.update(incidents)
             .where(incidents.c.id == targets.c.id)
-            .where(incidents.c.state.in_(ACTIONABLE))
+            .where(
+                sa.or_(
+                    incidents.c.state.in_(ACTIONABLE),
+                    retrying,  # one never to be retried again is left as it is
+                )
+            )
             .where(incidents.c.attempt == targets.c.attempt)
-            .values(state=str(IncidentState.SUPPRESSED), next_action_at=until, updated_at=now)
+            .values(
+                state=sa.case((incidents.c.state == exhausted, exhausted), else_=suppressed),
+                next_action_at=until,
+                updated_at=now,
+            )
         )
         full = {**detail, "until": until.isoformat()}
         audits = [

@@ -224,12 +224,17 @@ class MemoryLedger:
         self, held: Sequence[Incident], until: datetime, now: datetime, detail: Mapping[str, Any]
     ) -> None:
         for incident in held:
-            current = self._actionable(incident)
-            if current is None or current.attempt != incident.attempt:
+            current = self.incidents.get(incident.id)
+            if current is None:
                 continue
-            self.incidents[incident.id] = replace(
-                current, state=IncidentState.SUPPRESSED, next_action_at=until
-            )
+            retrying = current.state is IncidentState.EXHAUSTED and current.next_action_at
+            if current.state not in ACTIONABLE_STATES and not retrying:
+                continue
+            if current.attempt != incident.attempt:
+                continue
+            exhausted = current.state is IncidentState.EXHAUSTED  # a held retry stays so
+            state = IncidentState.EXHAUSTED if exhausted else IncidentState.SUPPRESSED
+            self.incidents[incident.id] = replace(current, state=state, next_action_at=until)
             full = {**detail, "until": until.isoformat()}
             attempt = incident.attempt + 1
             self._write(now, _row(incident, AuditAction.SUPPRESSED, Outcome.SKIPPED, attempt, full))
