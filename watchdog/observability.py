@@ -53,7 +53,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         logging.getLogger(noisy).setLevel(max(threshold, logging.WARNING))
     silent = threshold > logging.CRITICAL
     structlog.configure(
-        processors=[*stamped, _OWN_LOGGER, timestamp, *rendered],
+        processors=[*stamped, _own_logger, timestamp, *rendered],
         wrapper_class=structlog.make_filtering_bound_logger(min(threshold, logging.CRITICAL)),
         logger_factory=(
             structlog.ReturnLoggerFactory() if silent else structlog.PrintLoggerFactory(out)
@@ -80,9 +80,6 @@ def _own_logger(
 ) -> structlog.typing.EventDict:
     event["logger"] = "watchdog"  # as `add_logger_name` names the library's records
     return event
-
-
-_OWN_LOGGER: structlog.typing.Processor = _own_logger
 
 
 def silence_logging() -> None:

@@ -273,5 +273,6 @@ def alert_senders(
 
 
 def api_token(settings: Settings) -> str | None:
-    """The restart API's bearer token (never logged)."""
-    return bearer_token("api.token_env", settings.api.token_env)
+    """The restart API's bearer token (never logged). `load_settings` requires it for a
+    run that acts; a dry run calls nothing and may do without."""
+    return bearer_token("api.token_env", settings.api.token_env, required=False)

@@ -377,3 +377,18 @@ def test_a_wrong_mapping_is_named_by_explain_and_status_not_taken_for_a_missing_
     status = ctl(watchdogctl, "--config", c, "status", env=env)
     assert status.returncode == 2  # what it could show is shown, and the exit says it failed
     assert "no column last_beat" in status.stdout
+
+
+def test_a_dry_run_needs_no_api_token_but_a_run_that_acts_does(
+    watchdogctl: str, tmp_path: Path, sqlite_url: str
+) -> None:
+    app = AppTable(sqlite_url)
+    app.create()
+    app.add("frozen", heartbeat_ago=200)
+    app.dispose()
+    path = tmp_path / "watchdog.toml"  # the default ladder: api_restart with a token
+    path.write_text(f'[database]\nurl = "{sqlite_url}"\n')
+    dry = ctl(watchdogctl, "--config", str(path), "run", "--once", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    acting = ctl(watchdogctl, "--config", str(path), "run", "--once")
+    one_line_error(acting, 2, "api.token_env", "WATCHDOG_API_TOKEN is not set")

@@ -738,6 +738,8 @@ async def test_no_final_give_up_the_last_rung_is_tried_again_every_exhausted_ret
     assert started.detail.get("exhausted_retry") is True
     (said,) = rig.rows("a", AuditAction.EXHAUSTED_RETRY)  # audited (and alerted) once a try
     assert (said.attempt, said.detail["rung"]) == (2, "api_restart")
+    outcome = rig.rows("a", AuditAction.API_RESTART)[-1]
+    assert started.id < said.id < outcome.id  # said before the call goes out
     rig.store.beat("a")
     rig.clock.advance(5)
     await rig.cycle()

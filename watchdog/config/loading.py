@@ -105,12 +105,17 @@ def _check_secrets(settings: Settings, env: Mapping[str, str]) -> None:
         bearer_token(f"alerts.sinks.{n}.token_env", sink.token_env, env)
 
 
-def bearer_token(key: str, variable: str, env: Mapping[str, str] | None = None) -> str | None:
+def bearer_token(
+    key: str, variable: str, env: Mapping[str, str] | None = None, *, required: bool = True
+) -> str | None:
     """The token in environment variable `variable`, which setting `key` names (None when
-    it names none). Unset, empty or unfit for a header: a ConfigError naming the key."""
+    it names none, or, not `required`, when it is unset: a dry run sends nothing). Unset
+    when required, empty or unfit for a header: a ConfigError naming the key."""
     if not variable:
         return None
     token = (os.environ if env is None else env).get(variable)
+    if not token and not required:
+        return None
     if not token:
         raise ConfigError(
             f"config error: {key}: environment variable {variable} is not set; "

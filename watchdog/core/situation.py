@@ -66,6 +66,11 @@ class Situation:
     guards: tuple[Guard, ...]
 
     @property
+    def retrying(self) -> bool:
+        """The next action is an exhausted incident's last rung, tried again."""
+        return self.next_action is not None and self.next_action.startswith(_RETRY)
+
+    @property
     def blocked_by(self) -> list[str]:
         """The guards holding the next action; with none to take, only those that say why
         none is taken (the ladder ran out, the row cannot be read)."""
@@ -76,6 +81,7 @@ class Situation:
 
 
 _WHY_NOTHING = frozenset({"exhausted", "readable"})
+_RETRY = "retry "  # the next action of an exhausted incident: "retry process_restart"
 
 
 def situate(facts: Facts, rules: EscalationRules) -> Situation:
@@ -98,12 +104,6 @@ def situate(facts: Facts, rules: EscalationRules) -> Situation:
 
 def when(situation: Situation, now: datetime) -> str:
     """What will really happen next, in a few words (`status`'s WHEN column)."""
-    text = _when(situation, now)
-    retry = situation.next_action is not None and situation.next_action.startswith("retry ")
-    return f"exhausted; retry {text}" if retry and text.startswith("in ") else text
-
-
-def _when(situation: Situation, now: datetime) -> str:
     blocked = {g.name: g for g in situation.guards if not g.ok}
     for name, text in (
         ("exhausted", "exhausted"),
@@ -126,7 +126,8 @@ def _when(situation: Situation, now: datetime) -> str:
     at = situation.next_action_at
     if at is None or at <= now:
         return "due"
-    return f"in {human_delta((at - now).total_seconds())} ({stamp(at, seconds=True)})"
+    soon = f"in {human_delta((at - now).total_seconds())} ({stamp(at, seconds=True)})"
+    return f"exhausted; retry {soon}" if situation.retrying else soon
 
 
 def stamp(at: datetime, *, seconds: bool = False) -> str:
@@ -158,7 +159,7 @@ def _next(facts: Facts, rules: EscalationRules) -> tuple[str | None, datetime | 
         return (str(step.action) if step else "exhaust"), incident.next_action_at or facts.now
     if incident is not None and incident.state is IncidentState.EXHAUSTED:
         if rules.exhausted_retry > 0 and incident.next_action_at is not None:
-            return f"retry {rules.ladder[-1].action}", incident.next_action_at
+            return f"{_RETRY}{rules.ladder[-1].action}", incident.next_action_at
         return None, None
     if incident is None and verdict is Verdict.UNHEALTHY:
         step = step_for_attempt(rules, 1)

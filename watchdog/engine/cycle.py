@@ -136,10 +136,9 @@ class Engine:
             incidents = self._dry_run.view(incidents, scan.findings)
         new_ids = [i for i in scan.findings if i not in incidents]
         unjudged = {u.instance_id for u in scan.unjudgeable if u.instance_id}
+        busy = self._dispatch.busy  # a copy: taken once, not once per incident
         gone = [
-            i
-            for i in incidents
-            if i not in scan.findings and i not in self._dispatch.busy and i not in unjudged
+            i for i in incidents if i not in scan.findings and i not in busy and i not in unjudged
         ]
         unmonitored = await self._instances.unmonitored(gone) if gone else {}
         recent = await self._ledger.last_closed(new_ids) if new_ids else {}
@@ -152,7 +151,7 @@ class Engine:
             incidents=incidents,
             recent=recent,
             pauses=state.pauses,
-            busy=self.busy,
+            busy=busy,
             unjudged=unjudged,
             unmonitored=unmonitored,
             grace_until=self._guards.grace_until,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -174,16 +174,13 @@ class Dispatcher:
     ) -> None:
         claims = [self._claim(job, now, a.group) for a in chunk for job in a.jobs]
         results = iter(await self._ledger.begin_actions(claims, now))
-        retried: list[_Job] = []
-        for admitted in chunk:
+        claimed = [(admitted, _won(admitted.jobs, results)) for admitted in chunk]
+        retried = [job for _admitted, won in claimed for job in won if job.act.retry]
+        if retried:  # the ladder ran out and starts its last rung again: said (and alerted)
+            await self._ledger.append_all([_retried(job) for job in retried])
+        for admitted, won in claimed:
             mono = self._clock.monotonic()
-            intents = [(job, next(results)) for job in admitted.jobs]
-            won = [
-                replace(j, started_mono=mono, intent_id=intent)
-                for j, intent in intents
-                if intent is not None
-            ]
-            retried += [j for j in won if j.act.retry]
+            won = [replace(job, started_mono=mono) for job in won]
             action = admitted.group.action
             skip = self._skip(action, now) if won else None
             await self._settle_budget(admitted, won if skip is None else [], now)
@@ -192,8 +189,6 @@ class Dispatcher:
                 counted = admitted.group.key if admitted.budgeted and skip is None else None
                 self._launch(action, won, now, mono0, skip, counted)
             report.actions += [(j.act.instance_id, j.act.action, j.act.attempt) for j in won]
-        if retried:  # the ladder ran out and starts its last rung again: said (and alerted)
-            await self._ledger.append_all([_retried(j) for j in retried])
 
     async def _settle_budget(self, admitted: _Admitted, calling: list[_Job], now: datetime) -> None:
         """Only a restart that goes out (claimed, not skipped) spends restart budget."""
@@ -370,6 +365,12 @@ def _group_of(recovery: Recovery | None, act: Act) -> Group:
     except RecoveryError:
         return own
     return Group(act.action, key, keyed=True)
+
+
+def _won(jobs: Sequence[_Job], results: Iterator[int | None]) -> list[_Job]:
+    """The jobs whose claim won (the next results, in order), with their intent row."""
+    intents = [(job, next(results)) for job in jobs]
+    return [replace(job, intent_id=intent) for job, intent in intents if intent is not None]
 
 
 def _retried(job: _Job) -> NewAudit:
