@@ -252,7 +252,25 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class Generation:
+    """One life of a hosting process: its PID and when it started (Unix seconds), as far
+    as its backend can tell. A restart, by the watchdog or anyone else, makes a new one."""
+
+    pid: int | None
+    started: float | None = None
+
+    def same_as(self, other: Generation) -> bool:
+        """The same life: the same PID, and the same start where both know it (a PID
+        alone may be reused by a later process)."""
+        if self.pid is None or other.pid is None or self.pid != other.pid:
+            return self.pid is None and other.pid is None and self.started == other.started
+        return self.started is None or other.started is None or self.started == other.started
+
+
+@dataclass(frozen=True, slots=True)
 class ActionResult:
-    """Evidence from a successful recovery action, recorded in the audit detail."""
+    """Evidence from a successful recovery action, recorded in the audit detail.
+    `generation`: a process restart's new process, when the backend can tell."""
 
     detail: Mapping[str, Any] = field(default_factory=dict)
+    generation: Generation | None = None

@@ -16,6 +16,7 @@ from watchdog.core.model import (
     AuditAction,
     AuditRow,
     Finding,
+    Generation,
     Incident,
     IncidentState,
     Outcome,
@@ -335,3 +336,17 @@ class ProcessLocator(Protocol):
     """
 
     async def locate(self, name: str) -> int | None: ...
+
+
+@runtime_checkable
+class GenerationSource(Protocol):
+    """A process backend that can tell which life of a process is running now, so that a
+    restart made by anyone (`supervisorctl restart`, systemd, a crash and respawn) is seen.
+
+    `name` is what the backend's `key()` returned for the instance.
+    """
+
+    async def generation(self, name: str) -> Generation | None:
+        """The running process's generation; None when it is not running or unknown.
+        Raises a RecoveryError when the backend cannot be asked (within its timeout)."""
+        ...
