@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +24,12 @@ from watchdog.config import Settings, bearer_token
 from watchdog.core.breaker import BreakerRules
 from watchdog.core.errors import ConfigError, StoreError
 from watchdog.core.model import Action
-from watchdog.core.ports import Recovery
+from watchdog.core.ports import GenerationSource, Recovery
 from watchdog.core.safety import SafetyRules
 from watchdog.daemon.leadership import LeaderLock
 from watchdog.engine.breakers import BackendBreakers
 from watchdog.engine.guards import Guards
+from watchdog.engine.hosts import Hosts
 from watchdog.resilience import RetryingRecovery
 from watchdog.store.audit import AuditSink, ignore_audit
 from watchdog.store.breakers import SqlBreakerStore
@@ -184,7 +185,9 @@ def _process_backend(settings: Settings) -> Recovery:
             )
         if process.backend == "systemd":
             return SystemdRestart(process.unit, process.timeout, process.user)
-        return CommandRestart(process.command, process.program, process.timeout)
+        return CommandRestart(
+            process.command, process.program, process.timeout, pid_command=process.pid_command
+        )
     except ValueError as exc:
         key = {"supervisor": "program", "systemd": "unit"}.get(process.backend, "command")
         text = str(exc)
@@ -218,16 +221,38 @@ def login_user() -> str:
 # ----------------------------------------------------------- what the daemon adds
 
 
+def safety_rules(settings: Settings) -> SafetyRules:
+    return SafetyRules(**settings.safety.model_dump(exclude={"retry_attempts"}))
+
+
 def guards(runtime: Runtime, *, startup_grace: bool) -> Guards:
     settings = runtime.settings
-    safety = settings.safety.model_dump(exclude={"retry_attempts"})
     grace = settings.detection.grace
     return Guards(
         runtime.ledger,
         runtime.fleet,
-        SafetyRules(**safety),
+        safety_rules(settings),
         grace=settings.detection.stale_after if grace is None else grace,
         startup_grace=startup_grace,
+    )
+
+
+def hosts(runtime: Runtime, recoveries: Mapping[Action, Recovery]) -> Hosts | None:
+    """What the process rung knows of the processes hosting instances (None: no rung)."""
+    recovery = recoveries.get(Action.PROCESS_RESTART)
+    if recovery is None:
+        return None
+    settings = runtime.settings
+    backend = recovery.inner if isinstance(recovery, RetryingRecovery) else recovery
+    source = backend if isinstance(backend, GenerationSource) else None
+    return Hosts(
+        runtime.ledger,
+        runtime.fleet,
+        runtime.instances,
+        recovery,
+        safety_rules(settings),
+        settings.escalation.rules().settle_of(Action.PROCESS_RESTART),
+        source,
     )
 
 

@@ -1,4 +1,5 @@
-"""psutil evidence about a hosting process, for audit details and `watchdogctl show`."""
+"""psutil evidence about a hosting process, for audit details, `watchdogctl show` and the
+generation of a process a backend only knows by its PID."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import time
 from typing import Any
 
 import psutil
+
+from watchdog.core.model import Generation
 
 
 def process_facts(pid: int | None) -> dict[str, Any] | None:
@@ -23,6 +26,25 @@ def process_facts(pid: int | None) -> dict[str, Any] | None:
             }
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return None
+
+
+def process_started(pid: int | None) -> float | None:
+    """When local process `pid` started (Unix seconds, to the clock tick), or None when it
+    cannot be seen (no pid, gone, another host's, not ours to read)."""
+    if not pid:
+        return None
+    try:
+        return round(psutil.Process(pid).create_time(), 2)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
+def local_generation(pid: int | None, started: float | None = None) -> Generation | None:
+    """The generation of process `pid` (None for no pid): its start time `started` when the
+    backend knows it, else the local process's own (`process_started`)."""
+    if not pid:
+        return None
+    return Generation(pid, started if started is not None else process_started(pid))
 
 
 def restart_evidence(

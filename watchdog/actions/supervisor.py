@@ -4,7 +4,8 @@ supervisord has no restart call, so a restart is: read the program's pid and sta
 with SIGCONT when it is SIGSTOPped (a stopped process cannot act on SIGTERM), stop it without
 waiting inside supervisord, poll until it is down (sending SIGKILL ourselves after `stop_wait`
 seconds, or at once when it is still stopped, so a frozen program never costs its full
-`stopwaitsecs`), start it and check that a new pid is RUNNING.
+`stopwaitsecs`), start it and check that a new pid is RUNNING. The new process's generation
+is its pid and the start time supervisord reports (`generation()` reads it at any time).
 
 The XML-RPC client is blocking, so every call runs in a worker thread with a socket timeout,
 and every recovery uses a fresh proxy and connection (supervisor's transport keeps reusing a
@@ -36,7 +37,7 @@ from watchdog.core.errors import (
     RecoveryError,
     TransientRecoveryError,
 )
-from watchdog.core.model import Action, ActionResult, Target
+from watchdog.core.model import Action, ActionResult, Generation, Target
 
 _POLL = 0.1  # seconds between getProcessInfo calls while waiting for a stop
 _KILL_GRACE = 5.0  # seconds a program may take to go down after our SIGKILL
@@ -114,19 +115,34 @@ class SupervisorRestart:
             new = await rpc.info(name)
         _check_restarted(name, old.pid, new)
         detail = restart_evidence(old.pid, old_facts, new.pid)
-        detail.update(program=name, backend="supervisor", old_program_state=old.state)
-        return ActionResult(detail=detail)
+        detail.update(
+            program=name,
+            backend="supervisor",
+            old_program_state=old.state,
+            old_started=old.start if old.pid is not None else None,
+            new_started=new.start,
+        )
+        return ActionResult(detail=detail, generation=Generation(new.pid, new.start))
+
+    async def generation(self, name: str) -> Generation | None:
+        """The pid and start time of RUNNING program `name` (a `key()` result); None when
+        it is not running. Raises a RecoveryError when supervisord cannot be asked within
+        `min(timeout, 5 s)`, does not know the program, or the name is not safe."""
+        program = check_safe_name("supervisor program", name)
+        with Session(self._url, min(self._timeout, _LOCATE_TIMEOUT)) as rpc:
+            info = await rpc.info(program)
+        if info.state != "RUNNING" or info.pid is None:
+            return None
+        return Generation(info.pid, info.start)
 
     async def locate(self, name: str) -> int | None:
         """The pid of RUNNING program `name` (a `key()` result); None when it is not
         running, unknown, unreachable or not a safe name."""
         try:
-            program = check_safe_name("supervisor program", name)
-            with Session(self._url, min(self._timeout, _LOCATE_TIMEOUT)) as rpc:
-                info = await rpc.info(program)
+            generation = await self.generation(name)
         except RecoveryError:
             return None
-        return info.pid if info.state == "RUNNING" else None
+        return generation.pid if generation is not None else None
 
     async def _wait_stopped(self, rpc: Session, name: str, pid: int | None) -> None:
         """Poll until the program is down; SIGKILL it after `stop_wait` or when frozen."""

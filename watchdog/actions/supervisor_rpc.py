@@ -33,16 +33,23 @@ CHECK_URL = "check that supervisord runs and [process] supervisor_url"
 
 @dataclass(frozen=True, slots=True)
 class ProcessInfo:
-    """What getProcessInfo says: the pid (None when not running) and the state name."""
+    """What getProcessInfo says: the pid (None when not running), the state name and when
+    the program last started (Unix seconds; None when never). supervisord keeps the last
+    start after the program stopped, so `start` is only the running process's with a pid."""
 
     pid: int | None
     state: str
+    start: float | None = None
 
     @classmethod
     def of(cls, raw: Any) -> ProcessInfo:
-        pid = raw.get("pid") if isinstance(raw, dict) else None
-        state = raw.get("statename") if isinstance(raw, dict) else None
-        return cls(pid if isinstance(pid, int) and pid > 0 else None, str(state or "UNKNOWN"))
+        values = raw if isinstance(raw, dict) else {}
+        pid, state, start = values.get("pid"), values.get("statename"), values.get("start")
+        return cls(
+            pid if isinstance(pid, int) and pid > 0 else None,
+            str(state or "UNKNOWN"),
+            float(start) if isinstance(start, int | float) and start > 0 else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,8 @@
 
 A restart is one `systemctl show` (is the unit known, which PID is its main process), the
 restart itself, and a second `show`: it succeeded only when systemctl exited 0 and the unit
-then has a main process other than the one it had before. systemctl runs directly, never
+then has a main process other than the one it had before. A process's generation is its
+MainPID and ExecMainStartTimestamp (see `parse_timestamp`). systemctl runs directly, never
 through a shell, in its own session, so that on timeout its process group can be killed and
 reaped like the command backend's. Every name put into its argv has passed
 `naming.check_safe_name`.
@@ -15,10 +16,12 @@ permission to restart the unit (deploy/polkit/50-watchdog.rules).
 from __future__ import annotations
 
 import asyncio
+import calendar
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from watchdog.actions.evidence import process_facts, restart_evidence
+from watchdog.actions.evidence import local_generation, process_facts, restart_evidence
 from watchdog.actions.naming import (
     check_placeholders,
     check_safe_name,
@@ -28,7 +31,7 @@ from watchdog.actions.naming import (
 )
 from watchdog.actions.subprocesses import one_line, run_bounded, tail
 from watchdog.core.errors import PermanentRecoveryError, RecoveryError, TransientRecoveryError
-from watchdog.core.model import Action, ActionResult, Target
+from watchdog.core.model import Action, ActionResult, Generation, Target
 
 UNIT_SUFFIXES = frozenset(
     {
@@ -59,14 +62,24 @@ _PERMANENT_EXITS = {
     EXIT_NOTINSTALLED: ("unit not loaded", "check [process] unit or the process column"),
 }
 _PLACEHOLDERS = ("{process}", "{id}")
+_PROPERTIES = ("LoadState", "MainPID", "ExecMainStartTimestamp")
+_UTC_ZONES = frozenset({"UTC", "GMT"})
 
 
 @dataclass(frozen=True, slots=True)
 class UnitState:
-    """What `systemctl show` says about a unit: its LoadState and MainPID (0: none)."""
+    """What `systemctl show` says about a unit: its LoadState, MainPID (0: none) and when
+    its main process started (Unix seconds; None when it has none or it cannot be told)."""
 
     load_state: str
     main_pid: int
+    started: float | None = None
+
+    @property
+    def generation(self) -> Generation | None:
+        """The main process's generation; None without one. The start time falls back to
+        the process's own (psutil) when systemctl's timestamp could not be read."""
+        return local_generation(self.main_pid, self.started)
 
 
 class SystemdRestart:
@@ -134,7 +147,18 @@ class SystemdRestart:
         after = await self._show(unit, deadline)
         _check_new_pid(unit, before.main_pid, after.main_pid)
         detail = restart_evidence(before.main_pid or None, old_facts, after.main_pid)
-        return ActionResult(detail={**detail, "unit": unit, "backend": "systemd"})
+        return ActionResult(
+            detail={**detail, "unit": unit, "backend": "systemd"},
+            generation=after.generation,
+        )
+
+    async def generation(self, name: str) -> Generation | None:
+        """The MainPID and start time of unit `name` (a `key()` result; a bare name gets
+        `.service`); None when it has no main process (stopped, or unknown to systemd).
+        Raises a RecoveryError when systemctl cannot be run, fails or outlives `timeout`."""
+        unit = unit_name(check_safe_name("systemd unit", name))
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        return (await self._show(unit, deadline)).generation
 
     async def locate(self, process: str) -> int | None:
         """The MainPID of unit `process` (a `key()` result; a bare name gets `.service`).
@@ -148,7 +172,8 @@ class SystemdRestart:
         return state.main_pid or None
 
     async def _show(self, unit: str, deadline: float) -> UnitState:
-        argv = self.argv("show", "--property=LoadState", "--property=MainPID", "--", unit)
+        properties = [f"--property={name}" for name in _PROPERTIES]
+        argv = self.argv("show", *properties, "--", unit)
         code, stdout, stderr = await _run(argv, deadline, self._timeout)
         if code != 0:
             raise _exit_error(argv, unit, code, stderr)
@@ -181,12 +206,45 @@ def _parse_show(unit: str, stdout: bytes) -> UnitState:
         name, _eq, value = line.partition("=")
         values[name] = value
     try:
-        return UnitState(values["LoadState"], int(values["MainPID"]))
+        load_state, main_pid = values["LoadState"], int(values["MainPID"])
     except (KeyError, ValueError):
         raise TransientRecoveryError(
             f"systemctl show {unit} printed no LoadState/MainPID "
             f"({one_line(tail(stdout))}); check that systemctl is systemd's"
         ) from None
+    started = parse_timestamp(values.get("ExecMainStartTimestamp", "")) if main_pid else None
+    return UnitState(load_state, main_pid, started)
+
+
+def parse_timestamp(text: str) -> float | None:
+    """Unix seconds of a timestamp as systemctl prints it, `Mon 2026-11-30 01:22:32 UTC`;
+    None when empty, `n/a` or not understood.
+
+    The zone is an abbreviation: UTC and GMT are read as such, and one of the local zone's
+    (`time.tzname`; systemctl runs here with our environment) as local time. Any other is
+    not guessed at: the caller falls back to the main process's own start time.
+    """
+    words = text.split()
+    if len(words) != 4:
+        return None
+    _weekday, day, clock, zone = words
+    clock, _dot, fraction = clock.partition(".")  # with --timestamp=us
+    if fraction and not (fraction.isascii() and fraction.isdigit()):
+        return None
+    part = int(fraction) / 10 ** len(fraction) if fraction else 0.0
+    try:
+        fields = time.strptime(f"{day} {clock}", "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return None
+    if zone in _UTC_ZONES:
+        return calendar.timegm(fields) + part
+    if zone in time.tzname:
+        isdst = time.tzname.index(zone) if time.daylight else 0
+        try:
+            return time.mktime((*fields[:8], isdst)) + part
+        except (OverflowError, ValueError):
+            return None
+    return None
 
 
 def _require_loaded(unit: str, load_state: str) -> None:

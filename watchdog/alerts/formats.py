@@ -36,6 +36,7 @@ KINDS: Final[Mapping[str, AlertKind]] = {
     "exhausted": AlertKind("WatchdogRecoveryExhausted", "critical"),
     "exhausted_retry": AlertKind("WatchdogRecoveryExhausted", "critical"),
     "suppressed": AlertKind("WatchdogRestartSuppressed", "warning", outcome="skipped"),
+    "held": AlertKind("WatchdogRestartHeld", "warning", outcome="skipped"),
     "brake_engaged": AlertKind("WatchdogBrakeEngaged", "critical"),
     "brake_released": AlertKind("WatchdogBrakeEngaged", "critical", resolves=True),
     "breaker_opened": AlertKind("WatchdogBreakerOpen", "warning"),
@@ -95,6 +96,15 @@ def _suppressed(row: AuditRow, d: Mapping[str, Any]) -> str:
     )
 
 
+def _held(row: AuditRow, d: Mapping[str, Any]) -> str:
+    process = f" of {_v(d['process'])}" if d.get("process") else ""
+    return (
+        f"{_who(row)}: process_restart{process} held (attempt {row.attempt}): "
+        f"{d.get('healthy', '?')} of {d.get('monitored', '?')} instances it hosts are healthy; "
+        f"approve one with `watchdogctl approve {_v(row.instance_id)}`"
+    )
+
+
 def _brake_engaged(_row: AuditRow, d: Mapping[str, Any]) -> str:
     return (
         f"fleet: brake engaged ({_share(d)} unhealthy); "
@@ -141,6 +151,7 @@ def _generic(row: AuditRow, _d: Mapping[str, Any]) -> str:
 
 _SUMMARIES: Final[dict[str, Callable[[AuditRow, Mapping[str, Any]], str]]] = {
     "process_restart": _process_restart,
+    "held": _held,
     "exhausted": _exhausted,
     "exhausted_retry": _exhausted_retry,
     "suppressed": _suppressed,

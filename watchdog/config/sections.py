@@ -194,6 +194,9 @@ class ProcessSettings(_Section):
     program: str = "app"
     unit: str = "app.service"
     command: tuple[str, ...] = ("pm2", "restart", "{process}")
+    # command: an argv printing the process's PID (0 or nothing: not running), e.g.
+    # ["pm2", "pid", "{process}"]; without it the backend cannot tell a process's generation
+    pid_command: tuple[str, ...] | None = None
     user: bool = False  # systemd: systemctl --user
     timeout: Seconds = 30.0
     # supervisor: SIGKILL a program still not down after this (checked against timeout)
@@ -213,6 +216,13 @@ class ProcessSettings(_Section):
     def _non_empty(cls, argv: tuple[str, ...]) -> tuple[str, ...]:
         if not argv or not argv[0]:
             raise ValueError('must be a non-empty argv list, e.g. ["pm2", "restart", "{process}"]')
+        return argv
+
+    @field_validator("pid_command")
+    @classmethod
+    def _non_empty_when_set(cls, argv: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if argv is not None and (not argv or not argv[0]):
+            raise ValueError('must be a non-empty argv list, e.g. ["pm2", "pid", "{process}"]')
         return argv
 
 
@@ -246,6 +256,9 @@ class SafetySettings(_Section):
     flapping_window: Seconds = 3600.0  # ... within this long
     brake_min_unhealthy: Annotated[int, Field(ge=0)] = 2  # brake when more than this many ...
     brake_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5  # ... and at least this share
+    # A process restart is held while more than this share of its instances is healthy
+    # (1.0: never held).
+    collateral_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
     retry_attempts: Annotated[int, Field(ge=1, le=10)] = 3  # tries of one transient failure
 
 

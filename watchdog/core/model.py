@@ -53,6 +53,9 @@ class AuditAction(enum.StrEnum):
     UNJUDGEABLE_CLEARED = "unjudgeable_cleared"  # every row can be judged again
     RETENTION = "retention"  # the leader deleted history older than [retention] keeps
     EXHAUSTED_RETRY = "exhausted_retry"  # an exhausted incident's last rung, tried again
+    HOST_RESTARTED = "host_restarted"  # the process hosting the instance got a new life
+    HELD = "held"  # a process restart held: it would take down too many healthy instances
+    APPROVED = "approved"  # an operator let one held process restart through
 
 
 class Outcome(enum.StrEnum):
@@ -197,6 +200,9 @@ class Incident:
     last_action: Action | None = None
     process: str | None = None
     flapping: bool = False
+    # Why its process restart is held (the blast radius), until it goes out or is approved.
+    held: Mapping[str, Any] | None = None
+    approved_by: str | None = None  # lets one held process restart through
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +271,23 @@ class Generation:
         if self.pid is None or other.pid is None or self.pid != other.pid:
             return self.pid is None and other.pid is None and self.started == other.started
         return self.started is None or other.started is None or self.started == other.started
+
+
+class RestartedBy(enum.StrEnum):
+    WATCHDOG = "watchdog"
+    EXTERNAL = "external"  # an operator, the process manager, a crash and respawn
+
+
+@dataclass(frozen=True, slots=True)
+class HostRecord:
+    """A process hosting instances as the watchdog last saw it, and its last restart."""
+
+    process: str  # the process backend's key (program, unit, PM2 name)
+    generation: Generation
+    seen_at: datetime
+    restarted_at: datetime | None = None
+    restarted_by: RestartedBy | None = None
+    incident_id: int | None = None  # the incident the watchdog restarted it for
 
 
 @dataclass(frozen=True, slots=True)

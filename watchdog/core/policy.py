@@ -84,6 +84,11 @@ class EscalationRules:
     reopen_window: float = 600.0  # a new incident this soon after the last continues its count
     exhausted_retry: float = 3600.0  # an exhausted incident's last rung again this often; 0: never
 
+    def settle_of(self, action: Action) -> float:
+        """How long the ladder waits after `action` before judging it (its first step's
+        settle); 0 when the ladder does not take it."""
+        return next((step.settle for step in self.ladder if step.action is action), 0.0)
+
 
 # ------------------------------------------------------------------------ detection
 

@@ -17,6 +17,7 @@ from watchdog.core.model import (
     AuditRow,
     Finding,
     Generation,
+    HostRecord,
     Incident,
     IncidentState,
     Outcome,
@@ -52,6 +53,10 @@ class InstanceStore(Protocol):
         """The database clock."""
         ...
 
+    async def monitored_by_process(self) -> dict[str | None, tuple[int, int]]:
+        """Monitored rows by their process column value: (monitored, judgeable)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Opening:
@@ -83,6 +88,11 @@ class Claim:
     action: Action
     retry_at: datetime
     detail: Mapping[str, Any] | None = None
+
+    @property
+    def spends_approval(self) -> bool:
+        """An operator's approval lets this one process restart through (and is spent)."""
+        return bool(self.detail and self.detail.get("approved_by"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +241,29 @@ class Ledger(Protocol):
         it is still actionable at the same attempt; committed together."""
         ...
 
+    async def hold_all(
+        self, held: Sequence[Incident], now: datetime, detail: Mapping[str, Any]
+    ) -> None:
+        """Mark each one's process restart held (audited `held` once, with `detail`); it
+        stays due. A claim clears the hold."""
+        ...
+
+    async def approve(self, instance_id: str, actor: str) -> Incident | None:
+        """Let the next process restart of the instance's open incident through the blast
+        radius once (audited `approved`); None when it has no open incident."""
+        ...
+
+    async def host_restarted_all(
+        self,
+        hosted: Sequence[Incident],
+        not_before: datetime,
+        now: datetime,
+        detail: Mapping[str, Any],
+    ) -> None:
+        """Audit `host_restarted` on each, whose next attempt then waits until
+        `not_before`; committed together."""
+        ...
+
     async def mark_flapping_all(
         self, flapping: Sequence[tuple[Incident, int]], now: datetime
     ) -> None:
@@ -281,6 +314,12 @@ class FleetState(Protocol):
     async def forget_restart(self, process: str, at: datetime) -> None:
         """A recorded restart that did not go out after all: it spends no budget."""
         ...
+
+    async def hosts(self) -> dict[str, HostRecord]:
+        """The processes hosting instances as last seen, by process."""
+        ...
+
+    async def record_host(self, record: HostRecord) -> None: ...
 
     async def brake(self) -> dict[str, Any] | None: ...
 

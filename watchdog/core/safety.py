@@ -19,6 +19,7 @@ class SafetyRules:
     flapping_window: float = 3600.0
     brake_min_unhealthy: int = 2
     brake_fraction: float = 0.5
+    collateral_fraction: float = 0.5  # 1.0: a process restart is never held
 
 
 def brake_engaged(unhealthy: int, monitored: int, rules: SafetyRules) -> bool:
@@ -27,6 +28,15 @@ def brake_engaged(unhealthy: int, monitored: int, rules: SafetyRules) -> bool:
     if monitored <= 0 or unhealthy <= rules.brake_min_unhealthy:
         return False
     return unhealthy >= rules.brake_fraction * monitored
+
+
+def blast_radius_holds(healthy: int, monitored: int, rules: SafetyRules) -> bool:
+    """A process restart would take down more healthy instances than the share it may:
+    more than `collateral_fraction` of the monitored instances the process hosts are
+    healthy. At 1.0 nothing is ever held."""
+    if rules.collateral_fraction >= 1.0 or monitored <= 0:
+        return False
+    return healthy > rules.collateral_fraction * monitored
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from watchdog.config import Settings, bearer_token
 from watchdog.core.errors import StoreUnavailable
 from watchdog.core.model import AuditRow
 from watchdog.daemon.health import HealthServer
-from watchdog.daemon.jobs import alert_jobs, reconcile_job, retention_jobs
+from watchdog.daemon.jobs import alert_jobs, hosts_job, reconcile_job, retention_jobs
 from watchdog.daemon.leadership import Leadership, NodeIdentity
 from watchdog.daemon.loop import Daemon, StopSignals, run_once
 from watchdog.daemon.metrics import Metrics
@@ -96,6 +96,7 @@ async def _run(
                 max_concurrent_actions=settings.daemon.max_concurrent_actions,
                 guards=guards,
                 breakers=breakers,
+                hosts=wiring.hosts(runtime, recoveries),
                 fence=leadership.fence,
                 owner=me.node_id,
                 live=live,
@@ -109,6 +110,7 @@ async def _run(
             gc.freeze()
             if not dry_run:
                 jobs.append(reconcile_job(reconciler, leadership, settings.detection.interval))
+                jobs.append(hosts_job(engine, leadership, settings.detection.interval))
                 jobs.extend(retention_jobs(runtime, leadership, signals))
             daemon = Daemon(
                 engine,

@@ -6,6 +6,8 @@ guarded there, so a failing job is logged and tried again at its next turn.
   outbox, exactly once; the outbox to the sinks.
 - `reconcile` (the leader, every interval): intents left to a node that may still record
   them, looked at again.
+- `hosts` (the leader, every interval): restarts of the processes hosting open incidents
+  that this watchdog did not make, audited on the instances they host.
 - `retention` (the leader, hourly and soon after taking the lead): history past
   `[retention]` deleted.
 """
@@ -22,6 +24,7 @@ from watchdog import wiring
 from watchdog.daemon.leadership import Leadership
 from watchdog.daemon.loop import SideJob, StopSignals
 from watchdog.daemon.reconcile import IntentReconciler
+from watchdog.engine.cycle import Engine
 from watchdog.wiring import Runtime
 
 RETENTION_EVERY = 3600.0  # seconds between retention runs of the leader
@@ -60,6 +63,16 @@ def reconcile_job(reconciler: IntentReconciler, leadership: Leadership, every: f
             await reconciler.recheck()
 
     return SideJob("reconcile", max(every, 1.0), recheck)
+
+
+def hosts_job(engine: Engine, leadership: Leadership, every: float) -> SideJob:
+    """The leader looks for restarts it did not make of the processes it watches."""
+
+    async def watch() -> None:
+        if leadership.is_leader:
+            await engine.watch_hosts()
+
+    return SideJob("hosts", max(every, 1.0), watch)
 
 
 def retention_jobs(runtime: Runtime, leadership: Leadership, signals: StopSignals) -> list[SideJob]:

@@ -40,6 +40,7 @@ from watchdog.engine.breakers import BackendBreakers
 from watchdog.engine.dispatch import Dispatcher, ready
 from watchdog.engine.dry_run import DryRun
 from watchdog.engine.guards import Guards
+from watchdog.engine.hosts import Hosts
 from watchdog.engine.report import CycleReport
 from watchdog.observability import get_logger
 
@@ -61,6 +62,7 @@ class Engine:
         timeout_margin: float = 2.0,
         guards: Guards | None = None,
         breakers: BackendBreakers | None = None,
+        hosts: Hosts | None = None,
         fence: Callable[[], Awaitable[bool]] | None = None,
         owner: str | None = None,
         live: set[int] | None = None,
@@ -72,12 +74,14 @@ class Engine:
         self._jitter = jitter
         self._guards = guards or Guards(ledger, None, SafetyRules(), startup_grace=False)
         self._breakers = breakers
+        self._hosts = hosts
         self._dispatch = Dispatcher(
             ledger,
             recoveries,
             clock,
             self._guards,
             breakers=breakers,
+            hosts=hosts,
             fence=fence,
             owner=owner,
             live=live,
@@ -113,6 +117,13 @@ class Engine:
         except StoreError as exc:
             log.warning("breakers_not_saved", error=str(exc))
 
+    async def watch_hosts(self) -> int:
+        """Look for restarts of the processes hosting open incidents that this watchdog
+        did not make (a side job of the leader); returns how many were seen."""
+        if self._hosts is None or self._dry_run is not None:
+            return 0
+        return await self._hosts.poll(await self._instances.now())
+
     def database_lost(self) -> None:
         """The database did not answer: no action until it is back, then a grace."""
         self._guards.database_lost()
@@ -129,6 +140,8 @@ class Engine:
             await self._guards.record_grace(scan.now, after_start=self._first_cycle)
         self._first_cycle = False
         self._guards.new_cycle()
+        if self._hosts is not None:
+            self._hosts.new_cycle(scan.findings)
         in_grace = self._guards.in_grace(scan.now)
         state = await self._ledger.load_state(scan.now, scan.ledger_revision)
         incidents = state.incidents

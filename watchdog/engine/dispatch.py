@@ -18,11 +18,12 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from watchdog.core.errors import InvalidTarget, RecoveryError, StoreError, WatchdogError
-from watchdog.core.model import Action, AuditAction, Incident, Outcome, Target
+from watchdog.core.model import Action, ActionResult, AuditAction, Incident, Outcome, Target
 from watchdog.core.policy import Act
 from watchdog.core.ports import BATCH, Claim, Clock, Finished, Ledger, NewAudit, Recovery
 from watchdog.engine.breakers import BackendBreakers
 from watchdog.engine.guards import Guards
+from watchdog.engine.hosts import Hosts
 from watchdog.engine.outcomes import OutcomeWriter
 from watchdog.engine.report import CycleReport
 
@@ -56,6 +57,8 @@ class _Admitted:
     group: Group
     jobs: list[_Job]
     budgeted: bool  # holds a place in the restart budget until its claims settle
+    shared: dict[str, Any] | None = None  # the process restart it follows: no call of its own
+    approved_by: str | None = None  # an operator let it through the blast radius
 
 
 class Dispatcher:
@@ -67,6 +70,7 @@ class Dispatcher:
         guards: Guards,
         *,
         breakers: BackendBreakers | None = None,
+        hosts: Hosts | None = None,
         fence: Callable[[], Awaitable[bool]] | None = None,
         owner: str | None = None,
         live: set[int] | None = None,
@@ -78,6 +82,7 @@ class Dispatcher:
         self._clock = clock
         self._guards = guards
         self._breakers = breakers
+        self._hosts = hosts
         # Asked before every action: is this node still the leader? (None: single node.)
         self._fence = fence
         # This node, named in every intent row: a new leader leaves the intents of a
@@ -156,23 +161,49 @@ class Dispatcher:
     async def _admit(
         self, group: Group, acts: list[Act], incidents: Mapping[str, Incident], now: datetime
     ) -> _Admitted | None:
-        """The group's jobs, unless the restart budget holds it back."""
+        """The group's jobs, unless the blast radius or the restart budget holds it back.
+        A process restart within the settle of the last one shares it: no call, no budget."""
         members = [incidents[a.instance_id] for a in acts]
+        jobs = [_Job(i, a, 0.0) for i, a in zip(members, acts, strict=True)]
+        restart = group.action is Action.PROCESS_RESTART and group.keyed
+        shared, approved_by = None, None
+        if restart and self._hosts is not None:
+            last = await self._guards.last_restart(group.key, now)
+            shared = await self._hosts.shared(group.key, last, now)
+            if shared is None:
+                held = await self._hosts.blast_radius(group.key)
+                approved_by = next((m.approved_by for m in members if m.approved_by), None)
+                if held is not None and approved_by is None:
+                    await self._hold(members, held, now)
+                    return None
+        if shared is not None:
+            return _Admitted(group, jobs, budgeted=False, shared=shared)
         # A restart that an open breaker will skip spends no restart budget.
-        budgeted = (
-            group.action is Action.PROCESS_RESTART
-            and group.keyed
-            and not (self._breakers is not None and self._breakers.refuses(group.action, now))
+        budgeted = restart and not (
+            self._breakers is not None and self._breakers.refuses(group.action, now)
         )
         if budgeted and not await self._guards.admit_restart(group.key, members, now):
             return None
-        jobs = [_Job(i, a, 0.0) for i, a in zip(members, acts, strict=True)]
-        return _Admitted(group, jobs, budgeted)
+        return _Admitted(group, jobs, budgeted, approved_by=approved_by)
+
+    async def _hold(self, members: list[Incident], held: dict[str, Any], now: datetime) -> None:
+        """Held by the blast radius: audited (and alerted) once per incident; it stays due,
+        so each cycle weighs it again until the radius shrinks or an operator approves."""
+        new = [m for m in members if m.held is None]
+        if new:
+            await self._ledger.hold_all(new, now, held)
+            log.warning(
+                "restart of %s held: %d of %d instances it hosts are healthy; "
+                "`watchdogctl approve ID` lets one through",
+                held["process"],
+                held["healthy"],
+                held["monitored"],
+            )
 
     async def _claim_and_launch(
         self, chunk: Sequence[_Admitted], report: CycleReport, now: datetime, mono0: float
     ) -> None:
-        claims = [self._claim(job, now, a.group) for a in chunk for job in a.jobs]
+        claims = [self._claim(job, now, a) for a in chunk for job in a.jobs]
         results = iter(await self._ledger.begin_actions(claims, now))
         claimed = [(admitted, _won(admitted.jobs, results)) for admitted in chunk]
         retried = [job for _admitted, won in claimed for job in won if job.act.retry]
@@ -182,12 +213,14 @@ class Dispatcher:
             mono = self._clock.monotonic()
             won = [replace(job, started_mono=mono) for job in won]
             action = admitted.group.action
-            skip = self._skip(action, now) if won else None
+            skip = (admitted.shared or self._skip(action, now)) if won else None
             await self._settle_budget(admitted, won if skip is None else [], now)
             if won:
                 self._live.update(j.intent_id for j in won if j.intent_id is not None)
                 counted = admitted.group.key if admitted.budgeted and skip is None else None
-                self._launch(action, won, now, mono0, skip, counted)
+                restarting = action is Action.PROCESS_RESTART and admitted.group.keyed
+                host = admitted.group.key if restarting and skip is None else None
+                self._launch(action, won, now, mono0, skip, counted, host)
             report.actions += [(j.act.instance_id, j.act.action, j.act.attempt) for j in won]
 
     async def _settle_budget(self, admitted: _Admitted, calling: list[_Job], now: datetime) -> None:
@@ -207,14 +240,18 @@ class Dispatcher:
             return None
         return {"reason": "circuit_open", "breaker": self._breakers.name(action)}
 
-    def _claim(self, job: _Job, now: datetime, group: Group) -> Claim:
-        act = job.act
+    def _claim(self, job: _Job, now: datetime, admitted: _Admitted) -> Claim:
+        act, group = job.act, admitted.group
         restart = act.action is Action.PROCESS_RESTART and group.keyed
         detail: dict[str, Any] = {"target": group.key} if restart else {}
         if self._owner is not None:
             detail["node"] = self._owner
         if act.retry:
             detail["exhausted_retry"] = True
+        if admitted.shared is not None:
+            detail["shared"] = True
+        elif admitted.approved_by is not None and job.incident.approved_by is not None:
+            detail["approved_by"] = job.incident.approved_by  # spent by this claim
         return Claim(
             job.incident,
             act.attempt,
@@ -231,12 +268,16 @@ class Dispatcher:
         mono0: float,
         skip: dict[str, Any] | None = None,
         counted: str | None = None,
+        host: str | None = None,
     ) -> None:
         """Run one group's shared recovery call (or, given `skip`, record it skipped) as a
         task; its instances are busy until the outcome is on record. `counted`: the
-        process whose restart budget this call was counted against."""
+        process whose restart budget this call was counted against; `host`: the process
+        this call restarts."""
         self._busy.update(job.act.instance_id for job in jobs)
-        task = asyncio.create_task(self._run_group(action, jobs, now, mono0, skip, counted))
+        if host is not None and self._hosts is not None:
+            self._hosts.begin(host)
+        task = asyncio.create_task(self._run_group(action, jobs, now, mono0, skip, counted, host))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -254,29 +295,17 @@ class Dispatcher:
         mono0: float,
         skip: dict[str, Any] | None,
         counted: str | None = None,
+        host: str | None = None,
     ) -> None:
         try:
-            if skip is not None:
-                outcome, detail = Outcome.SKIPPED, skip
-            else:
-                async with self._slots:
-                    if await self._still_leading():
-                        outcome, detail = await self._call(action, members[0])
-                    else:
-                        outcome, detail = Outcome.SKIPPED, {"reason": "lost_leadership"}
-                        if counted is not None:  # never went out: no budget spent
-                            await self._guards.restart_unsent(counted, now)
-            if (
-                self._breakers is not None
-                and outcome in (Outcome.OK, Outcome.FAILED)
-                and not detail.get("invalid_target")
-            ):
-                at = now + timedelta(seconds=self._clock.monotonic() - mono0)
-                error = str(detail.get("error", ""))
-                await self._breakers.record(action, outcome is Outcome.OK, at, error)
+            outcome, detail, result = await self._attempt(action, members[0], now, skip, counted)
+            await self._record_breaker(action, outcome, detail, now, mono0)
             if len(members) > 1:
                 detail = {**detail, "shared_with": [m.act.instance_id for m in members]}
-            await self._finish(members, outcome, detail, now, mono0)
+            finished_at = await self._finish(members, outcome, detail, now, mono0)
+            if host is not None and self._hosts is not None and result is not None:
+                hosted = [m.act.instance_id for m in members]
+                await self._hosts.restarted(host, members[0].incident, hosted, result, finished_at)
         except StoreError as exc:
             ids = ", ".join(m.act.instance_id for m in members)
             log.error(
@@ -288,30 +317,69 @@ class Dispatcher:
                 exc,
             )
         finally:
+            if host is not None and self._hosts is not None:
+                self._hosts.end(host)
             for job in members:
                 self._busy.discard(job.act.instance_id)
                 if job.intent_id is not None:
                     self._live.discard(job.intent_id)
 
-    async def _call(self, action: Action, job: _Job) -> tuple[Outcome, dict[str, Any]]:
+    async def _attempt(
+        self,
+        action: Action,
+        lead: _Job,
+        now: datetime,
+        skip: dict[str, Any] | None,
+        counted: str | None,
+    ) -> tuple[Outcome, dict[str, Any], ActionResult | None]:
+        """The call, made while this node still leads (given `skip`: no call)."""
+        if skip is not None:
+            return Outcome.SKIPPED, skip, None
+        async with self._slots:
+            if await self._still_leading():
+                return await self._call(action, lead)
+        if counted is not None:  # never went out: no budget spent
+            await self._guards.restart_unsent(counted, now)
+        return Outcome.SKIPPED, {"reason": "lost_leadership"}, None
+
+    async def _record_breaker(
+        self, action: Action, outcome: Outcome, detail: dict[str, Any], now: datetime, mono0: float
+    ) -> None:
+        """What the backend answered teaches its breaker (a target it was never asked
+        about does not)."""
+        if (
+            self._breakers is None
+            or outcome not in (Outcome.OK, Outcome.FAILED)
+            or detail.get("invalid_target")
+        ):
+            return
+        at = now + timedelta(seconds=self._clock.monotonic() - mono0)
+        error = str(detail.get("error", ""))
+        await self._breakers.record(action, outcome is Outcome.OK, at, error)
+
+    async def _call(
+        self, action: Action, job: _Job
+    ) -> tuple[Outcome, dict[str, Any], ActionResult | None]:
         recovery = self._recoveries.get(action)
         if recovery is None:
-            return Outcome.FAILED, {"error": f"no backend configured for {action}"}
+            return Outcome.FAILED, {"error": f"no backend configured for {action}"}, None
         target = Target(job.act.instance_id, job.act.finding.process)
         try:
             async with asyncio.timeout(recovery.timeout + self._timeout_margin):
                 result = await recovery.recover(target)
         except TimeoutError:
             limit = recovery.timeout + self._timeout_margin
-            return Outcome.FAILED, {"error": f"timed out after {limit:g}s", "transient": True}
+            failed = {"error": f"timed out after {limit:g}s", "transient": True}
         except InvalidTarget as exc:  # nothing was asked of the backend: not its failure
-            return Outcome.FAILED, {"error": str(exc), "transient": False, "invalid_target": True}
+            failed = {"error": str(exc), "transient": False, "invalid_target": True}
         except WatchdogError as exc:
-            return Outcome.FAILED, {"error": str(exc), "transient": exc.transient}
+            failed = {"error": str(exc), "transient": exc.transient}
         except Exception as exc:  # an adapter bug must still leave an outcome row
             log.exception("recovery %s crashed (a bug in its adapter)", action)
-            return Outcome.FAILED, {"error": f"{type(exc).__name__}: {exc}", "unexpected": True}
-        return Outcome.OK, dict(result.detail)
+            failed = {"error": f"{type(exc).__name__}: {exc}", "unexpected": True}
+        else:
+            return Outcome.OK, dict(result.detail), result
+        return Outcome.FAILED, failed, None
 
     async def _finish(
         self,
@@ -320,8 +388,9 @@ class Dispatcher:
         detail: dict[str, Any],
         now: datetime,
         mono0: float,
-    ) -> None:
-        """Record the outcome of each job's attempt; returns once it is committed."""
+    ) -> datetime:
+        """Record the outcome of each job's attempt; returns once it is committed, with
+        the time it finished."""
         finished_mono = self._clock.monotonic()
         finished_at = now + timedelta(seconds=finished_mono - mono0)
         await self._outcomes.write(
@@ -339,6 +408,7 @@ class Dispatcher:
                 for job in jobs
             ]
         )
+        return finished_at
 
 
 def ready(

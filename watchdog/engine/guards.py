@@ -144,6 +144,15 @@ class Guards:
         log.warning("restart of %s suppressed until %s: budget spent", process, returns_at)
         return False
 
+    async def last_restart(self, process: str, now: datetime) -> datetime | None:
+        """When this watchdog last started a restart of `process` (claimed, or admitted
+        this cycle), as far back as the budgets look."""
+        if self._fleet is None:
+            return None
+        return max(
+            (r.at for r in await self._restart_history(now) if r.process == process), default=None
+        )
+
     async def restart_claimed(
         self, process: str, instance_ids: Sequence[str], now: datetime
     ) -> None:

@@ -1,5 +1,6 @@
 """Fleet-wide state of the watchdog: the process restarts it started (for the restart
-budgets) and the mass-failure brake. Brake changes are audited in the same transaction.
+budgets), the processes hosting instances as last seen, and the mass-failure brake.
+Brake changes are audited in the same transaction.
 """
 
 from __future__ import annotations
@@ -11,12 +12,20 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from watchdog.core.model import FLEET, AuditAction, AuditRow, Outcome
+from watchdog.core.model import (
+    FLEET,
+    AuditAction,
+    AuditRow,
+    Generation,
+    HostRecord,
+    Outcome,
+    RestartedBy,
+)
 from watchdog.core.ports import NewAudit
 from watchdog.core.safety import Restart
-from watchdog.store.database import Database
+from watchdog.store.database import Database, as_utc
 from watchdog.store.ledger import SqlLedger
-from watchdog.store.schema import flags, restarts
+from watchdog.store.schema import flags, hosts, restarts
 
 BRAKE = "brake"
 UNJUDGEABLE = "unjudgeable"
@@ -48,6 +57,35 @@ class SqlFleetState:
         )
         async with self._db.begin("forget restart") as conn:
             await conn.execute(sa.delete(restarts).where(restarts.c.id == one))
+
+    async def hosts(self) -> dict[str, HostRecord]:
+        async with self._db.connect("read hosts") as conn:
+            rows = (await conn.execute(sa.select(hosts))).all()
+        return {
+            r.process: HostRecord(
+                r.process,
+                Generation(r.pid, r.started),
+                as_utc(r.seen_at),
+                None if r.restarted_at is None else as_utc(r.restarted_at),
+                None if r.restarted_by is None else RestartedBy(r.restarted_by),
+                r.incident_id,
+            )
+            for r in rows
+        }
+
+    async def record_host(self, record: HostRecord) -> None:
+        values = {
+            "process": record.process,
+            "pid": record.generation.pid,
+            "started": record.generation.started,
+            "seen_at": record.seen_at,
+            "restarted_at": record.restarted_at,
+            "restarted_by": None if record.restarted_by is None else str(record.restarted_by),
+            "incident_id": record.incident_id,
+        }
+        async with self._db.begin("record host") as conn:
+            await conn.execute(sa.delete(hosts).where(hosts.c.process == record.process))
+            await conn.execute(sa.insert(hosts).values(values))
 
     async def brake(self) -> dict[str, Any] | None:
         """The brake's last recorded state: {"engaged": bool, ...} or None if never set."""

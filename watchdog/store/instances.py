@@ -255,6 +255,28 @@ class SqlInstanceStore:
         healthy = max(0, monitored - unhealthy - unjudgeable_monitored)
         return Census(rows, monitored, healthy, unhealthy, disabled, ignored, unjudgeable)
 
+    async def monitored_by_process(self) -> dict[str | None, tuple[int, int]]:
+        """The monitored rows by their process column: (monitored, judgeable) each, one
+        pass. Without a process column every row counts under None."""
+        t, m = self._tests, self._map
+        process = self._tests.sql.text(self._col(m.process)) if m.process else sa.null()
+        query = (
+            sa.select(
+                process.label("process"),
+                sa.func.count(),
+                sa.func.count().filter(sa.not_(sa.func.coalesce(t.unjudgeable(), sa.false()))),
+            )
+            .select_from(self._table)
+            .where(t.monitored())
+            .group_by(process)
+        )
+        async with self._db.connect("instances by process") as conn:
+            rows = (await conn.execute(query, self._sql.params(datetime.now(UTC)))).all()
+        return {
+            (None if p is None else str(p)): (int(monitored), int(judgeable))
+            for p, monitored, judgeable in rows
+        }
+
     async def inspect_row(self, instance_id: str) -> RowFacts | None:
         """One row read now, or None when the table has no such id."""
         m, t, sql = self._map, self._tests, self._sql

@@ -8,6 +8,7 @@ event on stdout).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
@@ -171,8 +172,17 @@ class SqlLedger(AuditTrail):
         exhausted, opened = str(IncidentState.EXHAUSTED), str(IncidentState.OPEN)
         claimed = self._db.rows(
             "claims",
-            {"id": sa.Integer(), "prev": sa.Integer(), "action": sa.Text(), "due": UtcDateTime()},
-            [(c.incident.id, c.attempt - 1, str(c.action), c.retry_at) for c in claims],
+            {
+                "id": sa.Integer(),
+                "prev": sa.Integer(),
+                "action": sa.Text(),
+                "due": UtcDateTime(),
+                "approved": sa.Integer(),
+            },
+            [
+                (c.incident.id, c.attempt - 1, str(c.action), c.retry_at, int(c.spends_approval))
+                for c in claims
+            ],
         )
         update = (
             sa.update(incidents)
@@ -185,6 +195,8 @@ class SqlLedger(AuditTrail):
                 next_action_at=claimed.c.due,
                 updated_at=now,
                 state=sa.case((incidents.c.state == exhausted, exhausted), else_=opened),
+                held=None,  # the attempt goes on: nothing holds it any more
+                approved_by=sa.case((claimed.c.approved == 1, None), else_=incidents.c.approved_by),
             )
             .returning(incidents.c.id)
         )
@@ -345,6 +357,7 @@ class SqlLedger(AuditTrail):
             .values(
                 state=sa.case((incidents.c.state == exhausted, exhausted), else_=suppressed),
                 next_action_at=until,
+                held=None,  # the budget holds it now
                 updated_at=now,
             )
         )
@@ -359,6 +372,98 @@ class SqlLedger(AuditTrail):
             for i in held
         ]
         await self._change_all("suppress incidents", update, audits, now)
+
+    async def hold_all(
+        self, held: Sequence[Incident], now: datetime, detail: Mapping[str, Any]
+    ) -> None:
+        """Mark each one's process restart held (audited once: one already held is left
+        as it is); it stays due, so the next cycles weigh it again."""
+        if not held:
+            return
+        targets = self._db.rows(
+            "holding",
+            {"id": sa.Integer(), "attempt": sa.Integer()},
+            [(i.id, i.attempt) for i in held],
+        )
+        update = (
+            sa.update(incidents)
+            .where(incidents.c.id == targets.c.id)
+            .where(incidents.c.attempt == targets.c.attempt)
+            .where(incidents.c.state.in_(OPEN_STATES))
+            .where(incidents.c.held.is_(None))
+            .values(held=json.dumps(dict(detail), sort_keys=True), updated_at=now)
+        )
+        audits = [
+            (
+                i.id,
+                incident_audit(
+                    i, AuditAction.HELD, detail, outcome=Outcome.SKIPPED, attempt=i.attempt + 1
+                ),
+            )
+            for i in held
+        ]
+        await self._change_all("hold restarts", update, audits, now)
+
+    async def approve(self, instance_id: str, actor: str) -> Incident | None:
+        """Let the next process restart of the instance's open incident through the blast
+        radius, once (audited `approved` with `actor`); None when it has no open incident."""
+        open_one = sa.and_(
+            incidents.c.instance_id == instance_id, incidents.c.state.in_(OPEN_STATES)
+        )
+        async with self._db.begin("approve restart") as conn:
+            now = await self._db.read_now(conn)
+            update = (
+                sa.update(incidents)
+                .where(open_one)
+                .values(approved_by=actor, updated_at=now)
+                .returning(*INCIDENT_COLUMNS)
+            )
+            row = (await conn.execute(update)).first()
+            if row is None:
+                return None
+            incident = incident_from(row)
+            detail = {"held": dict(incident.held) if incident.held else None}
+            spec = incident_audit(incident, AuditAction.APPROVED, detail, actor=actor)
+            written = await self.insert_audit(conn, now, spec)
+            await bump(conn)
+        self._emit(written)
+        return incident
+
+    async def host_restarted_all(
+        self,
+        hosted: Sequence[Incident],
+        not_before: datetime,
+        now: datetime,
+        detail: Mapping[str, Any],
+    ) -> None:
+        """The process hosting each restarted: audited `host_restarted`, and its next
+        attempt waits until `not_before` (the process's settle). An exhausted incident
+        never to be retried again is not given a retry."""
+        if not hosted:
+            return
+        targets = self._db.rows("hosted", {"id": sa.Integer()}, [(i.id,) for i in hosted])
+        later = sa.or_(
+            incidents.c.next_action_at.is_(None), incidents.c.next_action_at < not_before
+        )
+        never = sa.and_(
+            incidents.c.state == str(IncidentState.EXHAUSTED),
+            incidents.c.next_action_at.is_(None),
+        )
+        update = (
+            sa.update(incidents)
+            .where(incidents.c.id == targets.c.id)
+            .where(incidents.c.state.in_(OPEN_STATES))
+            .values(
+                next_action_at=sa.case(
+                    (never, None),
+                    (later, sa.literal(not_before, UtcDateTime())),
+                    else_=incidents.c.next_action_at,
+                ),
+                updated_at=now,
+            )
+        )
+        audits = [(i.id, incident_audit(i, AuditAction.HOST_RESTARTED, detail)) for i in hosted]
+        await self._change_all("host restarted", update, audits, now)
 
     async def mark_flapping_all(
         self, flapping: Sequence[tuple[Incident, int]], now: datetime

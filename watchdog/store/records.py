@@ -114,6 +114,8 @@ INCIDENT_COLUMNS = (
     incidents.c.last_action,
     incidents.c.process,
     incidents.c.flapping,
+    incidents.c.held,
+    incidents.c.approved_by,
 )
 # Dict lookups: an Enum call costs about twenty times as much.
 _REASONS = {str(r): r for r in Reason}
@@ -122,7 +124,8 @@ _ACTIONS = {str(a): a for a in Action}
 
 
 def incident_from(row: Sequence[Any]) -> Incident:
-    (id_, instance_id, reason, state, attempt, opened, next_at, closed, last, process, flap) = row
+    (id_, instance_id, reason, state, attempt, opened, next_at, closed) = row[:8]
+    last, process, flap, held, approved_by = row[8:]
     return Incident(
         id_,
         instance_id,
@@ -135,6 +138,8 @@ def incident_from(row: Sequence[Any]) -> Incident:
         _ACTIONS[last] if last else None,
         process,
         bool(flap),
+        json.loads(held) if held else None,
+        approved_by,
     )
 
 

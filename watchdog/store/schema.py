@@ -57,6 +57,8 @@ incidents = sa.Table(
     sa.Column("next_action_at", UtcDateTime),
     sa.Column("closed_at", UtcDateTime),
     sa.Column("flapping", sa.Boolean, nullable=False, default=False),
+    sa.Column("held", sa.Text),  # JSON: why its process restart is held
+    sa.Column("approved_by", sa.Text),  # who let one held process restart through
 )
 
 audit = sa.Table(
@@ -112,6 +114,19 @@ restarts = sa.Table(
     sa.Column("process", sa.Text, nullable=False),
     sa.Column("at", UtcDateTime, nullable=False),
     sa.Column("instances", sa.Text, nullable=False),
+)
+
+# The processes hosting instances, as last seen: a new generation is a restart.
+hosts = sa.Table(
+    "watchdog_hosts",
+    metadata,
+    sa.Column("process", sa.Text, primary_key=True),
+    sa.Column("pid", sa.Integer),
+    sa.Column("started", sa.Float),
+    sa.Column("seen_at", UtcDateTime, nullable=False),
+    sa.Column("restarted_at", UtcDateTime),
+    sa.Column("restarted_by", sa.Text),
+    sa.Column("incident_id", sa.Integer),
 )
 
 flags = sa.Table(

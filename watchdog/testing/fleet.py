@@ -10,6 +10,7 @@ from watchdog.core.model import (
     FLEET,
     AuditAction,
     AuditRow,
+    HostRecord,
     Outcome,
 )
 from watchdog.core.ports import (
@@ -31,6 +32,7 @@ class MemoryFleetState:
         self.brake_state: dict[str, Any] | None = None
         self.unjudgeable_state: dict[str, Any] | None = None
         self.grace_state: dict[str, Any] | None = None
+        self.hosts_seen: dict[str, HostRecord] = {}
 
     async def recent_restarts(self, since: datetime) -> list[Restart]:
         return [r for r, _ids in self.restarts if r.at >= since]
@@ -43,6 +45,12 @@ class MemoryFleetState:
             if self.restarts[n][0] == Restart(process, at):
                 del self.restarts[n]
                 return
+
+    async def hosts(self) -> dict[str, HostRecord]:
+        return dict(self.hosts_seen)
+
+    async def record_host(self, record: HostRecord) -> None:
+        self.hosts_seen[record.process] = record
 
     async def brake(self) -> dict[str, Any] | None:
         return self.brake_state

@@ -120,6 +120,14 @@ class MemoryInstanceStore:
                 result[instance_id] = why
         return result
 
+    async def monitored_by_process(self) -> dict[str | None, tuple[int, int]]:
+        counts: dict[str | None, tuple[int, int]] = {}
+        for r in self.instances.values():
+            if r.enabled and r.status not in self.rules.ignored_statuses:
+                monitored, judgeable = counts.get(r.process, (0, 0))
+                counts[r.process] = (monitored + 1, judgeable + 1)
+        return counts
+
     async def now(self) -> datetime:
         return self.clock.now
 

@@ -127,12 +127,15 @@ class MemoryLedger:
         if current.attempt != attempt - 1:
             return None
         exhausted = current.state is IncidentState.EXHAUSTED  # a retry leaves it so
+        approval = None if detail and detail.get("approved_by") else current.approved_by
         self.incidents[incident.id] = replace(
             current,
             attempt=attempt,
             last_action=action,
             next_action_at=retry_at,
             state=IncidentState.EXHAUSTED if exhausted else IncidentState.OPEN,
+            held=None,
+            approved_by=approval,
         )
         spec = _row(incident, AuditAction(str(action)), Outcome.STARTED, attempt, detail or {})
         return self._write(now, spec).id
@@ -234,10 +237,54 @@ class MemoryLedger:
                 continue
             exhausted = current.state is IncidentState.EXHAUSTED  # a held retry stays so
             state = IncidentState.EXHAUSTED if exhausted else IncidentState.SUPPRESSED
-            self.incidents[incident.id] = replace(current, state=state, next_action_at=until)
+            self.incidents[incident.id] = replace(
+                current, state=state, next_action_at=until, held=None
+            )
             full = {**detail, "until": until.isoformat()}
             attempt = incident.attempt + 1
             self._write(now, _row(incident, AuditAction.SUPPRESSED, Outcome.SKIPPED, attempt, full))
+
+    async def hold_all(
+        self, held: Sequence[Incident], now: datetime, detail: Mapping[str, Any]
+    ) -> None:
+        for incident in held:
+            current = self.incidents.get(incident.id)
+            if current is None or current.state not in OPEN_STATES or current.held is not None:
+                continue
+            if current.attempt != incident.attempt:
+                continue
+            self.incidents[incident.id] = replace(current, held=_stored(detail))
+            attempt = incident.attempt + 1
+            self._write(now, _row(incident, AuditAction.HELD, Outcome.SKIPPED, attempt, detail))
+
+    async def approve(self, instance_id: str, actor: str) -> Incident | None:
+        current = (await self.load_open()).get(instance_id)
+        if current is None:
+            return None
+        approved = replace(current, approved_by=actor)
+        self.incidents[current.id] = approved
+        detail = {"held": dict(current.held) if current.held else None}
+        spec = _row(current, AuditAction.APPROVED, Outcome.OK, current.attempt, detail)
+        self._write(self.clock.now, replace(spec, actor=actor))
+        return approved
+
+    async def host_restarted_all(
+        self,
+        hosted: Sequence[Incident],
+        not_before: datetime,
+        now: datetime,
+        detail: Mapping[str, Any],
+    ) -> None:
+        for incident in hosted:
+            current = self.incidents.get(incident.id)
+            if current is None or current.state not in OPEN_STATES:
+                continue
+            due = current.next_action_at
+            never = current.state is IncidentState.EXHAUSTED and due is None
+            if not never and (due is None or due < not_before):
+                self.incidents[incident.id] = replace(current, next_action_at=not_before)
+            n = current.attempt
+            self._write(now, _row(incident, AuditAction.HOST_RESTARTED, Outcome.OK, n, detail))
 
     async def mark_flapping_all(
         self, flapping: Sequence[tuple[Incident, int]], now: datetime
@@ -335,6 +382,11 @@ class MemoryLedger:
         """The stored version of `incident` if it may still be acted on (open or suppressed)."""
         current = self.incidents.get(incident.id)
         return current if current and current.state in ACTIONABLE_STATES else None
+
+
+def _stored(detail: Mapping[str, Any]) -> dict[str, Any]:
+    """As a JSON column reads it back."""
+    return dict(json.loads(json.dumps(dict(detail), sort_keys=True, default=str)))
 
 
 def _row(
