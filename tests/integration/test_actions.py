@@ -12,6 +12,7 @@ import socket
 import ssl
 import stat
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -35,8 +36,8 @@ from watchdog.core.errors import (
     StoreUnavailable,
     TransientRecoveryError,
 )
-from watchdog.core.model import Action, Scan, Target
-from watchdog.core.ports import Recovery
+from watchdog.core.model import Action, Generation, Scan, Target
+from watchdog.core.ports import GenerationSource, Recovery
 from watchdog.wiring import api_tls
 
 TOKEN = "s3cr3t-t0ken-value"  # a test value, asserted never to leak
@@ -617,3 +618,208 @@ async def test_command_refuses_unsafe_names_before_running(tmp_path: Path, targe
 async def test_command_rejects_bad_templates(argv: list[str], default: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         CommandRestart(argv, default)
+
+
+# ----------------------------------------------------------------- CommandRestart: pid_command
+
+# Prints the content of the file named by its argument: the PID a process manager would.
+READ_PID = "import sys; print(open(sys.argv[1]).read())"
+# Writes its second argument into the file named by its first: a restart to that PID.
+WRITE_PID = "import sys; open(sys.argv[1], 'w').write(sys.argv[2])"
+SLEEP = [PY, "-c", "import time; time.sleep(300)"]
+
+
+@pytest.fixture
+def sleepers() -> Iterator[list[int]]:
+    """Two real processes standing in for the old and the new life of a hosted process."""
+    procs = [subprocess.Popen(SLEEP, stdin=subprocess.DEVNULL) for _ in range(2)]
+    try:
+        yield [proc.pid for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def _generation_of(pid: int) -> Generation:
+    return Generation(pid, round(psutil.Process(pid).create_time(), 2))
+
+
+def _pid_backend(tmp_path: Path, new_pid: int | str, **kwargs: Any) -> CommandRestart:
+    """A restart writing `new_pid` into `<process>.pid`, whose pid_command reads it."""
+    pidfile = str(tmp_path / "{process}.pid")
+    return CommandRestart(
+        [PY, "-c", WRITE_PID, pidfile, str(new_pid)],
+        "worker-{id}",
+        pid_command=[PY, "-c", READ_PID, pidfile],
+        **kwargs,
+    )
+
+
+async def test_pid_command_puts_old_and_new_pid_into_the_detail(
+    tmp_path: Path, sleepers: list[int]
+) -> None:
+    old, new = sleepers
+    (tmp_path / "worker-7.pid").write_text(f"{old}\n")
+    restart = _pid_backend(tmp_path, new)
+
+    result = await restart.recover(Target("7", None))
+
+    detail = dict(result.detail)
+    assert detail.pop("old_state") in (psutil.STATUS_SLEEPING, psutil.STATUS_RUNNING)
+    assert detail.pop("old_rss") > 0
+    assert detail.pop("argv")[-1] == str(new)
+    assert detail == {
+        "exit": 0,
+        "process": "worker-7",
+        "stdout": "",
+        "old_pid": old,
+        "new_pid": new,
+    }
+    assert result.generation == _generation_of(new)
+
+
+async def test_pid_command_tells_the_generation_before_and_after_a_restart(
+    tmp_path: Path, sleepers: list[int]
+) -> None:
+    old, new = sleepers
+    (tmp_path / "pool.pid").write_text(str(old))
+    restart = _pid_backend(tmp_path, new)
+    source: GenerationSource = restart
+    before = await source.generation("pool")
+    assert before == _generation_of(old)
+
+    result = await restart.recover(Target("7", "pool"))
+
+    after = await source.generation("pool")
+    assert after == result.generation == _generation_of(new)
+    assert after is not None
+    assert not after.same_as(before)
+    assert restart.pid_argv_for("pool", "7") == [PY, "-c", READ_PID, str(tmp_path / "pool.pid")]
+
+
+@pytest.mark.parametrize("output", ["0", "", "\n\n", "  0  \n"])
+async def test_pid_0_or_no_output_is_not_running(
+    tmp_path: Path, sleepers: list[int], output: str
+) -> None:
+    (tmp_path / "app.pid").write_text(output)
+    restart = _pid_backend(tmp_path, sleepers[1])
+    assert await restart.generation("app") is None
+    result = await restart.recover(Target("7", "app"))
+    assert result.detail["old_pid"] is None
+    assert "old_state" not in result.detail
+    assert result.detail["new_pid"] == sleepers[1]
+
+
+async def test_the_last_non_empty_line_is_the_pid(tmp_path: Path, sleepers: list[int]) -> None:
+    (tmp_path / "app.pid").write_text(f"[PM2] reading\n 12 \n{sleepers[0]}\n\n")
+    assert await _pid_backend(tmp_path, 1).generation("app") == _generation_of(sleepers[0])
+
+
+async def test_a_pid_that_names_no_visible_process_has_no_start(
+    tmp_path: Path, sleepers: list[int]
+) -> None:
+    gone = subprocess.Popen(SLEEP, stdin=subprocess.DEVNULL)
+    gone.kill()
+    gone.wait(timeout=5)  # reaped: its PID names no process now
+    (tmp_path / "app.pid").write_text(str(gone.pid))
+    result = await _pid_backend(tmp_path, gone.pid).generation("app")
+    assert result == Generation(gone.pid, None)
+
+
+async def test_a_failing_pid_command_is_one_line_naming_it_and_stops_the_restart(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "restarted"
+    script = "import sys; sys.stderr.write('pm2 daemon\\nnot running\\n'); sys.exit(1)"
+    restart = CommandRestart(
+        [PY, "-c", WRITE_PID, str(marker), "1"], "p", pid_command=[PY, "-c", script]
+    )
+    expected = f"[process] pid_command {PY} exited with 1: pm2 daemon not running"
+    with pytest.raises(PermanentRecoveryError) as info:
+        await restart.generation("p")
+    assert str(info.value) == expected
+    with pytest.raises(PermanentRecoveryError) as info:
+        await restart.recover(Target("w1", None))
+    assert str(info.value) == expected
+    assert not marker.exists()  # nothing was restarted without knowing the old PID
+
+
+async def test_a_pid_command_failing_after_the_restart_does_not_fail_it(tmp_path: Path) -> None:
+    pidfile = tmp_path / "app.pid"
+    pidfile.write_text("0")
+    # The "restart" removes the file the pid_command reads, which then fails.
+    remove = "import os, sys; os.remove(sys.argv[1])"
+    restart = CommandRestart(
+        [PY, "-c", remove, str(pidfile)], "p", pid_command=[PY, "-c", READ_PID, str(pidfile)]
+    )
+    result = await restart.recover(Target("w1", "app"))
+    assert result.detail["old_pid"] is None
+    assert result.detail["new_pid"] is None
+    assert result.detail["pid_error"].startswith(f"[process] pid_command {PY} exited with 1: ")
+    assert "FileNotFoundError" in result.detail["pid_error"]
+    assert result.generation is None
+
+
+@pytest.mark.parametrize("output", ["pid: 42", "-5", "12 13", "4.2"])
+async def test_pid_command_output_that_is_no_pid_is_refused(tmp_path: Path, output: str) -> None:
+    (tmp_path / "app.pid").write_text(output)
+    with pytest.raises(PermanentRecoveryError) as info:
+        await _pid_backend(tmp_path, 1).generation("app")
+    assert str(info.value) == (
+        f"[process] pid_command {PY} printed {output!r} where a PID was expected; it must "
+        "print the process's PID on its last line (0 or nothing when not running)"
+    )
+
+
+async def test_a_hanging_pid_command_is_killed_reaped_and_transient(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids"
+    restart = CommandRestart(["true"], "p", timeout=0.5, pid_command=[PY, "-c", HANG, str(pidfile)])
+    fds = _open_fds()
+    with pytest.raises(TransientRecoveryError) as info:
+        await restart.generation("p")
+    assert str(info.value) == f"[process] pid_command {PY} timed out after 0.5s and was killed"
+    await _assert_gone(*await _pids_from(pidfile))
+    assert _open_fds() == fds
+
+
+async def test_a_missing_pid_command_names_its_key(tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-such-pm2")
+    restart = CommandRestart(["true"], "p", pid_command=[missing, "pid", "{process}"])
+    with pytest.raises(PermanentRecoveryError) as info:
+        await restart.generation("p")
+    assert str(info.value) == (
+        f"cannot run {missing}: No such file or directory; check [process] pid_command"
+    )
+
+
+async def test_pid_command_refuses_unsafe_names_before_running(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    script = "import sys; open(sys.argv[1], 'w').close()"
+    restart = CommandRestart(["true"], "p", pid_command=[PY, "-c", script, str(marker)])
+    with pytest.raises(PermanentRecoveryError, match="unsafe process name"):
+        await restart.generation("--all")
+    assert not marker.exists()
+
+
+async def test_without_pid_command_there_is_no_generation() -> None:
+    restart = CommandRestart(["true"], "p")
+    assert await restart.generation("p") is None
+    assert restart.pid_argv_for("p", "i") is None
+    result = await restart.recover(Target("w1", None))
+    assert result.generation is None
+    assert "old_pid" not in result.detail
+
+
+@pytest.mark.parametrize(
+    ("pid_command", "message"),
+    [
+        (["pm2", "pid", "{name}"], r"^pid_command argument '\{name\}' has unknown placeholder"),
+        (["pm2", "{ID}"], r"\{ID\}"),
+        ([], "^pid_command argv must be a non-empty list"),
+        ("pm2 pid app", "^pid_command argv must be a non-empty list"),
+    ],
+)
+def test_pid_command_rejects_bad_templates(pid_command: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CommandRestart(["pm2", "restart", "{process}"], "p", pid_command=pid_command)

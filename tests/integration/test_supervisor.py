@@ -9,6 +9,8 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -23,8 +25,8 @@ from tests.supervisord import Supervisord, python, sleeper, supervisord
 from tests.waiting import wait_for
 from watchdog.actions.supervisor import SupervisorRestart
 from watchdog.core.errors import PermanentRecoveryError, TransientRecoveryError
-from watchdog.core.model import Action, Target
-from watchdog.core.ports import ProcessLocator, Recovery
+from watchdog.core.model import Action, Generation, Target
+from watchdog.core.ports import GenerationSource, ProcessLocator, Recovery
 
 USER, SECRET = "watchdog", "s3cr3t@sv/pass"  # asserted never to leak, nor its encoded form
 ENCODED = quote(SECRET, safe="")
@@ -46,6 +48,8 @@ def sv() -> Iterator[Supervisord]:
         "located": sleeper(),
         "viahttp": sleeper(),
         "grouped": sleeper(),
+        "lives": sleeper(),
+        "dormant": sleeper(autostart=False),
     }
     with supervisord(programs, groups={"pool": ["grouped"]}, http_auth=(USER, SECRET)) as server:
         yield server
@@ -84,6 +88,9 @@ async def test_restart_gives_a_new_running_pid_and_evidence(sv: Supervisord) -> 
     assert detail["program"] == "plain"
     assert detail["backend"] == "supervisor"
     assert detail["old_program_state"] == "RUNNING"
+    assert detail["new_started"] == sv.info("plain")["start"]
+    assert detail["new_started"] >= detail["old_started"] > 0
+    assert result.generation == Generation(new_pid, detail["new_started"])
 
 
 async def test_a_sigstopped_program_is_restarted_without_waiting_out_stopwaitsecs(
@@ -120,6 +127,7 @@ async def test_a_program_that_is_not_running_gets_started(sv: Supervisord) -> No
     result = await restart(sv).recover(Target("i-4", "idle"))
 
     assert result.detail["old_pid"] is None
+    assert result.detail["old_started"] is None
     assert result.detail["new_pid"] == sv.pid("idle")
     assert result.detail["old_program_state"] == "STOPPED"
 
@@ -277,6 +285,80 @@ async def test_locate_returns_the_running_pid(sv: Supervisord) -> None:
     assert await grouped.locate(name) == sv.pid("pool:grouped")
     missing = SupervisorRestart("unix:///tmp/wd-sv-no-such-dir/s.sock", "app")
     assert await missing.locate("app") is None
+
+
+# ----------------------------------------------------------------------- generations
+
+
+def supervisorctl(sv: Supervisord, *args: str) -> str:
+    """Run the real supervisorctl against this supervisord; its stdout."""
+    argv = [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(sv.config), *args]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+async def test_generation_is_the_pid_and_start_supervisorctl_sees(sv: Supervisord) -> None:
+    source: GenerationSource = restart(sv)
+    generation = await source.generation("lives")
+    assert generation is not None
+    assert generation.pid == int(supervisorctl(sv, "pid", "lives")) == sv.pid("lives")
+    assert generation.started == sv.info("lives")["start"] > 0
+    assert generation.same_as(await source.generation("lives"))  # asked again: the same life
+
+
+async def test_a_restart_by_someone_else_is_a_new_generation(sv: Supervisord) -> None:
+    backend = restart(sv)
+    before = await backend.generation("lives")
+    assert before is not None
+
+    supervisorctl(sv, "restart", "lives")
+
+    after = await backend.generation("lives")
+    assert after is not None
+    assert after.pid == sv.pid("lives") != before.pid
+    assert not after.same_as(before)
+    assert after.started is not None
+    assert before.started is not None
+    assert after.started >= before.started
+
+
+async def test_recover_returns_the_generation_that_follows(sv: Supervisord) -> None:
+    backend = restart(sv)
+    before = await backend.generation("lives")
+    assert before is not None
+
+    result = await backend.recover(Target("i-14", "lives"))
+
+    assert result.generation is not None
+    assert result.generation == await backend.generation("lives")
+    assert not result.generation.same_as(before)
+    assert result.detail["old_started"] == before.started
+
+
+async def test_a_program_not_running_has_no_generation(sv: Supervisord) -> None:
+    backend = restart(sv)
+    assert await backend.generation("dormant") is None  # never started
+    assert await backend.generation("crashing") is None
+
+
+async def test_generation_raises_when_supervisord_cannot_tell(sv: Supervisord) -> None:
+    with pytest.raises(PermanentRecoveryError, match="supervisord has no program 'nope'"):
+        await restart(sv).generation("nope")
+    with pytest.raises(PermanentRecoveryError, match="unsafe supervisor program"):
+        await restart(sv).generation("bad name")
+    missing = SupervisorRestart("unix:///tmp/wd-sv-no-such-dir/s.sock", "app")
+    with pytest.raises(TransientRecoveryError, match="unreachable"):
+        await missing.generation("app")
+
+
+async def test_generation_of_a_hung_supervisord_is_bounded() -> None:
+    with hung_server() as (url, _server):
+        backend = SupervisorRestart(url, "app", timeout=30.0)
+        started = time.monotonic()
+        with pytest.raises(TransientRecoveryError, match="no answer within 5s"):
+            await backend.generation("app")
+        assert time.monotonic() - started < 8
 
 
 # ----------------------------------------------------------------------- helpers

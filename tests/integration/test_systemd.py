@@ -3,11 +3,13 @@
 systemd is not PID 1 on the machines these tests run on (containers, CI), so there is no
 real service manager to restart units. Instead each test writes a small Python script named
 `systemctl` into tmp_path. It keeps its state in a JSON file next to it: the units, each
-with the PID of a REAL process the test started (so psutil evidence has something to read),
-a pool of spare processes that `restart` hands out as new main PIDs, and every argv it was
-called with. Each unit has a mode that makes `restart` misbehave the way systemctl can:
-fail with an exit code, hang, keep the same PID, leave no main process. Every process the
-tests start is killed and reaped afterwards.
+with the PID of a REAL process the test started (so psutil evidence has something to read)
+and the Unix second its main process started (printed as ExecMainStartTimestamp, in UTC,
+unless the unit gives the raw text as `stamp`), a pool of spare processes that `restart`
+hands out as new main PIDs (with a later start), and every argv it was called with. Each
+unit has a mode that makes `restart` misbehave the way systemctl can: fail with an exit
+code, hang, keep the same PID, leave no main process. Every process the tests start is
+killed and reaped afterwards.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from typing import Any
 import psutil
 import pytest
 
-from watchdog.actions.systemd import SystemdRestart
+from watchdog.actions.systemd import SystemdRestart, parse_timestamp
 from watchdog.core.errors import PermanentRecoveryError, RecoveryError, TransientRecoveryError
-from watchdog.core.model import Action, Target
-from watchdog.core.ports import ProcessLocator, Recovery
+from watchdog.core.model import Action, Generation, Target
+from watchdog.core.ports import GenerationSource, ProcessLocator, Recovery
 
 PY = sys.executable
 SLEEPER = [PY, "-c", "import time; time.sleep(300)"]
@@ -71,8 +73,14 @@ if mode == "show-fails":
     sys.exit(1)
 if verb == "show":
     # Real systemctl prints LoadState=not-found and MainPID=0 for a unit it does not know,
-    # and orders the properties its own way, not as asked.
-    print("MainPID=%d" % (spec["pid"] if spec else 0))
+    # an empty ExecMainStartTimestamp for one without a main process, and orders the
+    # properties its own way, not as asked.
+    pid = spec["pid"] if spec else 0
+    stamp = ""
+    if pid:
+        stamp = time.strftime("%a %Y-%m-%d %H:%M:%S UTC", time.gmtime(spec["started"]))
+    print("MainPID=%d" % pid)
+    print("ExecMainStartTimestamp=" + (spec.get("stamp", stamp) if spec else ""))
     print("LoadState=" + (spec.get("load", "loaded") if spec else "not-found"))
     sys.exit(0)
 if verb != "restart":
@@ -87,6 +95,7 @@ if mode in ("ok", "dies") and spec["pid"]:
     os.kill(spec["pid"], signal.SIGTERM)  # systemd stops the old main process
 if mode == "ok":
     spec["pid"] = state["pool"].pop(0)
+    spec["started"] = max(int(time.time()), spec["started"] + 1)
 if mode == "dies":
     spec["pid"] = 0
 save(state)  # mode "same-pid": exit 0, MainPID as before
@@ -112,10 +121,16 @@ class FakeSystemctl:
         return proc.pid
 
     def add_unit(self, name: str, mode: str = "ok", **spec: Any) -> int:
-        """Add a unit running a fresh process (a spare one too, for `restart`); its PID."""
+        """Add a unit running a fresh process (a spare one too, for `restart`); its PID.
+        Its main process "started" a minute ago unless `spec` says when."""
         state = self.state()
         pid = self.process()
-        state["units"][name] = {"pid": pid, "mode": mode, **spec}
+        state["units"][name] = {
+            "pid": pid,
+            "mode": mode,
+            "started": int(time.time()) - 60,
+            **spec,
+        }
         if mode == "ok":
             state["pool"].append(self.process())
         self._save(state)
@@ -123,6 +138,9 @@ class FakeSystemctl:
 
     def main_pid(self, name: str) -> int:
         return int(self.state()["units"][name]["pid"])
+
+    def started(self, name: str) -> int:
+        return int(self.state()["units"][name]["started"])
 
     def calls(self) -> list[list[str]]:
         return list(self.state()["calls"])
@@ -154,7 +172,8 @@ def _restart(fake: FakeSystemctl, unit: str = "app.service", **kwargs: Any) -> S
 
 
 def _show(fake: FakeSystemctl, unit: str) -> list[str]:
-    return [str(fake.path), "show", "--property=LoadState", "--property=MainPID", "--", unit]
+    properties = ["LoadState", "MainPID", "ExecMainStartTimestamp"]
+    return [str(fake.path), "show", *[f"--property={p}" for p in properties], "--", unit]
 
 
 def _open_fds() -> int:
@@ -412,6 +431,108 @@ async def test_locate_refuses_unsafe_names(fake: FakeSystemctl) -> None:
     with pytest.raises(PermanentRecoveryError):
         await _restart(fake).locate("-H host")
     assert fake.calls() == []
+
+
+# ----------------------------------------------------------------- generations
+
+
+async def test_generation_is_the_main_pid_and_its_start(fake: FakeSystemctl) -> None:
+    pid = fake.add_unit("app.service", started=1_764_465_752)  # Sun 2025-11-30 01:22:32 UTC
+    source: GenerationSource = _restart(fake)
+    assert await source.generation("app.service") == Generation(pid, 1_764_465_752.0)
+    assert await source.generation("app") == Generation(pid, 1_764_465_752.0)
+
+
+async def test_a_restart_makes_a_new_generation_that_recover_returns(
+    fake: FakeSystemctl,
+) -> None:
+    fake.add_unit("app.service")
+    restart = _restart(fake)
+    before = await restart.generation("app.service")
+
+    result = await restart.recover(Target("w1", None))
+
+    after = await restart.generation("app.service")
+    assert before is not None
+    assert after is not None
+    assert not after.same_as(before)
+    assert after.started is not None
+    assert before.started is not None
+    assert after.started > before.started
+    assert result.generation == after
+    assert after == Generation(fake.main_pid("app.service"), fake.started("app.service"))
+
+
+async def test_no_main_process_or_no_unit_is_no_generation(fake: FakeSystemctl) -> None:
+    fake.add_unit("stopped.service", mode="same-pid")
+    state = fake.state()
+    state["units"]["stopped.service"]["pid"] = 0
+    fake._save(state)
+    restart = _restart(fake)
+    assert await restart.generation("stopped.service") is None
+    assert await restart.generation("nope.service") is None
+
+
+@pytest.mark.parametrize("stamp", ["", "n/a", "Mon 2026-11-30 01:22:32 XYZT", "garbage"])
+async def test_an_unreadable_start_falls_back_to_the_local_process(
+    fake: FakeSystemctl, stamp: str
+) -> None:
+    pid = fake.add_unit("app.service", stamp=stamp)
+    generation = await _restart(fake).generation("app.service")
+    assert generation == Generation(pid, round(psutil.Process(pid).create_time(), 2))
+
+
+async def test_an_unreadable_start_of_an_invisible_process_is_unknown(
+    fake: FakeSystemctl,
+) -> None:
+    fake.add_unit("app.service", stamp="n/a")
+    gone = fake.process()
+    psutil.Process(gone).kill()
+    fake._procs[-1].wait(timeout=5)  # reaped: the PID names no process now
+    state = fake.state()
+    state["units"]["app.service"]["pid"] = gone
+    fake._save(state)
+    assert await _restart(fake).generation("app.service") == Generation(gone, None)
+
+
+async def test_generation_errors_are_recovery_errors(fake: FakeSystemctl) -> None:
+    fake.add_unit("app.service", mode="show-fails")
+    with pytest.raises(TransientRecoveryError, match=r"show app\.service exited with 1"):
+        await _restart(fake).generation("app.service")
+    with pytest.raises(PermanentRecoveryError, match="unsafe systemd unit"):
+        await _restart(fake).generation("-H host")
+    assert len(fake.calls()) == 1
+
+
+@pytest.fixture
+def eastern(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The local zone is US Eastern (EST/EDT) for the test."""
+    monkeypatch.setenv("TZ", "EST+5EDT,M3.2.0,M11.1.0")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Mon 2026-11-30 01:22:32 UTC", 1_796_001_752.0),
+        ("Mon 2026-11-30 01:22:32 GMT", 1_796_001_752.0),
+        ("Mon 2026-11-30 01:22:32.250000 UTC", 1_796_001_752.25),
+        ("Mon 2026-11-30 01:22:32 EST", 1_796_001_752.0 + 5 * 3600),
+        ("Sun 2026-06-14 12:00:00 EDT", 1_781_438_400.0 + 4 * 3600),
+        ("Mon 2026-11-30 01:22:32 CET", None),  # not the local zone: not guessed at
+        ("", None),
+        ("n/a", None),
+        ("Mon 2026-13-30 01:22:32 UTC", None),
+        ("Mon 2026-11-30 01:22:32.x5 UTC", None),
+        ("2026-11-30 01:22:32 UTC", None),
+    ],
+)
+@pytest.mark.usefixtures("eastern")
+def test_parse_timestamp(text: str, expected: float | None) -> None:
+    assert parse_timestamp(text) == expected
 
 
 # ----------------------------------------------------------------- keys and templates

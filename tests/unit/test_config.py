@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from watchdog.actions.command import CommandRestart
 from watchdog.config import load_settings, redacted
 from watchdog.core.errors import ConfigError
 from watchdog.core.model import Action
-from watchdog.wiring import api_token
+from watchdog.wiring import api_token, check_backends, process_backend
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -75,6 +76,9 @@ def test_config_path_from_the_environment(tmp_path: Path) -> None:
         ("[api]\nrestart_url = 'http://app/restart'\n", {}, "api.restart_url: must contain {id}"),
         ("[process]\nbackend = 'pm2'\n", {}, "process.backend"),
         ("[process]\ncommand = []\n", {}, "process.command"),
+        ("[process]\npid_command = []\n", {}, "process.pid_command: must be a non-empty"),
+        ("[process]\npid_command = ['']\n", {}, "process.pid_command"),
+        ("", {"WATCHDOG_PROCESS__PID_COMMAND": "pm2"}, "WATCHDOG_PROCESS__PID_COMMAND"),
         ("[nonsense]\nx = 1\n", {}, "nonsense: unknown key"),
         ("", {"WATCHDOG_DETECTON__INTERVAL": "1"}, "WATCHDOG_DETECTON__INTERVAL"),
         ("", {"WATCHDOG_DETECTION__INTERVAL": "0"}, "WATCHDOG_DETECTION__INTERVAL"),
@@ -194,3 +198,26 @@ def test_webhook_urls_are_masked_like_secrets(tmp_path: Path) -> None:
 def test_new_sections_validate_too(tmp_path: Path, text: str, names: str) -> None:
     with pytest.raises(ConfigError, match=names.replace(".", r"\.")):
         load_settings(write(tmp_path, text), {})
+
+
+def test_pid_command_is_optional_and_reaches_the_command_backend(tmp_path: Path) -> None:
+    assert load_settings(None, {}).process.pid_command is None
+    text = "[process]\nbackend = 'command'\npid_command = ['pm2', 'pid', '{process}']\n"
+    settings = load_settings(write(tmp_path, text), {})
+    assert settings.process.pid_command == ("pm2", "pid", "{process}")
+    backend = process_backend(settings)
+    assert isinstance(backend, CommandRestart)
+    assert backend.pid_argv_for("api-1", "i-1") == ["pm2", "pid", "api-1"]
+    env = {"WATCHDOG_PROCESS__PID_COMMAND": '["pm2", "pid", "{id}"]'}
+    assert load_settings(None, env).process.pid_command == ("pm2", "pid", "{id}")
+
+
+def test_an_unknown_pid_command_placeholder_stops_config_check(tmp_path: Path) -> None:
+    text = "[process]\nbackend = 'command'\npid_command = ['pm2', 'pid', '{name}']\n"
+    settings = load_settings(write(tmp_path, text), {})
+    with pytest.raises(ConfigError) as caught:
+        check_backends(settings)
+    message = str(caught.value)
+    assert message.startswith("config error: process.")
+    assert "pid_command argument '{name}' has unknown placeholder(s) {name}" in message
+    assert "\n" not in message
