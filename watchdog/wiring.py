@@ -193,6 +193,8 @@ def _process_backend(settings: Settings) -> Recovery:
         text = str(exc)
         if text.startswith("supervisor url"):
             key = "supervisor_url"
+        elif text.startswith("pid_command"):
+            key = "pid_command"
         elif "stop_wait" in text:
             key = "stop_wait"
         raise ConfigError(f"config error: process.{key}: {text}") from None

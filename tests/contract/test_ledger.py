@@ -917,3 +917,70 @@ async def test_a_held_retry_of_an_exhausted_incident_waits_and_stays_exhausted(
     held = await current(ledger, "a")
     assert (held.state, held.next_action_at) == (IncidentState.EXHAUSTED, at(7200))
     assert [r["action"] for r in await trail(ledger, "a")][-1] == "suppressed"
+
+
+# ------------------------------------------------------- hosts: hold, approve, told
+
+
+HELD = {"reason": "blast_radius", "process": "p1", "healthy": 2, "monitored": 3}
+
+
+async def test_a_hold_is_audited_once_and_a_claim_clears_it(ledger: Ledger) -> None:
+    (a,) = await open_(ledger, "a")
+    await ledger.hold_all([a], at(1), HELD)
+    await ledger.hold_all([a], at(2), {**HELD, "healthy": 1})  # held already: no second row
+    held = await current(ledger, "a")
+    assert held.held == HELD
+    assert held.state is IncidentState.OPEN
+    rows = [r for r in await trail(ledger, "a") if r["action"] == "held"]
+    assert len(rows) == 1
+    assert (rows[0]["outcome"], rows[0]["attempt"], rows[0]["detail"]) == ("skipped", 1, HELD)
+    assert await claim(ledger, held, 1, RESTART, at(3)) is not None
+    assert (await current(ledger, "a")).held is None
+
+
+async def test_an_approval_is_audited_with_its_actor_and_spent_by_one_restart(
+    ledger: Ledger,
+) -> None:
+    assert await ledger.approve("nobody", "alice") is None  # no open incident
+    (a,) = await open_(ledger, "a")
+    await ledger.hold_all([a], at(1), HELD)
+    approved = await ledger.approve("a", "alice")
+    assert approved is not None
+    assert approved.approved_by == "alice"
+    assert (await current(ledger, "a")).approved_by == "alice"
+    row = (await trail(ledger, "a"))[-1]
+    assert (row["action"], row["actor"], row["detail"]) == ("approved", "alice", {"held": HELD})
+    # A claim that does not use it (another rung) leaves it; the restart it lets through
+    # spends it.
+    assert await claim(ledger, approved, 1, API, at(2)) is not None
+    assert (await current(ledger, "a")).approved_by == "alice"
+    spending = {"approved_by": "alice"}
+    assert await claim(ledger, await current(ledger, "a"), 2, RESTART, at(3), detail=spending)
+    assert (await current(ledger, "a")).approved_by is None
+
+
+async def test_a_host_restart_is_audited_and_defers_only_what_is_due_sooner(
+    ledger: Ledger,
+) -> None:
+    soon, late, never = await open_(ledger, "soon", "late", "never")
+    await claim(ledger, soon, 1, API, at(0), delay=10)  # due at 10
+    await claim(ledger, late, 1, API, at(0), delay=500)  # due at 500
+    await ledger.exhaust_all([never], at(0), None)  # exhausted, never to be retried
+    told = {"process": "p1", "old_pid": 1, "new_pid": 2, "by": "external"}
+    hosted = [await current(ledger, i) for i in ("soon", "late", "never")]
+    await ledger.host_restarted_all(hosted, at(120), at(1), told)
+    assert (await current(ledger, "soon")).next_action_at == at(120)
+    assert (await current(ledger, "late")).next_action_at == at(500)
+    assert (await current(ledger, "never")).next_action_at is None
+    for instance in ("soon", "late", "never"):
+        row = (await trail(ledger, instance))[-1]
+        assert (row["action"], row["detail"]) == ("host_restarted", told)
+
+
+async def test_an_outcome_never_brings_a_deferred_attempt_forward(ledger: Ledger) -> None:
+    (a,) = await open_(ledger, "a")
+    intent = await won(ledger, a, 1)
+    await ledger.host_restarted_all([await current(ledger, "a")], at(300), at(1), {"by": "x"})
+    await ledger.finish_actions([finished(a, 1, intent, at(40))])
+    assert (await current(ledger, "a")).next_action_at == at(300)

@@ -30,6 +30,7 @@ from watchdog.core.safety import SafetyRules
 from watchdog.engine.breakers import BackendBreakers
 from watchdog.engine.cycle import Engine
 from watchdog.engine.guards import Guards
+from watchdog.engine.hosts import Hosts
 from watchdog.engine.report import CycleReport
 from watchdog.testing import (
     FakeClock,
@@ -96,7 +97,10 @@ def make_rig(
     grace: float = 0.0,
     breakers: bool = False,
     fence: Callable[[], Awaitable[bool]] | None = None,
+    hosts: bool = False,
 ) -> Rig:
+    """`hosts`: the process rung knows its processes (generations, cooldown, blast
+    radius); it needs `fleet`."""
     clock = FakeClock()
     store = MemoryInstanceStore(clock, DetectionRules())
     ledger = MemoryLedger(clock)
@@ -106,7 +110,15 @@ def make_rig(
         PROC: RecordingRecovery(PROC, key_by="process"),
         **(recoveries or {}),
     }
-    fleet_state = MemoryFleetState(ledger) if fleet else None
+    fleet_state = MemoryFleetState(ledger) if fleet or hosts else None
+    rung = recs[PROC]
+    host_watch = None
+    if hosts:
+        assert fleet_state is not None
+        settle = (rules or EscalationRules()).settle_of(PROC)
+        host_watch = Hosts(
+            ledger, fleet_state, store, rung, safety or SafetyRules(), settle, source=rung
+        )
     engine = Engine(
         store,
         ledger,
@@ -126,6 +138,7 @@ def make_rig(
         breakers=BackendBreakers(BreakerRules(), {PROC: "supervisor"}, ledger)
         if breakers
         else None,
+        hosts=host_watch,
         fence=fence,
     )
     return Rig(clock, store, ledger, recs, engine, fleet_state)

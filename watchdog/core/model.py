@@ -267,10 +267,16 @@ class Generation:
 
     def same_as(self, other: Generation) -> bool:
         """The same life: the same PID, and the same start where both know it (a PID
-        alone may be reused by a later process)."""
+        alone may be reused by a later process). Starts read from the kernel's boot time
+        may move by up to a second when the clock is stepped."""
         if self.pid is None or other.pid is None or self.pid != other.pid:
             return self.pid is None and other.pid is None and self.started == other.started
-        return self.started is None or other.started is None or self.started == other.started
+        if self.started is None or other.started is None:
+            return True
+        return abs(self.started - other.started) <= _START_TOLERANCE
+
+
+_START_TOLERANCE = 1.0  # seconds
 
 
 class RestartedBy(enum.StrEnum):

@@ -229,12 +229,15 @@ class SqlLedger(AuditTrail):
             {"id": sa.Integer(), "attempt": sa.Integer(), "at": UtcDateTime()},
             [(f.incident.id, f.attempt, f.next_action_at) for f in finished],
         )
-        # The next due time moves only where the attempt is still the incident's latest.
+        # The next due time moves only where the attempt is still the incident's latest,
+        # and never earlier than it is: its host's restart may have deferred it meanwhile.
+        later = sa.or_(incidents.c.next_action_at.is_(None), incidents.c.next_action_at < due.c.at)
         set_next_due = (
             sa.update(incidents)
             .where(incidents.c.id == due.c.id)
             .where(incidents.c.attempt == due.c.attempt)
             .where(incidents.c.state == str(IncidentState.OPEN))
+            .where(later)
             .values(next_action_at=due.c.at)
         )
         async with self._db.begin("record outcomes") as conn:

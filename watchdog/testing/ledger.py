@@ -168,7 +168,9 @@ class MemoryLedger:
         # Only an open incident's: a suppressed one waits for the restart budget to return.
         current = self.incidents.get(incident.id)
         if current and current.state is IncidentState.OPEN and current.attempt == attempt:
-            self.incidents[incident.id] = replace(current, next_action_at=next_action_at)
+            due = current.next_action_at  # never earlier: a host restart may have deferred it
+            if due is None or due < next_action_at:
+                self.incidents[incident.id] = replace(current, next_action_at=next_action_at)
 
     async def finish_actions(self, finished: Sequence[Finished]) -> None:
         for f in finished:

@@ -10,6 +10,7 @@ from watchdog.core.errors import InvalidTarget, TransientRecoveryError
 from watchdog.core.model import (
     Action,
     ActionResult,
+    Generation,
     Target,
 )
 
@@ -44,6 +45,9 @@ class RecordingRecovery:
         self.hang = set(hang)
         self.effect = effect
         self.calls: list[Target] = []
+        # The PID running each process (key); a call gives it a new one, as a restart
+        # does. Change one to play a restart made by someone else.
+        self.pids: dict[str, int] = {}
 
     @property
     def action(self) -> Action:
@@ -69,4 +73,17 @@ class RecordingRecovery:
             raise TransientRecoveryError(f"{self._action} refused for {target.instance_id!r}")
         if self.effect is not None:
             self.effect(target)
-        return ActionResult(detail={"fake": str(self._action), "key": key})
+        detail: dict[str, object] = {"fake": str(self._action), "key": key}
+        if self._action is not Action.PROCESS_RESTART:
+            return ActionResult(detail=detail)
+        old = self.pids.get(key, _FIRST_PID)
+        self.pids[key] = old + 1
+        detail.update(old_pid=old, new_pid=old + 1)
+        return ActionResult(detail=detail, generation=Generation(old + 1))
+
+    async def generation(self, name: str) -> Generation | None:
+        """As a process backend tells it (`GenerationSource`)."""
+        return Generation(self.pids.get(name, _FIRST_PID))
+
+
+_FIRST_PID = 1000
