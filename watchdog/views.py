@@ -253,6 +253,8 @@ def _incident(incident: Incident, settings: Settings) -> dict[str, Any]:
         "next_action_at": incident.next_action_at.isoformat() if incident.next_action_at else None,
         "closed_at": incident.closed_at.isoformat() if incident.closed_at else None,
         "flapping": incident.flapping,
+        "held": dict(incident.held) if incident.held else None,
+        "approved_by": incident.approved_by,
     }
 
 

@@ -143,3 +143,23 @@ def test_an_exhausted_incident_says_when_its_last_rung_comes_again() -> None:
     assert situation.next_action == "retry process_restart"
     assert situation.blocked_by == []
     assert when(situation, NOW) == "exhausted; retry in 1h00m (13:00:00Z)"
+
+
+HELD = {"reason": "blast_radius", "process": "p1", "healthy": 2, "monitored": 3}
+
+
+def test_a_process_restart_held_by_its_blast_radius_says_so_until_approved() -> None:
+    on_top = incident(attempt=5)  # attempt 6 is the default ladder's process_restart
+    held = situate(facts(incident=replace(on_top, held=HELD)), RULES)
+    assert held.next_action == "process_restart"
+    assert held.blocked_by == ["blast_radius"]
+    shown = when(held, NOW)
+    assert shown.startswith("held: blast radius: 2 of 3 instances of p1 healthy")
+    assert "watchdogctl approve a" in shown
+    approved = situate(facts(incident=replace(on_top, held=HELD, approved_by="alice")), RULES)
+    assert approved.blocked_by == []
+    guard = {g.name: g for g in approved.guards}["blast_radius"]
+    assert guard.detail == "approved by alice: the next process restart goes through"
+    # A hold on the top rung says nothing while a lower rung comes next.
+    lower = situate(facts(incident=replace(incident(attempt=1), held=HELD)), RULES)
+    assert lower.blocked_by == []

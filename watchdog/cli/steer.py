@@ -1,4 +1,4 @@
-"""Steering: `pause`, `resume`, `reset`, each audited with who did it."""
+"""Steering: `pause`, `resume`, `reset`, `approve`, each audited with who did it."""
 
 from __future__ import annotations
 
@@ -76,6 +76,36 @@ def reset(ctx: Context, instance_id: str, actor: str) -> None:
         click.echo(
             f"reset {one_line(instance_id)}: incident {incident.id} closed at attempt "
             f"{incident.attempt}"
+        )
+
+    with_runtime(ctx, work)
+
+
+@cli.command()
+@click.argument("instance_id")
+@actor_option
+@pass_ctx
+@handle_errors
+def approve(ctx: Context, instance_id: str, actor: str) -> None:
+    """Let one process restart of an instance through the blast radius."""
+
+    async def work(rt: Runtime) -> None:
+        incident = await rt.ledger.approve(instance_id, actor)
+        if incident is None:
+            raise NotFound(
+                f"instance {instance_id!r} has no open incident; nothing to approve "
+                "(see `watchdogctl status`)"
+            )
+        held = incident.held
+        why = (
+            f"held: {held.get('healthy')} of {held.get('monitored')} instances of "
+            f"{one_line(str(held.get('process')))} healthy; "
+            if held
+            else "not held now; "
+        )
+        click.echo(
+            f"approved {one_line(instance_id)}: {why}its next process restart goes through "
+            "the blast radius once (the brake, budgets and breakers still apply)"
         )
 
     with_runtime(ctx, work)

@@ -21,6 +21,7 @@ GUARD_NAMES = (
     "in_flight",
     "exhausted",
     "brake",
+    "blast_radius",
     "budget",
     "breaker",
 )
@@ -96,6 +97,7 @@ def situate(facts: Facts, rules: EscalationRules) -> Situation:
         _in_flight(facts),
         _exhausted(facts, action),
         _brake(facts, rung),
+        _blast_radius(facts, rung),
         _budget(facts),
         _breaker(facts, rung),
     )
@@ -116,7 +118,7 @@ def when(situation: Situation, now: datetime) -> str:
         return "-"
     if "no_leader" in blocked:
         return "held: no daemon acting"
-    for name in ("pause", "grace", "budget"):
+    for name in ("pause", "grace", "blast_radius", "budget"):
         if name in blocked:
             return f"held: {blocked[name].detail}"
     if "brake" in blocked:
@@ -223,6 +225,23 @@ def _brake(facts: Facts, rung: Action | None) -> Guard:
         return Guard("brake", False, detail)
     state = "engaged (api_restart only)" if facts.brake else "released"
     return Guard("brake", True, f"brake {state}")
+
+
+def _blast_radius(facts: Facts, rung: Action | None) -> Guard:
+    incident = facts.incident
+    if incident is None or rung is not Action.PROCESS_RESTART:
+        return Guard("blast_radius", True, "no process restart next")
+    if incident.approved_by:
+        detail = f"approved by {incident.approved_by}: the next process restart goes through"
+        return Guard("blast_radius", True, detail)
+    held = incident.held
+    if not held:
+        return Guard("blast_radius", True, "not held")
+    detail = (
+        f"blast radius: {held.get('healthy')} of {held.get('monitored')} instances of "
+        f"{held.get('process')} healthy; `watchdogctl approve {incident.instance_id}`"
+    )
+    return Guard("blast_radius", False, detail)
 
 
 def _budget(facts: Facts) -> Guard:
