@@ -64,6 +64,11 @@ supervisor_url = "{supervisor_url}"
 program = "{PROGRAM}"
 timeout = 15.0
 stop_wait = 3.0
+
+[safety]
+# One program hosts every demo instance, so its restart takes down healthy ones too: the
+# blast-radius guard would hold it for `watchdogctl approve`. Off for the demo.
+collateral_fraction = 1.0
 """
 
 
@@ -192,3 +197,6 @@ def _intro(port: int, workdir: Path) -> None:
     print("  wa-03 freezes (API restart cures it), wa-04 freezes (the flag cures it),")
     print("  wa-05 hangs in CONNECTING (only a process restart through supervisord cures it),")
     print("  wa-06 is disabled and wa-07 is BANNED: the watchdog must leave them alone.")
+    print("  One program hosts them all, so this demo sets [safety] collateral_fraction = 1.0:")
+    print("  by default a restart that would take down more healthy instances than it cures")
+    print("  is held until an operator runs `watchdogctl approve ID`.")
