@@ -10,8 +10,11 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 
+from structlog.testing import capture_logs
+
 from tests.unit.test_engine import API, PROC, STALE, Rig, make_rig
-from watchdog.core.model import AuditAction, Incident, Outcome
+from watchdog.core.errors import TransientRecoveryError
+from watchdog.core.model import AuditAction, Generation, Incident, Outcome
 from watchdog.core.policy import EscalationRules, LadderStep
 from watchdog.core.safety import SafetyRules, blast_radius_holds
 
@@ -238,3 +241,26 @@ async def test_the_guard_off_or_a_radius_within_the_share_lets_the_restart_go() 
     await both.cycle()
     assert both.calls(PROC) == ["a"]  # a and b share one restart; c alone is healthy
     assert both.rows("a", AuditAction.HELD) == []
+
+
+async def test_a_process_whose_generation_cannot_be_read_is_said_once_then_again_when_back() -> (
+    None
+):
+    rig = make_rig(rules=API_THEN_PROCESS, safety=NO_BRAKE, hosts=True)
+    rig.store.add("a", process="p1")
+    rig.clock.advance(STALE)
+    await rig.cycle()
+    rung = rig.recoveries[PROC]
+    real = rung.generation
+
+    async def unreachable(name: str) -> Generation | None:
+        raise TransientRecoveryError("supervisord unreachable (test)")
+
+    rung.generation = unreachable  # type: ignore[method-assign]
+    with capture_logs() as captured:
+        for _ in range(3):
+            assert await rig.engine.watch_hosts() == 0
+        rung.generation = real  # type: ignore[method-assign]
+        assert await rig.engine.watch_hosts() == 0
+    events = [(e["event"], e.get("process")) for e in captured if "host_" in e["event"]]
+    assert events == [("host_unreadable", "p1"), ("host_readable", "p1")]

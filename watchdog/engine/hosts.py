@@ -59,6 +59,9 @@ class Hosts:
         self._unhealthy: Counter[str] | None = None
         self._findings: Mapping[str, Finding] = {}
         self._counts: dict[str | None, tuple[int, int]] | None = None
+        # Processes whose generation the backend could not tell at the last look: a
+        # restart by someone else is not seen meanwhile, and the log says so once.
+        self._unreadable: set[str] = set()
 
     @property
     def settle(self) -> float:
@@ -197,8 +200,13 @@ class Hosts:
             try:
                 seen = await self._source.generation(process)
             except RecoveryError as exc:
-                log.warning("host_unreadable", process=process, error=str(exc))
+                if process not in self._unreadable:  # said once, not every interval
+                    self._unreadable.add(process)
+                    log.warning("host_unreadable", process=process, error=str(exc))
                 continue
+            if process in self._unreadable:
+                self._unreadable.discard(process)
+                log.info("host_readable", process=process)
             if seen is None or epoch != self._epoch:  # not running, or we restarted it
                 continue
             known = records.get(process)
