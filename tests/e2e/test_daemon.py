@@ -78,6 +78,11 @@ backend = "command"
 program = "app-main"
 command = ["{sys.executable}", "{restart_script}", "{{process}}", "{marker}"]
 timeout = 5.0
+
+[safety]
+# app-main hosts every instance here: the whole ladder, not the blast radius, is the point
+# (tests/e2e/test_hosts.py holds and approves).
+collateral_fraction = 1.0
 """)
     return config
 
