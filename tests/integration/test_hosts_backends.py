@@ -24,8 +24,9 @@ instance due within the settle shares it (restart.sh not run again); a restart b
 audited `host_restarted` by external, once, on every open incident of that process; a
 poll while our own restart is in flight sees nothing; the blast radius holds a restart
 until `approve`; without `pid_command` only our own restarts are told (by watchdog, no
-PIDs); a `systemctl restart` by hand is told with old and new MainPID. Two strict xfails
-pin down bugs found here (see their reasons).
+PIDs); a `systemctl restart` by hand is told with old and new MainPID. Two races found
+here are pinned: a restart of ours that ends while the hosts job looks at another process,
+and our own restart whose new PID the backend tells only later; neither is external.
 
 The process manager's PIDs start above the largest possible `pid_max` (4194304), so no
 process on this machine has them: psutil adds no evidence or start time of a stranger
@@ -454,16 +455,9 @@ async def test_the_hosts_job_polling_during_our_own_restart_sees_no_external_one
     assert await rig.engine.watch_hosts() == 0
 
 
-# ----------------------------------------------------------------- bugs found here
+# ------------------------------------------------ races of the hosts job with our restarts
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Hosts.poll compares each process with the host records it read before its "
-    "loop (engine/hosts.py:194) but takes the restart epoch per process (:197): a restart "
-    "of a later process that the watchdog starts and finishes while pid_command runs for "
-    "an earlier one is audited host_restarted by external",
-)
 async def test_a_restart_finishing_while_the_hosts_job_polls_another_is_not_external(
     db: Database, tmp_path: Path
 ) -> None:
@@ -500,12 +494,6 @@ async def test_a_restart_finishing_while_the_hosts_job_polls_another_is_not_exte
     assert (await rig.host("p2")).restarted_by is RestartedBy.WATCHDOG
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Hosts.restarted (engine/hosts.py:169) records Generation(None, time) when the "
-    "backend could not read the new PID right after its own restart; the next poll then "
-    "takes the process it restarted, once up, for a restart by someone else (by external)",
-)
 async def test_our_restart_whose_new_pid_shows_late_is_not_taken_for_an_external_one(
     db: Database, tmp_path: Path
 ) -> None:

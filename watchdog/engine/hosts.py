@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Collection, Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -191,32 +192,44 @@ class Hosts:
             for incident in (await self._ledger.load_open()).values()
             if (key := self.key(incident.instance_id, incident.process)) is not None
         }
-        records = await self._fleet.hosts()
+        records: dict[str, HostRecord] = {}
+        read_at: int | None = None  # the epoch `records` were read in
         external = 0
         for process in sorted(processes):
-            epoch = self._epoch
-            if process in self._restarting:
-                continue
-            try:
-                seen = await self._source.generation(process)
-            except RecoveryError as exc:
-                if process not in self._unreadable:  # said once, not every interval
-                    self._unreadable.add(process)
-                    log.warning("host_unreadable", process=process, error=str(exc))
-                continue
-            if process in self._unreadable:
-                self._unreadable.discard(process)
-                log.info("host_readable", process=process)
-            if seen is None or epoch != self._epoch:  # not running, or we restarted it
+            while read_at != self._epoch:  # a restart of ours began or ended: read again
+                read_at = self._epoch
+                records = await self._fleet.hosts()
+            seen = await self._look(process)
+            # In flight, or begun or ended while we looked: what we saw may be ours.
+            if seen is None or process in self._restarting or read_at != self._epoch:
                 continue
             known = records.get(process)
             if known is None:
                 await self._fleet.record_host(HostRecord(process, seen, now))
+            elif _ours_seen_late(known, seen):
+                await self._fleet.record_host(replace(known, generation=seen, seen_at=now))
             elif not seen.same_as(known.generation):
                 await self._external(process, known, seen, now)
                 external += 1
         self._records = None
         return external
+
+    async def _look(self, process: str) -> Generation | None:
+        """The process's generation now; None while it is restarting here, not running,
+        or cannot be told (logged once, until it can be again)."""
+        if process in self._restarting:
+            return None
+        try:
+            seen = await self._source.generation(process) if self._source else None
+        except RecoveryError as exc:
+            if process not in self._unreadable:  # said once, not every interval
+                self._unreadable.add(process)
+                log.warning("host_unreadable", process=process, error=str(exc))
+            return None
+        if process in self._unreadable:
+            self._unreadable.discard(process)
+            log.info("host_readable", process=process)
+        return seen
 
     async def _external(
         self, process: str, known: HostRecord, seen: Generation, now: datetime
@@ -253,3 +266,13 @@ class Hosts:
         if self._records is None:
             self._records = await self._fleet.hosts()
         return self._records
+
+
+def _ours_seen_late(known: HostRecord, seen: Generation) -> bool:
+    """Our own restart, whose new PID the backend could not tell right after it (still
+    starting): the first PID seen since is that restart's, not someone else's."""
+    return (
+        known.restarted_by is RestartedBy.WATCHDOG
+        and known.generation.pid is None
+        and seen.pid is not None
+    )
