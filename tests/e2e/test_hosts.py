@@ -26,7 +26,7 @@ from tests.supervisord import Program, supervisord
 from tests.waiting import wait_for
 
 TOKEN = "hosts-e2e-token"
-APP = Path(__file__).with_name("hosted_app.py")
+APP = Path(__file__).with_name("heartbeat_app.py")
 SETTLE = 20.0  # the process rung's settle: long enough to be within it, whatever the timing
 
 
@@ -89,7 +89,7 @@ def test_held_approved_shared_and_external_restarts(
     control.touch()
 
     def program(name: str, *ids: str) -> Program:
-        command = [sys.executable, str(APP), libpq_url, name, str(control), *ids]
+        command = [sys.executable, str(APP), libpq_url, name, "--frozen", str(control), *ids]
         return Program(command, stopwaitsecs=10, startsecs=1)
 
     a_ids = [f"a{n}" for n in range(1, 6)]
