@@ -23,7 +23,13 @@ from watchdog.core.model import (
     Unjudgeable,
     Verdict,
 )
-from watchdog.core.policy import UNREADABLE, EscalationRules, is_paused, step_for_attempt
+from watchdog.core.policy import (
+    UNREADABLE,
+    EscalationRules,
+    is_paused,
+    pause_of,
+    step_for_attempt,
+)
 from watchdog.core.situation import Facts, human_delta, situate, when
 from watchdog.store.judging import rule_of, why_of
 from watchdog.store.nodes import Node
@@ -49,6 +55,7 @@ class FleetView:
     scan: Scan | None
     incidents: Mapping[str, Incident]
     pauses: Mapping[str, Pause]
+    fleet_pauses: Sequence[Pause]
     unmonitored: Mapping[str, str]  # incident's instance → why it left the watchdog's care
     nodes: Sequence[Node]
     acting: Acting
@@ -75,7 +82,7 @@ class FleetView:
             verdict=verdict,
             why=why,
             incident=incident,
-            pause=self.pauses.get(instance_id),
+            pause=pause_of(self.pauses, self.fleet_pauses, instance_id, self._process(instance_id)),
             leader=self.acting.leader,
             leader_detail=self.acting.detail,
             brake=bool(self.brake and self.brake.get("engaged")),
@@ -83,6 +90,14 @@ class FleetView:
             in_flight=incident is not None and incident.id in self.in_flight,
             open_breakers=self.open_breakers,
         )
+
+    def _process(self, instance_id: str) -> str | None:
+        """The instance's process as last seen (for a fleet pause by process)."""
+        finding = self.scan.findings.get(instance_id) if self.scan is not None else None
+        if finding is not None:
+            return finding.process
+        incident = self.incidents.get(instance_id)
+        return incident.process if incident is not None else None
 
     def listed(self) -> list[str]:
         """The instances `status` lists: with an incident or a pause, unhealthy, or that
@@ -145,6 +160,7 @@ async def fleet_view(rt: Runtime) -> FleetView:
         scan=scan,
         incidents=state.incidents,
         pauses=state.pauses,
+        fleet_pauses=state.fleet_pauses,
         unmonitored=unmonitored,
         nodes=nodes,
         acting=acting(nodes, now, settings.detection.interval),
@@ -198,6 +214,7 @@ def status_record(
         "blocked_by": situation.blocked_by,
         "paused_until": pause.until.isoformat() if pause and paused else None,
         "pause_reason": pause.reason if pause and paused else None,
+        "pause_selector": str(pause.selector) if pause and paused and pause.selector else None,
         "flapping": bool(incident and incident.flapping),
         "incident": incident.id if incident else None,
         "opened_at": incident.opened_at.isoformat() if incident else None,
@@ -280,6 +297,16 @@ def acting(nodes: Sequence[Node], now: datetime, interval: float) -> Acting:
     )
 
 
+def pause_record(pause: Pause) -> dict[str, Any]:
+    """One pause in force, as `pauses --json` and `/status` show it."""
+    return {
+        "selector": pause.selector.as_json() if pause.selector else {"id": pause.instance_id},
+        "until": pause.until.isoformat(),
+        "reason": pause.reason,
+        "actor": pause.actor,
+    }
+
+
 def node_role(node: Node, now: datetime, interval: float) -> str:
     """The role to show: `stale` for a leader or standby that stopped checking in without
     saying so (`gone` said so; `lost` was demoted by a successor)."""
@@ -322,5 +349,6 @@ async def fleet_status(runtime: Runtime) -> dict[str, Any]:
         "nodes": [node_record(n, view.now, interval) for n in view.nodes],
         "breakers": [asdict(b) for b in view.breakers],
         "brake": view.brake,
+        "fleet_pauses": [pause_record(p) for p in view.fleet_pauses],
         "incidents": status_records(view, runtime.settings.escalation.rules()),
     }

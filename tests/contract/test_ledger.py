@@ -29,6 +29,8 @@ from watchdog.core.model import (
     Outcome,
     Pause,
     Reason,
+    Selector,
+    SelectorKind,
 )
 from watchdog.core.ports import AuditQuery, Claim, Closing, Finished, Ledger, NewAudit, Opening
 from watchdog.store import migrate
@@ -984,3 +986,61 @@ async def test_an_outcome_never_brings_a_deferred_attempt_forward(ledger: Ledger
     await ledger.host_restarted_all([await current(ledger, "a")], at(300), at(1), {"by": "x"})
     await ledger.finish_actions([finished(a, 1, intent, at(40))])
     assert (await current(ledger, "a")).next_action_at == at(300)
+
+
+# ---------------------------------------------------------------- pauses, fleet-wide
+
+
+async def test_several_instances_are_paused_and_resumed_with_one_audit_row_each_way(
+    ledger: Ledger,
+) -> None:
+    until = datetime.now(UTC) + timedelta(hours=1)
+    held = [Pause(i, until, "maintenance", "bob") for i in ("i3", "i4")]
+    await ledger.pause_all(held, datetime.now(UTC))
+    assert set(await ledger.load_pauses(datetime.now(UTC))) == {"i3", "i4"}
+    [paused] = await trail(ledger)
+    assert (paused["instance"], paused["action"], paused["actor"]) == ("*", "paused", "bob")
+    assert paused["detail"] == {
+        "until": until.isoformat(),
+        "reason": "maintenance",
+        "ids": ["i3", "i4"],
+    }
+    assert await ledger.resume_all(["i3", "i4", "never"], "carol") == ["i3", "i4"]
+    resumed = (await trail(ledger))[-1]
+    assert (resumed["instance"], resumed["action"], resumed["detail"]) == (
+        "*",
+        "resumed",
+        {"ids": ["i3", "i4"]},
+    )
+    assert await ledger.resume_all(["i3"], "carol") == []  # nothing left: no row
+    assert len(await trail(ledger)) == 2
+
+
+async def test_a_fleet_pause_is_in_the_state_until_it_ends_or_is_resumed(ledger: Ledger) -> None:
+    now = datetime.now(UTC)
+    app = Selector(SelectorKind.PROCESS, "app")
+    await ledger.pause_all([Pause("*", now + timedelta(hours=1), "deploy", "bob", app)], now)
+    glob = Selector(SelectorKind.MATCH, "wa-*")
+    await ledger.pause_all([Pause("*", now + timedelta(minutes=5), "short", "eve", glob)], now)
+    state = await ledger.load_state(now)
+    assert [(p.selector, p.actor) for p in state.fleet_pauses] == [(app, "bob"), (glob, "eve")]
+    assert state.pauses == {}
+    later = await ledger.load_state(now + timedelta(minutes=10))  # the glob's has ended
+    assert [p.selector for p in later.fleet_pauses] == [app]
+    # Set again: replaced, not doubled.
+    replaced = Pause("*", now + timedelta(hours=2), "longer", "bob", app)
+    await ledger.pause_all([replaced], now + timedelta(seconds=1))
+    again = await ledger.load_state(now)
+    assert [(p.selector, p.reason) for p in again.fleet_pauses] == [
+        (glob, "short"),
+        (app, "longer"),
+    ]
+    assert await ledger.resume_fleet(app, "carol")
+    assert not await ledger.resume_fleet(app, "carol")  # no longer in force
+    rows = [r for r in await trail(ledger) if r["action"] in ("paused", "resumed")]
+    assert [(r["action"], r["detail"].get("selector"), r["actor"]) for r in rows] == [
+        ("paused", {"process": "app"}, "bob"),
+        ("paused", {"match": "wa-*"}, "eve"),
+        ("paused", {"process": "app"}, "bob"),
+        ("resumed", {"process": "app"}, "carol"),
+    ]

@@ -22,6 +22,8 @@ from watchdog.core.model import (
     IncidentState,
     Outcome,
     Pause,
+    Selector,
+    SelectorKind,
     Target,
 )
 from watchdog.core.policy import DetectionRules, EscalationRules, LadderStep
@@ -757,3 +759,30 @@ async def test_no_final_give_up_the_last_rung_is_tried_again_every_exhausted_ret
     rig.clock.advance(5)
     await rig.cycle()
     assert rig.state("a") is IncidentState.RECOVERED  # a recovery closes it as usual
+
+
+async def test_a_fleet_pause_holds_every_instance_it_covers_also_one_that_appears_later() -> None:
+    rig = make_rig()
+    rig.store.add("wa-1", process="app")
+    rig.store.add("wa-2", process="other")
+    rig.store.add("db-1", process="app")
+    until = rig.clock.now + timedelta(hours=1)
+    await rig.ledger.pause_all(
+        [Pause("*", until, "deploy", "bob", Selector(SelectorKind.PROCESS, "app"))],
+        rig.clock.now,
+    )
+    await rig.ledger.pause_all(
+        [Pause("*", until, "migration", "bob", Selector(SelectorKind.MATCH, "wa-*"))],
+        rig.clock.now,
+    )
+    rig.clock.advance(10)
+    rig.store.add("wa-9", process="new")  # appears while the pause lasts
+    rig.store.add("xx-1", process="new")
+    rig.clock.advance(STALE)
+    report = await rig.cycle()
+    assert report.opened == 5  # detected and audited, as paused ones are
+    assert report.actions == [("xx-1", API, 1)]  # the only one no pause covers
+    await rig.ledger.resume_fleet(Selector(SelectorKind.MATCH, "wa-*"), "bob")
+    rig.clock.advance(31)
+    acted = {(a[0], a[2]) for a in (await rig.cycle()).actions}
+    assert acted == {("wa-2", 1), ("wa-9", 1), ("xx-1", 2)}  # wa-1, db-1: still by process

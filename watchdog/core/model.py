@@ -9,6 +9,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from fnmatch import fnmatchcase
 from typing import Any, NamedTuple
 
 
@@ -205,14 +206,46 @@ class Incident:
     approved_by: str | None = None  # lets one held process restart through
 
 
+class SelectorKind(enum.StrEnum):
+    ALL = "all"
+    PROCESS = "process"  # the instances whose process column names it
+    MATCH = "match"  # the instances whose id matches a glob
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    """Which instances a fleet pause holds, also those that appear while it lasts."""
+
+    kind: SelectorKind
+    pattern: str = ""  # the process name or the glob; "" for all
+
+    def covers(self, instance_id: str, process: str | None) -> bool:
+        if self.kind is SelectorKind.ALL:
+            return True
+        if self.kind is SelectorKind.PROCESS:
+            return process == self.pattern
+        return fnmatchcase(instance_id, self.pattern)
+
+    def as_json(self) -> dict[str, Any]:
+        return {str(self.kind): True if self.kind is SelectorKind.ALL else self.pattern}
+
+    def __str__(self) -> str:
+        """As given on the command line: `--all`, `--process app`, `--match 'wa-*'`."""
+        if self.kind is SelectorKind.ALL:
+            return "--all"
+        return f"--{self.kind} {self.pattern}"
+
+
 @dataclass(frozen=True, slots=True)
 class Pause:
-    """An operator's hold on one instance: no recovery action until `until`."""
+    """An operator's hold: no recovery action until `until`, on one instance or, given a
+    `selector`, on every instance it covers (`instance_id` is then `FLEET`)."""
 
     instance_id: str
     until: datetime
     reason: str
     actor: str
+    selector: Selector | None = None
 
 
 @dataclass(frozen=True, slots=True)

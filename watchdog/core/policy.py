@@ -8,7 +8,7 @@ of its own (jitter is passed in). The SQL detection query in `store.instances` m
 from __future__ import annotations
 
 import string
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
@@ -251,7 +251,7 @@ class World:
     findings: Mapping[str, Finding]
     incidents: Mapping[str, Incident]  # open and exhausted incidents by instance id
     recent: Mapping[str, Incident]  # the last closed incident of newly unhealthy instances
-    pauses: Mapping[str, Pause]
+    pauses: Mapping[str, Pause]  # by instance
     busy: Collection[str] = frozenset()  # instances with an action still in flight
     # Instances whose row could not be read this cycle: neither acted on nor resolved.
     unjudged: Collection[str] = frozenset()
@@ -259,6 +259,10 @@ class World:
     # Until then nobody is judged: heartbeat writers catch up after an outage or our start.
     grace_until: datetime | None = None
     brake: bool = False  # a fleet-wide failure: no db_flag or process_restart
+    fleet_pauses: Sequence[Pause] = ()  # by selector: --process, --match, --all
+
+    def pause_of(self, finding: Finding) -> Pause | None:
+        return pause_of(self.pauses, self.fleet_pauses, finding.instance_id, finding.process)
 
 
 # The rungs a fleet-wide failure must not take: they cannot fix a shared cause.
@@ -299,7 +303,7 @@ def _decide_one(
             return ()
         attempt = incident.attempt
         due = incident.next_action_at is None or incident.next_action_at <= world.now
-    if not due or is_paused(world.pauses.get(finding.instance_id), world.now):
+    if not due or is_paused(world.pause_of(finding), world.now):
         return opening
     step = step_for_attempt(rules, attempt + 1)
     if step is None:
@@ -318,7 +322,7 @@ def _retry_exhausted(
     due = incident.next_action_at is not None and incident.next_action_at <= world.now
     if rules.exhausted_retry <= 0 or not due:
         return ()
-    if is_paused(world.pauses.get(finding.instance_id), world.now):
+    if is_paused(world.pause_of(finding), world.now):
         return ()
     last = rules.ladder[-1].action
     if world.brake and last in BRAKED_ACTIONS:
@@ -340,3 +344,19 @@ def _carried_attempts(
 
 def is_paused(pause: Pause | None, now: datetime) -> bool:
     return pause is not None and pause.until > now
+
+
+def pause_of(
+    pauses: Mapping[str, Pause],
+    fleet_pauses: Sequence[Pause],
+    instance_id: str,
+    process: str | None,
+) -> Pause | None:
+    """The pause holding an instance: its own, else the first fleet pause covering it."""
+    own = pauses.get(instance_id)
+    if own is not None:
+        return own
+    for pause in fleet_pauses:
+        if pause.selector is not None and pause.selector.covers(instance_id, process):
+            return pause
+    return None

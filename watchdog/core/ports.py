@@ -11,6 +11,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from watchdog.core.breaker import BreakerSnapshot
 from watchdog.core.model import (
+    FLEET,
     Action,
     ActionResult,
     AuditAction,
@@ -23,6 +24,7 @@ from watchdog.core.model import (
     Outcome,
     Pause,
     Scan,
+    Selector,
     Target,
 )
 from watchdog.core.safety import Restart
@@ -149,6 +151,21 @@ def interruption(intent: AuditRow, note: str) -> NewAudit:
     )
 
 
+def paused_audit(held: Sequence[Pause]) -> NewAudit:
+    """The one audit row of a pause command: its instance (or `*` for several or a
+    selector), until and reason, and the ids or the selector."""
+    first = held[0]
+    detail: dict[str, Any] = {"until": first.until.isoformat(), "reason": first.reason}
+    target = first.instance_id
+    if first.selector is not None:
+        detail["selector"] = first.selector.as_json()
+        target = FLEET
+    elif len(held) > 1:
+        detail["ids"] = [p.instance_id for p in held]
+        target = FLEET
+    return NewAudit(target, AuditAction.PAUSED, Outcome.OK, detail=detail, actor=first.actor)
+
+
 @dataclass(frozen=True, slots=True)
 class AuditQuery:
     instance_id: str | None = None
@@ -173,6 +190,7 @@ class LedgerState:
 
     incidents: Mapping[str, Incident]
     pauses: Mapping[str, Pause]
+    fleet_pauses: Sequence[Pause] = ()  # by selector, oldest first
 
 
 class Ledger(Protocol):
@@ -288,7 +306,20 @@ class Ledger(Protocol):
 
     async def pause(self, pause: Pause, now: datetime) -> None: ...
 
+    async def pause_all(self, held: Sequence[Pause], now: datetime) -> None:
+        """Pause several instances (one until, reason and actor) or set one fleet pause
+        (a `Pause` with a selector); audited once."""
+        ...
+
     async def resume(self, instance_id: str, actor: str) -> bool: ...
+
+    async def resume_all(self, instance_ids: Sequence[str], actor: str) -> list[str]:
+        """Lift the pauses in force of these instances, audited once; those lifted."""
+        ...
+
+    async def resume_fleet(self, selector: Selector, actor: str) -> bool:
+        """Lift the fleet pause of `selector` in force, audited once."""
+        ...
 
     async def append(self, row: NewAudit) -> AuditRow: ...
 

@@ -164,6 +164,7 @@ class Engine:
             incidents=incidents,
             recent=recent,
             pauses=state.pauses,
+            fleet_pauses=state.fleet_pauses,
             busy=busy,
             unjudged=unjudged,
             unmonitored=unmonitored,

@@ -33,6 +33,7 @@ from watchdog.core.ports import (
 from watchdog.store.audit import AuditSink, ignore_audit, insert_rows
 from watchdog.store.database import Database
 from watchdog.store.holds import IncidentHolds
+from watchdog.store.pauses import PauseWrites
 from watchdog.store.records import (
     ACTIONABLE,
     INCIDENT_COLUMNS,
@@ -46,12 +47,11 @@ from watchdog.store.schema import (
     OPEN_STATES,
     UtcDateTime,
     incidents,
-    pauses,
 )
 from watchdog.store.state import StateCache, bump
 
 
-class SqlLedger(IncidentHolds):
+class SqlLedger(IncidentHolds, PauseWrites):
     """`max_cache_age`: open incidents and pauses are reloaded when their revision moved
     (every writer here bumps it) and at least this often (seconds), for a writer that
     does not (an older version mid-upgrade, a hand-made SQL fix)."""
@@ -78,7 +78,8 @@ class SqlLedger(IncidentHolds):
 
     async def load_state(self, now: datetime, revision: int | None = None) -> LedgerState:
         cached = await self._state.load(revision)
-        return LedgerState(cached.incidents, _in_force(cached.pauses, now))
+        fleet = tuple(p for p in cached.fleet_pauses if p.until > now)
+        return LedgerState(cached.incidents, _in_force(cached.pauses, now), fleet)
 
     async def last_closed(self, instance_ids: Collection[str]) -> dict[str, Incident]:
         latest = (
@@ -298,38 +299,6 @@ class SqlLedger(IncidentHolds):
             for c in closings
         ]
         await self._change_all("close incidents", update, audits, now)
-
-    async def pause(self, pause: Pause, now: datetime) -> None:
-        values = {
-            "instance_id": pause.instance_id,
-            "until": pause.until,
-            "reason": pause.reason,
-            "actor": pause.actor,
-            "created_at": now,
-        }
-        detail = {"until": pause.until.isoformat(), "reason": pause.reason}
-        spec = NewAudit(
-            pause.instance_id, AuditAction.PAUSED, Outcome.OK, detail=detail, actor=pause.actor
-        )
-        async with self._db.begin("pause instance") as conn:
-            await conn.execute(sa.delete(pauses).where(pauses.c.instance_id == pause.instance_id))
-            await conn.execute(sa.insert(pauses).values(values))
-            row = await self.insert_audit(conn, now, spec)
-            await bump(conn)
-        self._emit(row)
-
-    async def resume(self, instance_id: str, actor: str) -> bool:
-        spec = NewAudit(instance_id, AuditAction.RESUMED, Outcome.OK, actor=actor)
-        async with self._db.begin("resume instance") as conn:
-            now = await self._db.read_now(conn)
-            active = sa.delete(pauses).where(pauses.c.instance_id == instance_id)
-            if (await conn.execute(active.where(pauses.c.until > now))).rowcount == 0:
-                await conn.execute(active)  # an expired pause is just tidied away
-                return False
-            row = await self.insert_audit(conn, now, spec)
-            await bump(conn)
-        self._emit(row)
-        return True
 
     async def incident_counts(
         self, instance_ids: Collection[str], since: datetime

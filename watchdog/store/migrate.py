@@ -17,7 +17,7 @@ from watchdog.store.database import Database
 
 SCRIPTS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "watchdog_alembic_version"
-HEAD_REVISION = "0007"  # a test checks this against the newest migration script
+HEAD_REVISION = "0008"  # a test checks this against the newest migration script
 
 
 def alembic_config(connection: Connection | None = None) -> Any:

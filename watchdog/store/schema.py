@@ -89,6 +89,17 @@ pauses = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
 )
 
+fleet_pauses = sa.Table(
+    "watchdog_fleet_pauses",
+    metadata,
+    sa.Column("kind", sa.Text, primary_key=True),
+    sa.Column("pattern", sa.Text, primary_key=True),
+    sa.Column("until", UtcDateTime, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
 breakers = sa.Table(
     "watchdog_breakers",
     metadata,

@@ -1,21 +1,22 @@
-"""The open incidents and the pauses, as a cycle reads them: cached, and read again only
-when their revision moved (every writer bumps it in its own transaction) or the cache is
-older than `max_cache_age` (a writer that does not bump: an older version mid-upgrade, a
-hand-made SQL fix)."""
+"""The open incidents and the pauses (by instance and by selector), as a cycle reads
+them: cached, and read again only when their revision moved (every writer bumps it in
+its own transaction) or the cache is older than `max_cache_age` (a writer that does not
+bump: an older version mid-upgrade, a hand-made SQL fix)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from watchdog.core.model import Incident, Pause
+from watchdog.core.model import FLEET, Incident, Pause, Selector, SelectorKind
 from watchdog.store.database import Database
 from watchdog.store.records import INCIDENT_COLUMNS, incident_from
-from watchdog.store.schema import OPEN_STATES, incidents, pauses, revisions
+from watchdog.store.schema import OPEN_STATES, fleet_pauses, incidents, pauses, revisions
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,7 @@ class Cached:
     loaded_at: float  # monotonic
     incidents: dict[str, Incident]  # open ones
     pauses: dict[str, Pause]  # all rows: each read keeps those in force at its own now
+    fleet_pauses: tuple[Pause, ...]  # likewise
 
 
 class StateCache:
@@ -54,11 +56,13 @@ class StateCache:
                 loaded_at = self._monotonic()
                 rows = (await conn.execute(_OPEN_INCIDENTS)).all()
                 held = (await conn.execute(_ALL_PAUSES)).all()
+                fleet = (await conn.execute(_FLEET_PAUSES)).all()
                 cached = Cached(
                     revision,
                     loaded_at,
                     {row.instance_id: incident_from(row) for row in rows},
                     {r.instance_id: Pause(r.instance_id, r.until, r.reason, r.actor) for r in held},
+                    tuple(fleet_pause(r) for r in fleet),
                 )
                 self._cached = cached if revision is not None else None  # no row: never trust
         return cached
@@ -86,4 +90,12 @@ _BUMP_REVISION = (
 
 
 _ALL_PAUSES = sa.select(pauses)
+_FLEET_PAUSES = sa.select(fleet_pauses).order_by(fleet_pauses.c.created_at)
+
+
+def fleet_pause(row: sa.Row[Any]) -> Pause:
+    selector = Selector(SelectorKind(row.kind), row.pattern)
+    return Pause(FLEET, row.until, row.reason, row.actor, selector)
+
+
 _OPEN_INCIDENTS = sa.select(*INCIDENT_COLUMNS).where(incidents.c.state.in_(OPEN_STATES))

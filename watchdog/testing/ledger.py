@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from watchdog.core.model import (
     ACTIONABLE_STATES,
+    FLEET,
     OPEN_STATES,
     Action,
     AuditAction,
@@ -20,6 +21,7 @@ from watchdog.core.model import (
     IncidentState,
     Outcome,
     Pause,
+    Selector,
 )
 from watchdog.core.ports import (
     AuditQuery,
@@ -30,6 +32,7 @@ from watchdog.core.ports import (
     NewAudit,
     Opening,
     interruption,
+    paused_audit,
 )
 from watchdog.testing.clock import FakeClock
 
@@ -51,6 +54,7 @@ class MemoryLedger:
         self.clock = clock
         self.incidents: dict[int, Incident] = {}
         self.pauses: dict[str, Pause] = {}
+        self.fleet_pauses: list[Pause] = []  # oldest first
         self.rows: list[AuditRow] = []
         self.emitted: list[AuditRow] = []
         self._emit = emit
@@ -72,7 +76,8 @@ class MemoryLedger:
         return {k: p for k, p in self.pauses.items() if p.until > now}
 
     async def load_state(self, now: datetime, revision: int | None = None) -> LedgerState:
-        return LedgerState(await self.load_open(), await self.load_pauses(now))
+        fleet = tuple(p for p in self.fleet_pauses if p.until > now)
+        return LedgerState(await self.load_open(), await self.load_pauses(now), fleet)
 
     async def audit(self, query: AuditQuery) -> list[AuditRow]:
         """Matching rows, the most recent `limit` of them, oldest first."""
@@ -336,19 +341,47 @@ class MemoryLedger:
         return self._write_all(self.clock.now, [interruption(r, note) for r in intents])
 
     async def pause(self, pause: Pause, now: datetime) -> None:
-        self.pauses[pause.instance_id] = pause
-        detail = {"until": pause.until.isoformat(), "reason": pause.reason}
-        spec = NewAudit(
-            pause.instance_id, AuditAction.PAUSED, Outcome.OK, detail=detail, actor=pause.actor
-        )
-        self._write(now, spec)
+        await self.pause_all([pause], now)
+
+    async def pause_all(self, held: Sequence[Pause], now: datetime) -> None:
+        if not held:
+            return
+        for pause in held:
+            if pause.selector is not None:
+                self.fleet_pauses = [
+                    p for p in self.fleet_pauses if p.selector != pause.selector
+                ] + [pause]
+            else:
+                self.pauses[pause.instance_id] = pause
+        self._write(now, paused_audit(held))
 
     async def resume(self, instance_id: str, actor: str) -> bool:
+        return bool(await self.resume_all([instance_id], actor))
+
+    async def resume_all(self, instance_ids: Sequence[str], actor: str) -> list[str]:
         now = self.clock.now
-        pause = self.pauses.pop(instance_id, None)  # an expired pause is just tidied away
-        if pause is None or pause.until <= now:
+        lifted = []
+        for instance_id in instance_ids:
+            pause = self.pauses.pop(instance_id, None)  # an expired pause is tidied away
+            if pause is not None and pause.until > now:
+                lifted.append(instance_id)
+        if lifted:
+            detail: dict[str, Any] = {"ids": lifted} if len(lifted) > 1 else {}
+            target = lifted[0] if len(lifted) == 1 else FLEET
+            spec = NewAudit(target, AuditAction.RESUMED, Outcome.OK, detail=detail, actor=actor)
+            self._write(now, spec)
+        return lifted
+
+    async def resume_fleet(self, selector: Selector, actor: str) -> bool:
+        now = self.clock.now
+        found = [p for p in self.fleet_pauses if p.selector == selector]
+        self.fleet_pauses = [p for p in self.fleet_pauses if p.selector != selector]
+        if not any(p.until > now for p in found):
             return False
-        self._write(now, NewAudit(instance_id, AuditAction.RESUMED, Outcome.OK, actor=actor))
+        detail = {"selector": selector.as_json()}
+        self._write(
+            now, NewAudit(FLEET, AuditAction.RESUMED, Outcome.OK, detail=detail, actor=actor)
+        )
         return True
 
     async def append(self, row: NewAudit) -> AuditRow:
