@@ -221,6 +221,22 @@ def status_record(
     }
 
 
+async def explain_instance(rt: Runtime, instance_id: str) -> dict[str, Any] | None:
+    """`explanation` of one instance read now; None when it is neither in the table nor
+    in the watchdog's records. Raises the table's failure when the table, unread, may
+    well hold it."""
+    view = await fleet_view(rt)
+    row = await rt.instances.inspect_row(instance_id) if view.scan is not None else None
+    history = await rt.ledger.incident_history(instance_id, 1)
+    if row is None and not history and instance_id not in view.pauses:
+        if view.table_failure is not None:
+            raise view.table_failure
+        return None
+    if row is None and view.scan is not None:
+        row = RowFacts(instance_id, Verdict.DELETED, "the row is gone from the table", {})
+    return explanation(view, instance_id, row, history, rt.settings)
+
+
 def explanation(
     view: FleetView,
     instance_id: str,

@@ -7,6 +7,9 @@ Routes (GET; HEAD too):
   last good cycle is recent; 503 with the reason otherwise.
 * `/status`: 200 with the daemon's state as JSON (nodes, breakers, brake, incidents).
 * `/metrics`: 200 in the Prometheus text format, version 0.0.4.
+* `/` (`?page=N`): the read-only status page, HTML; `/instances/ID`: one instance's page
+  (what `explain` shows and its audit trail), 404 with a page when it is unknown. Both
+  carry a strict Content-Security-Policy (no script, no outside asset) and `no-store`.
 
 With a bearer token, every route (unknown ones too) wants `Authorization: Bearer <token>`
 and answers 401 otherwise; the token is compared in constant time and never echoed.
@@ -32,12 +35,14 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Final, Protocol
+from urllib.parse import parse_qs, unquote
 
 from watchdog.config import HealthSettings
 from watchdog.core.errors import ConfigError, describe
 from watchdog.daemon.metrics import CONTENT_TYPE, Metrics
 from watchdog.masking import mask_urls_in
 from watchdog.observability import get_logger
+from watchdog.web.page import CONTENT_SECURITY_POLICY, not_found
 
 log = get_logger(component="health")
 
@@ -81,11 +86,22 @@ class HealthSource(Protocol):
         ...
 
 
+class PageSource(Protocol):
+    """The status page's HTML, read from the database now."""
+
+    async def status_page(self, number: int) -> str: ...
+
+    async def instance_page(self, instance_id: str) -> str | None:
+        """None: no such instance."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     method: str
     path: str
     headers: dict[str, str]  # names in lower case; values as sent (latin-1 text)
+    query: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +134,7 @@ class HealthServer:
         source: HealthSource,
         metrics: Metrics,
         token: str | None = None,
+        pages: PageSource | None = None,
     ) -> None:
         if token == "":
             raise ValueError("the health token is empty; pass None for no authentication")
@@ -128,6 +145,7 @@ class HealthServer:
         self._server: asyncio.Server | None = None
         self._port: int | None = None
         self._connections: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
+        self._pages = pages
         self._routes: dict[str, Route] = {
             "/healthz": self._healthz,
             "/readyz": self._readyz,
@@ -227,7 +245,7 @@ class HealthServer:
             challenge = {"WWW-Authenticate": 'Bearer realm="watchdog"'}
             message = "unauthorized: send Authorization: Bearer <token>"
             return _error(401, message, challenge), with_body
-        route = self._routes.get(request.path)
+        route = self._route(request)
         if route is None:
             return _error(404, "not found"), with_body
         if request.method not in _METHODS:
@@ -248,6 +266,19 @@ class HealthServer:
         # The header's bytes as sent (latin-1 round-trips them), against the token's UTF-8.
         offered = credentials.strip().encode("latin-1")
         return hmac.compare_digest(offered, self._token)
+
+    def _route(self, request: Request) -> Route | None:
+        route = self._routes.get(request.path)
+        if route is not None or self._pages is None:
+            return route
+        pages = self._pages
+        if request.path == "/":
+            number = _page_number(request.query)
+            return lambda: _html(pages.status_page(number))
+        if request.path.startswith(_INSTANCE) and len(request.path) > len(_INSTANCE):
+            instance_id = unquote(request.path[len(_INSTANCE) :], errors="replace")
+            return lambda: _instance_html(pages, instance_id)
+        return None
 
     # ----------------------------------------------------------------- routes
 
@@ -293,6 +324,7 @@ def _parse(head: bytes) -> Request | None:
     if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[0].isalpha():
         return None
     method, target, _version = parts
+    path, _, query = target.partition("?")
     headers: dict[str, str] = {}
     for line in lines[1:]:
         if not line:
@@ -301,7 +333,7 @@ def _parse(head: bytes) -> Request | None:
         if not colon or not name or name != name.strip():
             return None
         headers[name.lower()] = value.strip()
-    return Request(method.upper(), target.partition("?")[0], headers)
+    return Request(method.upper(), path, headers, query)
 
 
 _dumps = partial(json.dumps, default=str)  # datetimes and enums as their text
@@ -311,6 +343,37 @@ def _json(
     data: dict[str, Any], *, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
     return Response(status, _dumps(data).encode("utf-8"), headers=headers or {})
+
+
+_INSTANCE: Final = "/instances/"
+_HTML: Final = "text/html; charset=utf-8"
+_PAGE_HEADERS: Final = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def _page_number(query: str) -> int:
+    """`?page=N`; anything else is the first page."""
+    values = parse_qs(query).get("page", ["1"])
+    try:
+        return max(1, min(int(values[0]), 1_000_000))
+    except ValueError:
+        return 1
+
+
+async def _html(rendering: Awaitable[str], status: int = 200) -> Response:
+    text = await rendering
+    return Response(status, text.encode("utf-8"), _HTML, dict(_PAGE_HEADERS))
+
+
+async def _instance_html(pages: PageSource, instance_id: str) -> Response:
+    text = await pages.instance_page(instance_id)
+    if text is None:
+        return Response(404, not_found(instance_id).encode("utf-8"), _HTML, dict(_PAGE_HEADERS))
+    return Response(200, text.encode("utf-8"), _HTML, dict(_PAGE_HEADERS))
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
