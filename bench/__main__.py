@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 
-from bench import cycle, delay, footprint, recovery
+from bench import cycle, delay, footprint, page, recovery
 from bench.common import Env, Figure, Results
 
 SCENARIOS: dict[str, ModuleType] = {
@@ -22,6 +22,7 @@ SCENARIOS: dict[str, ModuleType] = {
     "delay": delay,
     "recovery": recovery,
     "footprint": footprint,
+    "page": page,
 }
 RESULTS = Path(__file__).parent / "results" / "latest.json"
 

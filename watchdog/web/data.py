@@ -38,6 +38,7 @@ class StatusPage:
     view: FleetView
     records: list[dict[str, Any]]  # this page's instances
     listed: int  # every listed instance
+    paused: int  # of them, held by a pause
     page: int
     pages: int
     nodes: list[dict[str, Any]]
@@ -68,6 +69,7 @@ async def status_page(rt: Runtime, page: int) -> StatusPage:
         view=view,
         records=shown,
         listed=len(records),
+        paused=sum(1 for r in records if r["state"] == "paused"),
         page=page,
         pages=pages,
         nodes=[node_record(n, view.now, interval) for n in view.nodes],

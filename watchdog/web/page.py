@@ -137,7 +137,7 @@ def _header(now: datetime, where: str) -> str:
 
 def _fleet(data: StatusPage) -> str:
     census = data.view.census
-    paused = sum(1 for r in data.records if r["state"] == "paused")
+    paused = data.paused
     if census is None:
         figures = f'<p class="bad">{escape(data.view.table_error)}</p>'
     else:
