@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -392,3 +393,121 @@ def test_a_dry_run_needs_no_api_token_but_a_run_that_acts_does(
     assert dry.returncode == 0, dry.stderr
     acting = ctl(watchdogctl, "--config", str(path), "run", "--once")
     one_line_error(acting, 2, "api.token_env", "WATCHDOG_API_TOKEN is not set")
+
+
+# ------------------------------------------------------------ at the terminal
+
+
+def on_a_terminal(
+    watchdogctl: str, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """Run `watchdogctl ARGS` with a pseudo-terminal as its stdout: (exit code, what the
+    terminal showed, stderr)."""
+    import pty
+    import tempfile
+
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")}
+    full_env.pop("NO_COLOR", None)
+    full_env.update(env or {})
+    master, slave = pty.openpty()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([watchdogctl, *args], stdout=slave, stderr=err, env=full_env)
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the other side is closed
+                break
+            if not chunk:
+                break
+            shown += chunk
+        os.close(master)
+        code = proc.wait(timeout=60)
+        err.seek(0)
+        return code, shown.decode().replace("\r\n", "\n"), err.read().decode()
+
+
+def test_config_after_the_command_and_the_later_one_wins(
+    watchdogctl: str, config: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other.toml"
+    other.write_text(f'[database]\nurl = "sqlite:///{tmp_path / "missing.db"}"\n')
+    after = ctl(watchdogctl, "status", "--json", "--config", str(config))
+    assert after.returncode == 0, after.stderr
+    assert [s["id"] for s in json.loads(after.stdout)] == ["frozen"]
+    wins = ctl(watchdogctl, "--config", str(other), "status", "--config", str(config))
+    assert wins.returncode == 0, wins.stderr
+    loses = ctl(watchdogctl, "--config", str(config), "status", "--config", str(other))
+    one_line_error(loses, 1, "missing.db does not exist")
+
+
+def test_through_a_pipe_status_has_no_escape_codes(
+    watchdogctl: str, config: Path, sqlite_url: str
+) -> None:
+    app = AppTable(sqlite_url)
+    app.add("ev\x1b[2Jil", heartbeat_ago=300)
+    app.dispose()
+    for args in (["status"], ["status", "--json"]):
+        result = ctl(watchdogctl, "--config", str(config), *args)
+        assert result.returncode == 0, result.stderr
+        assert "\x1b" not in result.stdout
+    assert "ev\\x1b[2Jil" in ctl(watchdogctl, "--config", str(config), "status").stdout
+
+
+def test_status_watch_through_a_pipe_ends_quietly_on_ctrl_c(watchdogctl: str, config: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")}
+    proc = subprocess.Popen(
+        [watchdogctl, "status", "--watch", "0.5", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    seen = [proc.stdout.readline()]
+    while not seen[-1].startswith("INSTANCE"):  # the second frame is under way
+        seen.append(proc.stdout.readline())
+    seen.append(proc.stdout.readline())
+    while not seen[-1].startswith("watchdogctl status at "):
+        seen.append(proc.stdout.readline())
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert err == ""  # no traceback, no "aborted"
+    shown = "".join(seen) + rest
+    assert shown.startswith("watchdogctl status at ")
+    assert ", every 0.5s, Ctrl-C to quit\n" in shown
+    assert "\x1b" not in shown
+    assert "\n\nwatchdogctl status at " in shown
+
+
+def test_on_a_terminal_status_is_coloured_unless_no_color(watchdogctl: str, config: Path) -> None:
+    code, shown, err = on_a_terminal(watchdogctl, "--config", str(config), "status")
+    assert code == 0, err
+    assert "\x1b[31m" in shown  # unhealthy, no daemon acting
+    code, shown, err = on_a_terminal(
+        watchdogctl, "--config", str(config), "status", env={"NO_COLOR": "1"}
+    )
+    assert code == 0, err
+    assert "\x1b" not in shown
+    code, shown, err = on_a_terminal(watchdogctl, "--config", str(config), "status", "--json")
+    assert code == 0, err
+    assert "\x1b" not in shown
+
+
+def test_run_once_summarises_on_a_terminal_only(watchdogctl: str, config: Path) -> None:
+    piped = ctl(watchdogctl, "--config", str(config), "run", "--once", "--dry-run")
+    assert piped.returncode == 0, piped.stderr
+    for line in piped.stdout.splitlines():
+        json.loads(line)  # scripts keep their JSON
+    code, shown, err = on_a_terminal(watchdogctl, "--config", str(config), "run", "--once")
+    assert code == 0, err
+    assert err == ""
+    summary = shown[shown.index("\nrun --once (") + 1 :].splitlines()
+    assert summary[1:] == [
+        "  found: 2 rows, 2 monitored, 1 unhealthy, 0 unjudgeable",
+        "  incidents: 1 opened, 0 resolved, 0 exhausted, 0 dismissed",
+        "  db_flag: ok 1 (frozen)",
+        "  brake: released",
+    ]

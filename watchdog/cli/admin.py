@@ -21,13 +21,23 @@ from watchdog.wiring import check_backends, open_runtime
 @pass_ctx
 @handle_errors
 def run(ctx: Context, once: bool, dry_run: bool) -> None:
-    """Run the watchdog (the daemon, or one cycle with --once)."""
-    from watchdog.daemon.bootstrap import run_daemon
+    """Run the watchdog (the daemon, or one cycle with --once).
+
+    Log lines are JSON on stdout. When stdout is a terminal, --once ends with a short
+    summary for people on stdout, after the log lines: what the cycle found, the
+    incidents it opened or closed, the actions per rung and the brake. Piped or
+    redirected, stdout holds the JSON lines only."""
+    from watchdog.daemon.bootstrap import OnceRecord, run_daemon
 
     settings = ctx.settings(require_secrets=not dry_run)
     check_backends(settings)  # what config check checks, before anything starts
     configure_logging(settings.daemon.log_level)
-    sys.exit(run_async(run_daemon(settings, once=once, dry_run=dry_run)))
+    record = OnceRecord() if once and render.is_terminal(sys.stdout) else None
+    code = run_async(run_daemon(settings, once=once, dry_run=dry_run, record=record))
+    if record is not None:
+        summary = render.once_summary(record.report, record.audits, dry_run=dry_run, code=code)
+        click.echo(summary)
+    sys.exit(code)
 
 
 @cli.group()

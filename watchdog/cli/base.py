@@ -57,7 +57,7 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
 
 
 class Context:
-    def __init__(self, config_path: str | None, verbose: bool = False) -> None:
+    def __init__(self, config_path: str | None = None, verbose: bool = False) -> None:
         self.config_path = config_path
         self.verbose = verbose
 
@@ -77,15 +77,67 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
-@click.group(epilog=ENV_HELP)
+def _config_here(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:  # the later one wins: after the command over before it
+        ctx.ensure_object(Context).config_path = value
+
+
+def _verbose_here(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(Context).verbose = True
+
+
+def _shared_options() -> list[click.Parameter]:
+    """`--config` and `--verbose` as every command takes them after its name: they set
+    what the group's options set, and a `--config` given here wins over one given
+    before the command (and over WATCHDOG_CONFIG)."""
+    return [
+        click.Option(
+            ["--config", "config_path"],
+            type=click.Path(),
+            expose_value=False,
+            callback=_config_here,
+            help="TOML configuration file; wins over a --config before the command "
+            "and over WATCHDOG_CONFIG.",
+        ),
+        click.Option(
+            ["--verbose", "-v"],
+            is_flag=True,
+            expose_value=False,
+            callback=_verbose_here,
+            help="Operator commands also print their log lines (JSON on stderr).",
+        ),
+    ]
+
+
+class _Group(click.Group):
+    """A group whose every command, nested groups and theirs included, also takes the
+    shared options after its name: `watchdogctl status --config x.toml` works as
+    `watchdogctl --config x.toml status` does. One place, whatever module adds a command."""
+
+    group_class = type  # `@cli.group()` makes groups of this class too
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        taken = {p.name for p in cmd.params}
+        cmd.params.extend(p for p in _shared_options() if p.name not in taken)
+        super().add_command(cmd, name)
+
+
+@click.group(cls=_Group, epilog=ENV_HELP)
 @click.option(
     "--config",
     "config_path",
     envvar="WATCHDOG_CONFIG",
     type=click.Path(),
-    help="TOML configuration file [env: WATCHDOG_CONFIG].",
+    help="TOML configuration file [env: WATCHDOG_CONFIG]. Also accepted after the "
+    "command, where it wins over this one.",
 )
-@click.option("--verbose", "-v", is_flag=True, help="Operator commands also print their log lines.")
+@click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help="Operator commands also print their log lines (also accepted after the command).",
+)
 @click.version_option(package_name="instance-watchdog")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
@@ -93,14 +145,22 @@ def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
     ctx.obj = Context(config_path, verbose)
 
 
-def with_runtime(ctx: Context, work: Callable[[Runtime], Coroutine[Any, Any, T]]) -> T:
-    """Open the stores for an operator command, run `work`, close them."""
+def with_runtime(
+    ctx: Context,
+    work: Callable[[Runtime], Coroutine[Any, Any, T]],
+    *,
+    check_schema: bool = True,
+) -> T:
+    """Open the stores for an operator command, run `work`, close them. `check_schema`
+    False: `work` checks the watchdog's tables itself (`status --watch` keeps watching
+    while the database is away)."""
     settings = ctx.settings()
     emit = ctx.operator_logging(settings)
 
     async def go() -> T:
         async with open_runtime(settings, emit) as runtime:
-            await migrate.require_current(runtime.db)
+            if check_schema:
+                await migrate.require_current(runtime.db)
             return await work(runtime)
 
     return run_async(go())

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -13,37 +18,113 @@ from watchdog.core.model import AuditAction, RowFacts, Target, Verdict
 from watchdog.core.ports import AuditQuery, ProcessLocator
 from watchdog.core.situation import human_delta, stamp
 from watchdog.render import one_line
+from watchdog.store import migrate
 from watchdog.wiring import Runtime
+
+# How `status --watch` waits between frames (a test replaces it, so as not to wait).
+watch_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.option(
+    "--watch",
+    "every",
+    type=click.FloatRange(min=0.5),
+    is_flag=False,
+    flag_value=2.0,
+    default=None,
+    metavar="[SECONDS]",
+    help="Show it again every SECONDS (2 if not given, at least 0.5) until Ctrl-C: drawn "
+    "in place on a terminal, frame after frame (a blank line between) through a pipe. "
+    "A database that does not answer is shown in the frame and tried again.",
+)
 @pass_ctx
 @handle_errors
-def status(ctx: Context, as_json: bool) -> None:
-    """The fleet as the table says it now, who acts, and every instance needing attention."""
+def status(ctx: Context, as_json: bool, every: float | None) -> None:
+    """The fleet as the table says it now, who acts, and every instance needing attention.
+
+    Coloured on a terminal, unless NO_COLOR is set; never with --json or through a pipe."""
+    if every is not None and as_json:
+        raise click.UsageError(
+            "--watch cannot be combined with --json; run `status --json` from a loop instead",
+            ctx=click.get_current_context(),
+        )
+    colour = render.colour_enabled(sys.stdout)
+    if every is not None:
+        _watch(ctx, every, colour)
+        return
 
     async def work(rt: Runtime) -> None:
         view = await views.fleet_view(rt)
-        records = views.status_records(view, rt.settings.escalation.rules())
         if as_json:
-            click.echo(render.as_json(records))
-            if view.table_failure is not None:
-                raise view.table_failure
-            return
-        interval = rt.settings.detection.interval
-        nodes = [views.node_record(n, view.now, interval) for n in view.nodes]
-        click.echo(render.fleet_line(view.census, rt.settings.instances.table, view.table_error))
-        click.echo(f"acting: {view.acting.detail} (as of {stamp(view.now)})")
-        click.echo(render.nodes_table(nodes, view.now))
-        click.echo(render.brake_line(view.brake))
-        click.echo(render.breaker_table(view.breakers))
-        click.echo()
-        click.echo(render.status_table(records, view.census))
-        if view.table_failure is not None:  # shown above; the exit code says it too
+            click.echo(render.as_json(views.status_records(view, rt.settings.escalation.rules())))
+        else:
+            click.echo(_status_text(rt, view, colour), color=colour)
+        if view.table_failure is not None:  # shown; the exit code says it too
             raise view.table_failure
 
     with_runtime(ctx, work)
+
+
+def _status_text(rt: Runtime, view: views.FleetView, colour: bool) -> str:
+    """`status` for people: every value from a table escaped first, then coloured."""
+    settings = rt.settings
+    records = views.status_records(view, settings.escalation.rules())
+    nodes = [views.node_record(n, view.now, settings.detection.interval) for n in view.nodes]
+    return "\n".join(
+        [
+            render.fleet_line(
+                view.census, settings.instances.table, view.table_error, colour=colour
+            ),
+            render.acting_line(view.acting.detail, view.acting.leader, view.now, colour=colour),
+            render.nodes_table(nodes, view.now, colour=colour),
+            render.brake_line(view.brake, colour=colour),
+            render.breaker_table(view.breakers, colour=colour),
+            "",
+            render.status_table(records, view.census, colour=colour),
+        ]
+    )
+
+
+def _watch(ctx: Context, every: float, colour: bool) -> None:
+    """`status` again and again on one runtime (one pool, not a connection per frame)
+    until Ctrl-C, which ends it quietly with exit 0. A frame whose database does not
+    answer says so; the next one tries again."""
+    terminal = render.is_terminal(sys.stdout)
+
+    async def work(rt: Runtime) -> None:
+        checked = False  # the watchdog's tables, once: they do not go back in time
+        first = True
+        while True:
+            try:
+                if not checked:
+                    await migrate.require_current(rt.db)
+                    checked = True
+                body = _status_text(rt, await views.fleet_view(rt), colour)
+            except WatchdogError as exc:
+                body = render.paint(
+                    f"cannot read the database now: {one_line(str(exc))}; "
+                    f"trying again in {every:g}s",
+                    "bad",
+                    colour,
+                )
+            frame = render.watch_header(datetime.now(UTC), every) + "\n" + body
+            if terminal:
+                click.echo(render.CLEAR_SCREEN + frame, color=True)
+            else:
+                click.echo(frame if first else "\n" + frame, color=colour)
+            sys.stdout.flush()
+            first = False
+            await watch_sleep(every)
+
+    try:
+        with_runtime(ctx, work, check_schema=False)
+    except KeyboardInterrupt:
+        if terminal:
+            click.echo()  # the prompt on a line of its own, after the `^C`
+    except BrokenPipeError:  # `status --watch | head`: the reader is done, and so are we
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @cli.command()

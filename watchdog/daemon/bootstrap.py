@@ -14,6 +14,7 @@ import importlib.metadata
 import os
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 from watchdog import views, wiring
 from watchdog.clock import SystemClock
@@ -30,6 +31,7 @@ from watchdog.daemon.selfcheck import DaemonMonitor, MemoryWatch
 from watchdog.engine.breakers import BackendBreakers
 from watchdog.engine.cycle import Engine
 from watchdog.engine.guards import Guards
+from watchdog.engine.report import CycleReport
 from watchdog.observability import emit_audit, get_logger
 from watchdog.store import migrate
 from watchdog.store.nodes import Node
@@ -42,19 +44,48 @@ from watchdog.wiring import (
 log = get_logger(component="runner")
 
 
-async def run_daemon(settings: Settings, *, once: bool, dry_run: bool) -> int:
+@dataclass(slots=True)
+class OnceRecord:
+    """What a `run --once` saw and did, for its summary on a terminal: the cycle's report
+    (None: the cycle failed, or another watchdog leads) and every audit row written."""
+
+    report: CycleReport | None = None
+    audits: list[AuditRow] = field(default_factory=list)
+
+
+class _RecordingEngine(Engine):
+    """The engine of a `run --once` whose summary is wanted: it keeps its cycle's report."""
+
+    record: OnceRecord | None = None
+
+    async def run_cycle(self) -> CycleReport:
+        report = await super().run_cycle()
+        if self.record is not None:
+            self.record.report = report
+        return report
+
+
+async def run_daemon(
+    settings: Settings, *, once: bool, dry_run: bool, record: OnceRecord | None = None
+) -> int:
+    """The daemon, or one cycle with `once`; `record` (with `once`) is filled with what
+    the cycle saw and did."""
     metrics = Metrics()
 
     def emit(row: AuditRow) -> None:
         emit_audit(row)
         metrics.observe_audit(row)
+        if record is not None:
+            record.audits.append(row)
 
     # Signals are ours from here on: a SIGTERM during start-up is a clean stop too.
     with StopSignals().installed() as signals:
         async with open_runtime(settings, emit) as runtime:
             if once:
                 await _prepare(runtime)
-                return await _run(runtime, signals, once=True, dry_run=dry_run, monitor=None)
+                return await _run(
+                    runtime, signals, once=True, dry_run=dry_run, monitor=None, record=record
+                )
             monitor = _monitor(runtime, metrics)
             async with _health_server(settings, monitor):
                 if not await _wait_for_database(runtime, signals):
@@ -69,6 +100,7 @@ async def _run(
     once: bool,
     dry_run: bool,
     monitor: DaemonMonitor | None,
+    record: OnceRecord | None = None,
 ) -> int:
     settings = runtime.settings
     breakers = await wiring.breakers(runtime)
@@ -86,7 +118,7 @@ async def _run(
     leadership = await _leadership(runtime, me, breakers, reconciler, guards, dry_run)
     try:
         async with open_recoveries(runtime) as recoveries, alert_jobs(runtime, leadership) as jobs:
-            engine = Engine(
+            engine = _RecordingEngine(
                 runtime.instances,
                 runtime.ledger,
                 recoveries,
@@ -101,6 +133,7 @@ async def _run(
                 owner=me.node_id,
                 live=live,
             )
+            engine.record = record
             if once:
                 signals.on_stop(engine.stop_acting)
                 return await run_once(engine, settings.daemon.shutdown_timeout, leadership)
