@@ -450,5 +450,7 @@ def _rung_lines(audits: Sequence[AuditRow], dry_run: bool) -> list[str]:
 
 
 def _some(ids: Sequence[str]) -> str:
+    """The first ids in order (actions finish in any order), escaped; then a count."""
+    ids = sorted(ids)
     shown = ", ".join(one_line(_instance(i)) for i in ids[:_SUMMARY_IDS])
     return shown + (f", … {len(ids) - _SUMMARY_IDS} more" if len(ids) > _SUMMARY_IDS else "")

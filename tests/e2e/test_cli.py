@@ -465,12 +465,11 @@ def test_status_watch_through_a_pipe_ends_quietly_on_ctrl_c(watchdogctl: str, co
         env=env,
     )
     assert proc.stdout is not None
-    seen = [proc.stdout.readline()]
-    while not seen[-1].startswith("INSTANCE"):  # the second frame is under way
-        seen.append(proc.stdout.readline())
-    seen.append(proc.stdout.readline())
-    while not seen[-1].startswith("watchdogctl status at "):
-        seen.append(proc.stdout.readline())
+    seen: list[str] = []
+    for wanted in ("INSTANCE", "frozen", "watchdogctl status at "):  # a second frame began
+        while not seen or not seen[-1].startswith(wanted):
+            seen.append(proc.stdout.readline())
+            assert seen[-1], f"watchdogctl exited: {proc.communicate(timeout=30)}"
     proc.send_signal(signal.SIGINT)
     rest, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
