@@ -35,6 +35,7 @@ from watchdog.engine.report import CycleReport
 from watchdog.observability import emit_audit, get_logger
 from watchdog.store import migrate
 from watchdog.store.nodes import Node
+from watchdog.web import Pages
 from watchdog.wiring import (
     Runtime,
     open_recoveries,
@@ -87,7 +88,7 @@ async def run_daemon(
                     runtime, signals, once=True, dry_run=dry_run, monitor=None, record=record
                 )
             monitor = _monitor(runtime, metrics)
-            async with _health_server(settings, monitor):
+            async with _health_server(settings, monitor, Pages(runtime)):
                 if not await _wait_for_database(runtime, signals):
                     return 0  # stopped while waiting
                 return await _run(runtime, signals, once=False, dry_run=dry_run, monitor=monitor)
@@ -173,13 +174,15 @@ def _monitor(runtime: Runtime, metrics: Metrics) -> DaemonMonitor:
 
 
 @contextlib.asynccontextmanager
-async def _health_server(settings: Settings, monitor: DaemonMonitor) -> AsyncIterator[None]:
+async def _health_server(
+    settings: Settings, monitor: DaemonMonitor, pages: Pages
+) -> AsyncIterator[None]:
     """The health endpoint, when enabled: up before the database, so /readyz can say 503."""
     if not settings.health.enabled:
         yield
         return
     token = bearer_token("health.token_env", settings.health.token_env)
-    server = HealthServer(settings.health, monitor, monitor.metrics, token)
+    server = HealthServer(settings.health, monitor, monitor.metrics, token, pages)
     await server.start()
     log.info("health_endpoint", host=settings.health.host, port=server.port)
     try:
