@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import click
 
 from watchdog.core.breaker import BreakerSnapshot
-from watchdog.core.model import Action, AuditAction, AuditRow, Census, Outcome
+from watchdog.core.model import Action, AuditAction, AuditRow, Census, Outcome, Pause
 from watchdog.core.situation import human_delta, stamp
 
 if TYPE_CHECKING:
@@ -304,6 +304,14 @@ def brake_line(brake: Mapping[str, Any] | None, *, colour: bool = False) -> str:
 
 
 _BREAKER_TONES: dict[str, Tone] = {"closed": "good", "half_open": "warn", "open": "bad"}
+
+
+def fleet_pause_line(pause: Pause) -> str:
+    """A fleet pause in force, for `status`: `paused --process app until … by bob (deploy)`."""
+    return (
+        f"paused {one_line(str(pause.selector))} until {stamp(pause.until)} by "
+        f"{one_line(pause.actor)} ({one_line(pause.reason)})"
+    )
 
 
 def breaker_table(snapshots: Sequence[BreakerSnapshot], *, colour: bool = False) -> str:

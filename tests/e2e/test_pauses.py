@@ -96,6 +96,9 @@ def test_a_selector_pause_covers_its_instances_and_those_that_appear_later(
     assert status["wa-1"]["state"] == "paused"
     assert status["wa-1"]["pause_selector"] == "--process app"
     assert status["new-1"]["pause_selector"] == "--match new-*"
+    human = run(watchdogctl, config, "status")
+    assert "paused --process app until " in human
+    assert "by " in human
     assert run(watchdogctl, config, "resume", "--process", "app").strip() == "resumed --process app"
     rows = audit(watchdogctl, config)
     assert [(r["action"], r["instance"], r["detail"].get("selector")) for r in rows] == [

@@ -14,7 +14,7 @@ import click
 from watchdog import render, views
 from watchdog.cli.base import Context, cli, handle_errors, pass_ctx, since_value, with_runtime
 from watchdog.core.errors import NotFound, WatchdogError
-from watchdog.core.model import AuditAction, RowFacts, Target, Verdict
+from watchdog.core.model import AuditAction, Target
 from watchdog.core.ports import AuditQuery, ProcessLocator
 from watchdog.core.situation import human_delta, stamp
 from watchdog.render import one_line
@@ -80,6 +80,7 @@ def _status_text(rt: Runtime, view: views.FleetView, colour: bool) -> str:
             render.acting_line(view.acting.detail, view.acting.leader, view.now, colour=colour),
             render.nodes_table(nodes, view.now, colour=colour),
             render.brake_line(view.brake, colour=colour),
+            *[render.fleet_pause_line(p) for p in view.fleet_pauses],
             render.breaker_table(view.breakers, colour=colour),
             "",
             render.status_table(records, view.census, colour=colour),
@@ -136,19 +137,12 @@ def explain(ctx: Context, instance_id: str, as_json: bool) -> None:
     """Why the watchdog is or is not acting on one instance, and what it does next."""
 
     async def work(rt: Runtime) -> None:
-        view = await views.fleet_view(rt)
-        row = await rt.instances.inspect_row(instance_id) if view.scan is not None else None
-        history = await rt.ledger.incident_history(instance_id, 1)
-        if row is None and not history and instance_id not in view.pauses:
-            if view.table_failure is not None:  # the table, unread, may well hold it
-                raise view.table_failure
+        explained = await views.explain_instance(rt, instance_id)
+        if explained is None:
             raise NotFound(
                 f"unknown instance {instance_id!r}: neither in table "
                 f"{rt.settings.instances.table} nor in the watchdog's records"
             )
-        if row is None and view.scan is not None:
-            row = RowFacts(instance_id, Verdict.DELETED, "the row is gone from the table", {})
-        explained = views.explanation(view, instance_id, row, history, rt.settings)
         click.echo(render.as_json(explained) if as_json else render.explanation(explained))
 
     with_runtime(ctx, work)
