@@ -56,13 +56,16 @@ class StateCache:
                 loaded_at = self._monotonic()
                 rows = (await conn.execute(_OPEN_INCIDENTS)).all()
                 held = (await conn.execute(_ALL_PAUSES)).all()
-                fleet = (await conn.execute(_FLEET_PAUSES)).all()
                 cached = Cached(
                     revision,
                     loaded_at,
                     {row.instance_id: incident_from(row) for row in rows},
-                    {r.instance_id: Pause(r.instance_id, r.until, r.reason, r.actor) for r in held},
-                    tuple(fleet_pause(r) for r in fleet),
+                    {
+                        r.pattern: Pause(r.pattern, r.until, r.reason, r.actor)
+                        for r in held
+                        if r.kind == _BY_ID
+                    },
+                    tuple(fleet_pause(r) for r in held if r.kind != _BY_ID),
                 )
                 self._cached = cached if revision is not None else None  # no row: never trust
         return cached
@@ -89,8 +92,26 @@ _BUMP_REVISION = (
 )
 
 
-_ALL_PAUSES = sa.select(pauses)
-_FLEET_PAUSES = sa.select(fleet_pauses).order_by(fleet_pauses.c.created_at)
+_BY_ID = "id"
+# Both kinds of pause in one statement, oldest first: a revision change costs two reads.
+_ALL_PAUSES = sa.union_all(
+    sa.select(
+        sa.literal(_BY_ID).label("kind"),
+        pauses.c.instance_id.label("pattern"),
+        pauses.c.until,
+        pauses.c.reason,
+        pauses.c.actor,
+        pauses.c.created_at,
+    ),
+    sa.select(
+        fleet_pauses.c.kind,
+        fleet_pauses.c.pattern,
+        fleet_pauses.c.until,
+        fleet_pauses.c.reason,
+        fleet_pauses.c.actor,
+        fleet_pauses.c.created_at,
+    ),
+).order_by("created_at")
 
 
 def fleet_pause(row: sa.Row[Any]) -> Pause:
