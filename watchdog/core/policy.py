@@ -108,29 +108,61 @@ class InstanceRow(NamedTuple):
 
 def classify(row: InstanceRow, rules: DetectionRules) -> Finding | None:
     """Return why `row` is unhealthy, or None when it is healthy or not ours to judge."""
-    status = status_key(row.status)
-    if not row.enabled or status in rules.ignored_statuses:
+    if not row.enabled:
         return None
-    if row.heartbeat_age is None and row.status_age > rules.stale_after:
-        return _finding(row, Reason.NEVER_BEAT, row.status_age, rules.stale_after)
-    if row.heartbeat_age is not None and row.heartbeat_age > rules.stale_after:
-        return _finding(row, Reason.STALE_HEARTBEAT, row.heartbeat_age, rules.stale_after)
-    if status in rules.connecting_statuses and row.status_age > rules.connecting_after:
-        return _finding(row, Reason.STUCK_CONNECTING, row.status_age, rules.connecting_after)
+    return judge_values(
+        row.instance_id, row.status, row.status_age, row.heartbeat_age, row.process, rules
+    )
+
+
+def judge_values(
+    instance_id: str,
+    status: str,
+    status_age: float,
+    heartbeat_age: float | None,
+    process: str | None,
+    rules: DetectionRules,
+) -> Finding | None:
+    """`classify` of an enabled row given as its values: the scan judges up to thousands of
+    rows a cycle without building a row for each."""
+    key = status_key(status)
+    if key in rules.ignored_statuses:
+        return None
+    stale = rules.stale_after
+    if heartbeat_age is None:
+        if status_age > stale:
+            return Finding(instance_id, Reason.NEVER_BEAT, status, status_age, stale, process)
+    elif heartbeat_age > stale:
+        return Finding(instance_id, Reason.STALE_HEARTBEAT, status, heartbeat_age, stale, process)
+    connecting = rules.connecting_after
+    if key in rules.connecting_statuses and status_age > connecting:
+        return Finding(
+            instance_id, Reason.STUCK_CONNECTING, status, status_age, connecting, process
+        )
     return None
 
 
 def time_to_threshold(row: InstanceRow, rules: DetectionRules) -> float | None:
     """Seconds until a healthy, monitored `row` would cross a threshold if nothing changed."""
-    status = status_key(row.status)
-    if not row.enabled or status in rules.ignored_statuses:
+    if not row.enabled:
         return None
-    age = row.status_age if row.heartbeat_age is None else row.heartbeat_age
-    left = [rules.stale_after - age]
-    if status in rules.connecting_statuses:
-        left.append(rules.connecting_after - row.status_age)
-    positive = [s for s in left if s > 0]
-    return min(positive) if positive else None
+    return time_left(row.status, row.status_age, row.heartbeat_age, rules)
+
+
+def time_left(
+    status: str, status_age: float, heartbeat_age: float | None, rules: DetectionRules
+) -> float | None:
+    """`time_to_threshold` of an enabled row given as its values."""
+    key = status_key(status)
+    if key in rules.ignored_statuses:
+        return None
+    age = status_age if heartbeat_age is None else heartbeat_age
+    left = rules.stale_after - age
+    if key in rules.connecting_statuses:
+        connecting = rules.connecting_after - status_age
+        if connecting > 0 and (left <= 0 or connecting < left):
+            return connecting
+    return left if left > 0 else None
 
 
 # The row is there but a value the rules need cannot be read: neither recovered nor
@@ -155,10 +187,6 @@ def unmonitored_reason(
     if status_key(status) in rules.ignored_statuses:
         return f"status {status}"
     return None
-
-
-def _finding(row: InstanceRow, reason: Reason, age: float, threshold: float) -> Finding:
-    return Finding(row.instance_id, reason, row.status, age, threshold, row.process)
 
 
 # ----------------------------------------------------------------------- escalation
@@ -271,20 +299,42 @@ BRAKED_ACTIONS = frozenset({Action.DB_FLAG, Action.PROCESS_RESTART})
 
 def decide(rules: EscalationRules, world: World, jitter: Callable[[], float]) -> list[Decision]:
     """The decisions for one cycle, in the order they must be applied."""
-    decisions: list[Decision] = []
-    for instance_id, incident in sorted(world.incidents.items()):
-        if instance_id in world.findings or instance_id in world.busy:
+    # Decided in the tables' order and sorted by instance afterwards: a long outage keeps
+    # thousands of findings whose next step is not due, and sorting those every cycle
+    # would cost more than deciding them.
+    findings, incidents, busy = world.findings, world.incidents, world.busy
+    closing: list[tuple[str, Decision]] = []
+    for instance_id, incident in incidents.items():
+        if instance_id in findings or instance_id in busy:
             continue
         why = world.unmonitored.get(instance_id)
         if instance_id in world.unjudged or why == UNREADABLE:
             continue  # health not checked is not health
-        decisions.append(Resolve(incident) if why is None else Dismiss(incident, why))
-    if world.grace_until is not None and world.now < world.grace_until:
+        closing.append((instance_id, Resolve(incident) if why is None else Dismiss(incident, why)))
+    decisions: list[Decision] = [d for _id, d in sorted(closing, key=_first)]
+    now = world.now
+    if world.grace_until is not None and now < world.grace_until:
         return decisions
-    for instance_id, finding in sorted(world.findings.items()):
-        if instance_id not in world.busy:
-            decisions.extend(_decide_one(rules, world, finding, jitter))
+    acting: list[tuple[str, tuple[Decision, ...]]] = []
+    for instance_id, finding in findings.items():
+        current = incidents.get(instance_id)
+        if (
+            current is not None
+            and current.next_action_at is not None
+            and current.next_action_at > now
+            and current.state in ACTIONABLE_STATES
+        ) or instance_id in busy:
+            continue  # its next step is not due yet, or its action is still in flight
+        made = _decide_one(rules, world, finding, jitter)
+        if made:
+            acting.append((instance_id, made))
+    acting.sort(key=_first)
+    decisions.extend(d for _id, made in acting for d in made)
     return decisions
+
+
+def _first(pair: tuple[str, object]) -> str:
+    return pair[0]
 
 
 def _decide_one(

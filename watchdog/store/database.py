@@ -7,6 +7,7 @@ configured timeout and turns driver errors into the project's own (see `core/err
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -48,6 +49,8 @@ class Database:
         self.url = async_url(url)
         self.dialect = make_url(self.url).get_backend_name()
         self.engine: AsyncEngine = create_async_engine(self.url, **self._engine_args(pool_size))
+        self._kept: AsyncConnection | None = None  # see `steady`
+        self._kept_lock = asyncio.Lock()
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", self._sqlite_pragmas)
 
@@ -175,8 +178,42 @@ class Database:
         async with self.guard(what), self.engine.connect() as conn:
             yield await conn.execution_options(isolation_level="AUTOCOMMIT")
 
+    @asynccontextmanager
+    async def steady(self, what: str) -> AsyncIterator[AsyncConnection]:
+        """`connect`, on a connection kept for the read every cycle makes: no checkout,
+        ping and return around each cycle's statement. A second reader meanwhile gets a
+        pooled connection; any failure drops the kept one (the next read opens another)."""
+        if self._kept_lock.locked():
+            async with self.connect(what) as conn:
+                yield conn
+            return
+        async with self._kept_lock, self.guard(what):
+            conn = self._kept or await self._autocommit()
+            self._kept = None  # kept again only once this read went well
+            try:
+                yield conn
+            except BaseException:
+                await _discard(conn)
+                raise
+            self._kept = conn
+
+    async def _autocommit(self) -> AsyncConnection:
+        opened = await self.engine.connect()
+        return await opened.execution_options(isolation_level="AUTOCOMMIT")
+
     async def dispose(self) -> None:
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            await _discard(kept)
         await self.engine.dispose()
+
+
+async def _discard(conn: AsyncConnection) -> None:
+    """Close a connection that failed or is no longer wanted, whatever state it is in."""
+    with contextlib.suppress(Exception):
+        await conn.invalidate()
+    with contextlib.suppress(Exception):
+        await conn.close()
 
 
 class FrozenStatement:

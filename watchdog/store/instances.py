@@ -118,7 +118,7 @@ class SqlInstanceStore:
         keep = sa.or_(tests.monitored(), sa.and_(tests.maybe_monitored(), bad))
         if counting:
             keep = sa.and_(wanted, keep)
-        rows = self._aggregate(tests.fields(), keep)
+        rows = self._aggregate(keep)
         clock = self._db.now_expr().label("now")
         # The ledger's revision rides along, so a steady cycle is this one statement.
         revision = (sa.null() if self._ledger_revision is None else self._ledger_revision).label(
@@ -135,16 +135,14 @@ class SqlInstanceStore:
             query = query.where(wanted)
         return query.select_from(self._table)
 
-    def _aggregate(
-        self, fields: tuple[sa.ColumnElement[Any], ...], keep: sa.ColumnElement[bool]
-    ) -> sa.ColumnElement[Any]:
+    def _aggregate(self, keep: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
         """The kept rows as one JSON array of arrays, as text."""
         if self._db.is_sqlite:
-            grouped = sa.func.json_group_array(sa.func.json_array(*fields)).filter(keep)
-            return sa.type_coerce(grouped, sa.Text)
+            row = self._tests.row_array(sa.func.json_array)
+            return sa.type_coerce(sa.func.json_group_array(row).filter(keep), sa.Text)
         # As text: psycopg would decode a json column itself; text reads alike on both.
-        aggregated = sa.func.json_agg(sa.func.json_build_array(*fields)).filter(keep)
-        return sa.cast(aggregated, sa.Text)
+        row = self._tests.row_array(sa.func.json_build_array)
+        return sa.cast(sa.func.json_agg(row).filter(keep), sa.Text)
 
     async def scan(self) -> Scan:
         """One detection query; a transient fault (SQLite busy, a dropped PostgreSQL
@@ -155,7 +153,7 @@ class SqlInstanceStore:
         counted = self._counted
         counting = counted is None or self._monotonic() - counted[1] >= self._count_every
         params = self._sql.params(datetime.now(UTC))
-        async with self._db.connect("detection query") as conn:
+        async with self._db.steady("detection query") as conn:
             query = self._counting_query if counting else self._near_query
             row = (await query.execute(conn, params)).one()
             # NULL (PostgreSQL) or '[]' (SQLite) when no row is kept.

@@ -9,7 +9,14 @@ from typing import Any
 
 from watchdog.config import InstancesSettings
 from watchdog.core.model import Finding, Reason, RowFacts, Unjudgeable, Verdict
-from watchdog.core.policy import DetectionRules, InstanceRow, classify, time_to_threshold
+from watchdog.core.policy import (
+    DetectionRules,
+    InstanceRow,
+    classify,
+    judge_values,
+    time_left,
+    time_to_threshold,
+)
 
 _RAW_CHARS = 64  # of a value that cannot be read, as reported
 
@@ -35,12 +42,24 @@ def judge(
     """The findings among `rows`, the rows that cannot be judged, and the soonest deadline
     among the healthy rest (seconds). Each row is [id, status, process, status age,
     heartbeat age, raw status_changed_at, raw heartbeat, raw enabled], a raw value set
-    only where it could not be read. A bad value is its row's problem: that row is
-    reported and skipped, every other row is judged as usual."""
+    only where it could not be read (the three are left out when none is). A bad value
+    is its row's problem: that row is reported and skipped, every other row is judged as
+    usual."""
     findings: dict[str, Finding] = {}
     unjudgeable: list[Unjudgeable] = []
     deadline: float | None = None
+    skew = rules.max_clock_skew
     for fields in rows:
+        if _plain(fields, skew):  # nearly every row: judged from its values directly
+            instance_id, status, process, status_age, heartbeat_age = fields[:5]
+            finding = judge_values(instance_id, status, status_age, heartbeat_age, process, rules)
+            if finding is not None:
+                findings[instance_id] = finding
+                continue
+            left = time_left(status, status_age, heartbeat_age, rules)
+            if left is not None and (deadline is None or left < deadline):
+                deadline = left
+            continue
         instance = read(fields, mapping, rules)
         if isinstance(instance, Unjudgeable):
             unjudgeable.append(instance)
@@ -60,6 +79,9 @@ def read(
 ) -> InstanceRow | Unjudgeable:
     """One row as an InstanceRow, or why it cannot be judged. The id comes as text
     whatever the column's type (a JSON number for an integer id on PostgreSQL)."""
+    if _plain(fields, rules.max_clock_skew):
+        instance_id, status, process, status_age, heartbeat_age = fields[:5]
+        return InstanceRow(instance_id, True, status, status_age, heartbeat_age, process)
     (
         instance_id,
         status,
@@ -69,21 +91,7 @@ def read(
         raw_changed,
         raw_heartbeat,
         raw_enabled,
-    ) = fields
-    if (  # the common case, tested cheaply first: every value read, text where text is
-        raw_changed is None
-        and raw_heartbeat is None
-        and raw_enabled is None
-        and type(instance_id) is str
-        and instance_id
-        and type(status) is str
-        and (process is None or type(process) is str)
-        and type(status_age) is float
-        and (heartbeat_age is None or type(heartbeat_age) is float)
-        and -status_age <= rules.max_clock_skew
-        and (heartbeat_age is None or -heartbeat_age <= rules.max_clock_skew)
-    ):
-        return InstanceRow(instance_id, True, status, status_age, heartbeat_age, process)
+    ) = (*fields, None, None, None)[:8]  # five values when none of the raw three is set
     bad = _bad_value(instance_id, raw_enabled, status, process, mapping)
     if bad is not None:
         return bad
@@ -105,6 +113,24 @@ def read(
             return Unjudgeable(name, column, None, why, FIX_AHEAD)
     hosted = None if process is None else str(process)
     return InstanceRow(name, True, str(status), changed, beat, hosted)
+
+
+def _plain(fields: Sequence[Any], skew: float) -> bool:
+    """The common case, tested cheaply first: every value read, text where text is, no
+    time ahead of the database clock by more than `skew`."""
+    if len(fields) != 5:  # a raw value is set: something could not be read
+        return False
+    instance_id, status, process, status_age, heartbeat_age = fields
+    return (
+        type(instance_id) is str
+        and bool(instance_id)
+        and type(status) is str
+        and (process is None or type(process) is str)
+        and type(status_age) is float
+        and (heartbeat_age is None or type(heartbeat_age) is float)
+        and -status_age <= skew
+        and (heartbeat_age is None or -heartbeat_age <= skew)
+    )
 
 
 def _bad_value(

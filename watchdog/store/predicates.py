@@ -5,7 +5,7 @@ behind `watchdogctl status`; how each value is read is `readings.py`."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import sqlalchemy as sa
@@ -135,6 +135,18 @@ class RowTests:
             sql.raw_if_unreadable(heartbeat, kinds.heartbeat),
             self.raw_enabled(),
         )
+
+    def row_array(self, array: Callable[..., sa.ColumnElement[Any]]) -> sa.ColumnElement[Any]:
+        """`fields()` as one JSON array (`array`: the dialect's constructor), without the
+        three raw values when none is set: most rows, and every row of a typed table,
+        travel as five values (less JSON to build, send and parse every cycle)."""
+        fields = self.fields()
+        core, raws = fields[:5], fields[5:]
+        maybe = [raw for raw in raws if not isinstance(raw, sa.sql.elements.Null)]
+        if not maybe:
+            return array(*core)
+        unset = sa.and_(*(raw.is_(None) for raw in maybe))
+        return sa.case((unset, array(*core)), else_=array(*fields))
 
     def status_in(self, statuses: Collection[str]) -> sa.ColumnElement[bool]:
         listed = self._inline(statuses)
