@@ -69,6 +69,7 @@ _TONE = {
     "paused": "warn",
 }
 _OUTCOMES = ("ok", "failed", "skipped", "interrupted")
+_FIGURE_NAMES = {"paused": "paused (tracked)"}  # a fleet pause also holds healthy ones
 _RUNGS = ("api_restart", "db_flag", "process_restart")
 
 
@@ -154,7 +155,8 @@ def _fleet(data: StatusPage) -> str:
         figures = (
             '<dl class="fleet">'
             + "".join(
-                f'<div><dt>{name}</dt><dd id="fleet-{name}" class="{tone}">{value}</dd></div>'
+                f"<div><dt>{_FIGURE_NAMES.get(name, name)}</dt>"
+                f'<dd id="fleet-{name}" class="{tone}">{value}</dd></div>'
                 for name, value, tone in numbers
             )
             + "</dl>"
