@@ -284,6 +284,40 @@ async def test_postgres_frozen_then_resumed_the_same_database_works_again(
 
 
 @pytest.mark.postgres
+async def test_the_kept_detection_connection_is_replaced_when_its_server_side_dies(
+    pg: Cluster, pg_db: Database
+) -> None:
+    """The detection query keeps its connection between cycles; one killed under it
+    costs one retry on a fresh connection, not a failed cycle."""
+    store = instances(pg_db)
+    assert pg_db.kept == 1  # kept after the fixture's scan
+    async with pg_db.connect("kept pid") as conn:
+        others = (
+            (
+                await conn.execute(
+                    sa.text(
+                        "SELECT pid FROM pg_stat_activity WHERE application_name = 'watchdog' "
+                        "AND pid <> pg_backend_pid()"
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+        assert others  # the kept one, idle
+        await conn.execute(
+            sa.text("SELECT pg_terminate_backend(pid) FROM unnest(:p) pid"), {"p": list(others)}
+        )
+    assert (await store.scan()).enabled_count == 1
+    assert pg_db.kept == 1
+    # A reader while the kept one is busy gets a pooled connection of its own.
+    both = await asyncio.gather(store.scan(), store.scan())
+    assert [s.enabled_count for s in both] == [1, 1]
+    await pg_db.dispose()
+    assert pg_db.kept == 0
+
+
+@pytest.mark.postgres
 def test_suspend_stops_the_postmaster_and_all_its_children(pg: Cluster) -> None:
     postmaster = psutil.Process(pg.postmaster_pid())
     try:

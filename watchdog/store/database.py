@@ -197,6 +197,11 @@ class Database:
                 raise
             self._kept = conn
 
+    @property
+    def kept(self) -> int:
+        """Connections kept checked out between reads (`steady`): 0 or 1."""
+        return 0 if self._kept is None else 1
+
     async def _autocommit(self) -> AsyncConnection:
         opened = await self.engine.connect()
         return await opened.execution_options(isolation_level="AUTOCOMMIT")
