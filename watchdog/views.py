@@ -15,6 +15,7 @@ from watchdog.core.breaker import BreakerSnapshot, BreakerState
 from watchdog.core.errors import WatchdogError
 from watchdog.core.model import (
     Action,
+    AuditRow,
     Census,
     Incident,
     Pause,
@@ -64,6 +65,7 @@ class FleetView:
     breakers: Sequence[BreakerSnapshot]
     open_breakers: Mapping[Action, datetime | None]
     in_flight: frozenset[int]  # incident ids with an intent still without its outcome
+    queued: Mapping[int, datetime]  # of them, those waiting for their pace: until when
     reading: Reading | None  # how the table's values were read (None: they were not)
 
     @property
@@ -88,6 +90,7 @@ class FleetView:
             brake=bool(self.brake and self.brake.get("engaged")),
             grace_until=self.grace_until,
             in_flight=incident is not None and incident.id in self.in_flight,
+            queued_until=self.queued.get(incident.id) if incident is not None else None,
             open_breakers=self.open_breakers,
         )
 
@@ -169,6 +172,7 @@ async def fleet_view(rt: Runtime) -> FleetView:
         breakers=breakers,
         open_breakers=_open(breakers, breaker_names(settings)),
         in_flight=frozenset(r.incident_id for r in orphans if r.incident_id is not None),
+        queued=_queued(orphans, now),
         reading=reading,
         unjudged={u.instance_id: u for u in scan.unjudgeable if u.instance_id} if scan else {},
     )
@@ -347,6 +351,17 @@ def _open(
         for action, name in names.items()
         if name in by_name and by_name[name].state is BreakerState.OPEN
     }
+
+
+def _queued(intents: Sequence[AuditRow], now: datetime) -> dict[int, datetime]:
+    """The intents whose call waits for its backend's pace (`queued_until` in the intent),
+    by incident: until when."""
+    waiting: dict[int, datetime] = {}
+    for intent in intents:
+        until = _time(intent.detail.get("queued_until"))
+        if intent.incident_id is not None and until is not None and until > now:
+            waiting[intent.incident_id] = until
+    return waiting
 
 
 def _time(value: object) -> datetime | None:

@@ -24,6 +24,7 @@ from watchdog.config import Settings, bearer_token
 from watchdog.core.breaker import BreakerRules
 from watchdog.core.errors import ConfigError, StoreError
 from watchdog.core.model import Action
+from watchdog.core.pacing import TokenBucket
 from watchdog.core.ports import GenerationSource, Recovery
 from watchdog.core.safety import SafetyRules
 from watchdog.daemon.leadership import LeaderLock
@@ -147,6 +148,15 @@ def _build(
     if action is Action.DB_FLAG:
         return DbFlag(runtime.instances, settings.database.timeout)
     return _process_backend(settings)
+
+
+def pacers(settings: Settings) -> dict[Action, TokenBucket]:
+    """The pace of each rung that has one (`[api] rate`, `[process] rate`; 0: none)."""
+    paces = {
+        Action.API_RESTART: (settings.api.rate, settings.api.burst),
+        Action.PROCESS_RESTART: (settings.process.rate, settings.process.burst),
+    }
+    return {action: TokenBucket(rate, burst) for action, (rate, burst) in paces.items() if rate}
 
 
 def breaker_names(settings: Settings) -> dict[Action, str]:

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from watchdog.core.model import Action
+from watchdog.core.pacing import TokenBucket
 from watchdog.core.policy import (
     EscalationRules,
     LadderStep,
@@ -145,3 +146,26 @@ def test_the_one_exponential_backoff_grows_caps_and_never_overflows() -> None:
     assert [exponential(2.0, n, cap=300.0) for n in (0, 1, 2, 3, 9)] == [2, 2, 4, 8, 300]
     assert exponential(10.0, 3, cap=1e9, factor=1.5) == 22.5
     assert exponential(1.0, 10**6, cap=60.0, factor=10.0) == 60.0  # 10**999999 overflows
+
+
+# ------------------------------------------------------------------------------- pacing
+
+
+def test_a_bucket_lets_its_burst_through_then_one_slot_per_interval() -> None:
+    bucket = TokenBucket(rate=2.0, burst=3)
+    assert [bucket.reserve(10.0) for _ in range(6)] == [10.0, 10.0, 10.0, 10.5, 11.0, 11.5]
+    # After a quiet spell the burst is back, never more.
+    assert [bucket.reserve(20.0) for _ in range(4)] == [20.0, 20.0, 20.0, 20.5]
+
+
+def test_a_bucket_without_a_burst_allows_one_seconds_worth() -> None:
+    bucket = TokenBucket(rate=4.0)
+    assert bucket.burst == 4
+    slots = [bucket.reserve(0.0) for _ in range(8)]
+    assert slots == [0.0, 0.0, 0.0, 0.0, 0.25, 0.5, 0.75, 1.0]
+    assert TokenBucket(rate=0.5).burst == 1
+
+
+def test_a_bucket_needs_a_rate() -> None:
+    with pytest.raises(ValueError, match="positive rate"):
+        TokenBucket(rate=0.0)

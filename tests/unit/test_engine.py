@@ -7,6 +7,7 @@ waits for its actions, as the daemon would before the next tick.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,6 +27,7 @@ from watchdog.core.model import (
     SelectorKind,
     Target,
 )
+from watchdog.core.pacing import TokenBucket
 from watchdog.core.policy import DetectionRules, EscalationRules, LadderStep
 from watchdog.core.ports import AuditQuery
 from watchdog.core.safety import SafetyRules
@@ -100,6 +102,8 @@ def make_rig(
     breakers: bool = False,
     fence: Callable[[], Awaitable[bool]] | None = None,
     hosts: bool = False,
+    pacers: dict[Action, TokenBucket] | None = None,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
 ) -> Rig:
     """`hosts`: the process rung knows its processes (generations, cooldown, blast
     radius); it needs `fleet`."""
@@ -141,6 +145,8 @@ def make_rig(
         if breakers
         else None,
         hosts=host_watch,
+        pacers=pacers,
+        sleep=sleep or asyncio.sleep,
         fence=fence,
     )
     return Rig(clock, store, ledger, recs, engine, fleet_state)

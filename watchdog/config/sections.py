@@ -177,6 +177,8 @@ class ApiSettings(_Section):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     token_env: str = "WATCHDOG_API_TOKEN"  # noqa: S105 (a variable name) "": no auth
     timeout: Seconds = 10.0
+    rate: Annotated[float, Field(ge=0)] = 0.0  # restart calls per second; 0: unlimited
+    burst: Annotated[int, Field(ge=0)] = 0  # calls at once after a quiet spell; 0: a second's
 
     @field_validator("restart_url")
     @classmethod
@@ -199,6 +201,8 @@ class ProcessSettings(_Section):
     pid_command: tuple[str, ...] | None = None
     user: bool = False  # systemd: systemctl --user
     timeout: Seconds = 30.0
+    rate: Annotated[float, Field(ge=0)] = 0.0  # process restarts per second; 0: unlimited
+    burst: Annotated[int, Field(ge=0)] = 0  # restarts at once after a quiet spell
     # supervisor: SIGKILL a program still not down after this (checked against timeout)
     stop_wait: Seconds = Field(default=10.0, validate_default=True)
 

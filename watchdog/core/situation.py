@@ -57,6 +57,7 @@ class Facts:
     brake: bool = False
     grace_until: datetime | None = None
     in_flight: bool = False  # an action's intent is on record without its outcome
+    queued_until: datetime | None = None  # that action waits for its backend's pace
     open_breakers: Mapping[Action, datetime | None] | None = None  # → next attempt
 
 
@@ -65,6 +66,7 @@ class Situation:
     next_action: str | None  # a rung, "detect", "close (...)", "exhaust", or None
     next_action_at: datetime | None
     guards: tuple[Guard, ...]
+    queued_until: datetime | None = None  # the action in flight waits for its pace
 
     @property
     def retrying(self) -> bool:
@@ -101,15 +103,17 @@ def situate(facts: Facts, rules: EscalationRules) -> Situation:
         _budget(facts),
         _breaker(facts, rung),
     )
-    return Situation(action, at, guards)
+    queued = facts.queued_until if facts.queued_until and facts.queued_until > facts.now else None
+    return Situation(action, at, guards, queued if facts.in_flight else None)
 
 
 def when(situation: Situation, now: datetime) -> str:
     """What will really happen next, in a few words (`status`'s WHEN column)."""
     blocked = {g.name: g for g in situation.guards if not g.ok}
+    queued = situation.queued_until
     for name, text in (
         ("exhausted", "exhausted"),
-        ("in_flight", "running now"),
+        ("in_flight", f"queued, {_at(queued, now)}" if queued else "running now"),
         ("readable", "held: unjudgeable"),
     ):
         if name in blocked:
@@ -128,8 +132,13 @@ def when(situation: Situation, now: datetime) -> str:
     at = situation.next_action_at
     if at is None or at <= now:
         return "due"
-    soon = f"in {human_delta((at - now).total_seconds())} ({stamp(at, seconds=True)})"
+    soon = _at(at, now)
     return f"exhausted; retry {soon}" if situation.retrying else soon
+
+
+def _at(at: datetime, now: datetime) -> str:
+    """`in 4s (12:00:31Z)`."""
+    return f"in {human_delta((at - now).total_seconds())} ({stamp(at, seconds=True)})"
 
 
 def stamp(at: datetime, *, seconds: bool = False) -> str:
@@ -204,6 +213,11 @@ def _pause(facts: Facts) -> Guard:
 
 
 def _in_flight(facts: Facts) -> Guard:
+    until = facts.queued_until
+    if facts.in_flight and until is not None and until > facts.now:
+        when_out = _at(until, facts.now)
+        detail = f"queued by its backend's pace ([api] or [process] rate): goes out {when_out}"
+        return Guard("in_flight", False, detail)
     if facts.in_flight:
         return Guard("in_flight", False, "an action is running now; its outcome is not in yet")
     return Guard("in_flight", True, "no action running")

@@ -130,6 +130,7 @@ async def _run(
                 guards=guards,
                 breakers=breakers,
                 hosts=wiring.hosts(runtime, recoveries),
+                pacers=wiring.pacers(settings),
                 fence=leadership.fence,
                 owner=me.node_id,
                 live=live,

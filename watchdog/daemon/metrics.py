@@ -57,6 +57,7 @@ OPEN_STATE_NAMES: Final = tuple(sorted(str(s) for s in OPEN_STATES))
 CYCLE_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DETECTION_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0)
 
+_PACED: Final = (str(Action.API_RESTART), str(Action.PROCESS_RESTART))  # rungs with a pace
 # Label sets present from the start, so rate() sees the first increment of each.
 _INITIAL_OUTCOMES: Final = (Outcome.STARTED, Outcome.OK, Outcome.FAILED, Outcome.SKIPPED)
 
@@ -119,6 +120,13 @@ class Metrics:
             "Unix time (database clock) of the last good cycle; 0 before the first.",
             registry=r,
         )
+        self._queued = Gauge(
+            "watchdog_actions_queued",
+            "Claimed recovery calls waiting for their backend's pace ([api] rate, "
+            "[process] rate), by action, at the last good cycle.",
+            ["action"],
+            registry=r,
+        )
         self._rss = Gauge(
             "watchdog_process_resident_memory_bytes",
             "Resident set size of the watchdog process, as last sampled by the daemon.",
@@ -131,6 +139,8 @@ class Metrics:
     def _initialise(self) -> None:
         for health in ("healthy", "unhealthy", "unjudgeable"):
             self._instances.labels(health=health).set(0)
+        for action in _PACED:
+            self._queued.labels(action=action).set(0)
         for state in OPEN_STATE_NAMES:
             self._incidents.labels(state=state).set(0)
         for action in Action:
@@ -161,6 +171,8 @@ class Metrics:
         self._instances.labels(health="healthy").set(max(0, monitored - unhealthy - among))
         for state in {*OPEN_STATE_NAMES, *(str(s) for s in open_by_state)}:
             self._incidents.labels(state=state).set(open_by_state.get(state, 0))
+        for action in _PACED:
+            self._queued.labels(action=action).set(report.queued.get(action, 0))
         if math.isfinite(duration) and duration >= 0:
             self._cycle.observe(duration)
         self._last_good.set(report.now.timestamp())

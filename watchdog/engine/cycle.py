@@ -7,6 +7,7 @@ a dry run records the decisions instead (`dry_run.py`).
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -14,6 +15,7 @@ from datetime import datetime, timedelta
 
 from watchdog.core.errors import StoreError
 from watchdog.core.model import Action, Incident, IncidentState
+from watchdog.core.pacing import TokenBucket
 from watchdog.core.policy import (
     Act,
     Decision,
@@ -63,6 +65,8 @@ class Engine:
         guards: Guards | None = None,
         breakers: BackendBreakers | None = None,
         hosts: Hosts | None = None,
+        pacers: Mapping[Action, TokenBucket] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         fence: Callable[[], Awaitable[bool]] | None = None,
         owner: str | None = None,
         live: set[int] | None = None,
@@ -82,6 +86,8 @@ class Engine:
             self._guards,
             breakers=breakers,
             hosts=hosts,
+            pacers=pacers,
+            sleep=sleep,
             fence=fence,
             owner=owner,
             live=live,
@@ -95,6 +101,11 @@ class Engine:
     @property
     def busy(self) -> frozenset[str]:
         return self._dispatch.busy
+
+    @property
+    def queued(self) -> dict[str, int]:
+        """Claimed calls waiting for their backend's pace, by rung."""
+        return self._dispatch.queued
 
     def stop_acting(self) -> None:
         """Shutdown began: start no new action (in-flight ones finish; see `drain`)."""
@@ -191,6 +202,7 @@ class Engine:
             if self._breakers is not None:
                 await self._breakers.save(scan.now)
         report.brake = self._guards.braking
+        report.queued = self._dispatch.queued
         if self._breakers is not None:
             report.breakers = tuple(self._breakers.board.snapshots())
         return report

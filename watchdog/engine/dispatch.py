@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from watchdog.core.errors import InvalidTarget, RecoveryError, StoreError, WatchdogError
 from watchdog.core.model import Action, ActionResult, AuditAction, Incident, Outcome, Target
+from watchdog.core.pacing import TokenBucket
 from watchdog.core.policy import Act
 from watchdog.core.ports import BATCH, Claim, Clock, Finished, Ledger, NewAudit, Recovery
 from watchdog.engine.breakers import BackendBreakers
@@ -59,6 +60,19 @@ class _Admitted:
     budgeted: bool  # holds a place in the restart budget until its claims settle
     shared: dict[str, Any] | None = None  # the process restart it follows: no call of its own
     approved_by: str | None = None  # an operator let it through the blast radius
+    send_at: float | None = None  # monotonic: when its pace lets the call go out
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One group's claimed recovery call, as its task runs it."""
+
+    action: Action
+    jobs: list[_Job]
+    skip: dict[str, Any] | None  # recorded skipped with this detail: no call
+    counted: str | None  # the process whose restart budget the call was counted against
+    host: str | None  # the process this call restarts
+    send_at: float | None  # monotonic: not before (the backend's pace)
 
 
 class Dispatcher:
@@ -71,6 +85,8 @@ class Dispatcher:
         *,
         breakers: BackendBreakers | None = None,
         hosts: Hosts | None = None,
+        pacers: Mapping[Action, TokenBucket] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         fence: Callable[[], Awaitable[bool]] | None = None,
         owner: str | None = None,
         live: set[int] | None = None,
@@ -83,6 +99,10 @@ class Dispatcher:
         self._guards = guards
         self._breakers = breakers
         self._hosts = hosts
+        self._pacers = pacers or {}
+        self._sleep = sleep
+        self._queued: Counter[str] = Counter()  # calls waiting for their pace, by rung
+        self._stopped = asyncio.Event()  # a shutdown cuts the waits short
         # Asked before every action: is this node still the leader? (None: single node.)
         self._fence = fence
         # This node, named in every intent row: a new leader leaves the intents of a
@@ -103,9 +123,15 @@ class Dispatcher:
         """Instances with an action in flight, or its outcome not yet on record."""
         return frozenset(self._busy)
 
+    @property
+    def queued(self) -> dict[str, int]:
+        """Claimed calls waiting for their backend's pace, by rung."""
+        return {action: n for action, n in self._queued.items() if n}
+
     def stop_acting(self) -> None:
         """Shutdown began: start no new action (in-flight ones finish; see `drain`)."""
         self._stopping = True
+        self._stopped.set()
 
     async def drain(self, timeout: float | None = None) -> bool:
         """Wait for in-flight actions and their outcomes; True when all finished within
@@ -203,6 +229,7 @@ class Dispatcher:
     async def _claim_and_launch(
         self, chunk: Sequence[_Admitted], report: CycleReport, now: datetime, mono0: float
     ) -> None:
+        chunk = [self._paced(admitted, now) for admitted in chunk]
         claims = [self._claim(job, now, a) for a in chunk for job in a.jobs]
         results = iter(await self._ledger.begin_actions(claims, now))
         claimed = [(admitted, _won(admitted.jobs, results)) for admitted in chunk]
@@ -220,7 +247,8 @@ class Dispatcher:
                 counted = admitted.group.key if admitted.budgeted and skip is None else None
                 restarting = action is Action.PROCESS_RESTART and admitted.group.keyed
                 host = admitted.group.key if restarting and skip is None else None
-                self._launch(action, won, now, mono0, skip, counted, host)
+                call = _Call(action, won, skip, counted, host, admitted.send_at)
+                self._launch(call, now, mono0)
             report.actions += [(j.act.instance_id, j.act.action, j.act.attempt) for j in won]
 
     async def _settle_budget(self, admitted: _Admitted, calling: list[_Job], now: datetime) -> None:
@@ -232,6 +260,16 @@ class Dispatcher:
             await self._guards.restart_claimed(admitted.group.key, ids, now)
         else:
             self._guards.restart_dropped(admitted.group.key, now)
+
+    def _paced(self, admitted: _Admitted, now: datetime) -> _Admitted:
+        """When its backend's pace lets the call go out: a slot booked with the claim (a
+        claim lost, or a call skipped after all, leaves its slot unused)."""
+        action = admitted.group.action
+        pacer = self._pacers.get(action)
+        refused = self._breakers is not None and self._breakers.refuses(action, now)
+        if pacer is None or admitted.shared is not None or refused:
+            return admitted
+        return replace(admitted, send_at=pacer.reserve(self._clock.monotonic()))
 
     def _skip(self, action: Action, now: datetime) -> dict[str, Any] | None:
         """Why a claimed call is not made: its breaker is open. The attempt is spent without
@@ -250,6 +288,9 @@ class Dispatcher:
             detail["exhausted_retry"] = True
         if admitted.shared is not None:
             detail["shared"] = True
+        wait = 0.0 if admitted.send_at is None else admitted.send_at - self._clock.monotonic()
+        if wait > 0:  # said in the intent, so `status` can tell queued from running
+            detail["queued_until"] = (now + timedelta(seconds=wait)).isoformat()
         elif admitted.approved_by is not None and job.incident.approved_by is not None:
             detail["approved_by"] = job.incident.approved_by  # spent by this claim
         return Claim(
@@ -260,24 +301,13 @@ class Dispatcher:
             detail or None,
         )
 
-    def _launch(
-        self,
-        action: Action,
-        jobs: list[_Job],
-        now: datetime,
-        mono0: float,
-        skip: dict[str, Any] | None = None,
-        counted: str | None = None,
-        host: str | None = None,
-    ) -> None:
-        """Run one group's shared recovery call (or, given `skip`, record it skipped) as a
-        task; its instances are busy until the outcome is on record. `counted`: the
-        process whose restart budget this call was counted against; `host`: the process
-        this call restarts."""
-        self._busy.update(job.act.instance_id for job in jobs)
-        if host is not None and self._hosts is not None:
-            self._hosts.begin(host)
-        task = asyncio.create_task(self._run_group(action, jobs, now, mono0, skip, counted, host))
+    def _launch(self, call: _Call, now: datetime, mono0: float) -> None:
+        """Run one group's shared recovery call (or record it skipped) as a task; its
+        instances are busy until the outcome is on record."""
+        self._busy.update(job.act.instance_id for job in call.jobs)
+        if call.host is not None and self._hosts is not None:
+            self._hosts.begin(call.host)
+        task = asyncio.create_task(self._run_group(call, now, mono0))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -287,18 +317,10 @@ class Dispatcher:
         log.error("no longer the leader: actions stop here")
         return False
 
-    async def _run_group(
-        self,
-        action: Action,
-        members: list[_Job],
-        now: datetime,
-        mono0: float,
-        skip: dict[str, Any] | None,
-        counted: str | None = None,
-        host: str | None = None,
-    ) -> None:
+    async def _run_group(self, call: _Call, now: datetime, mono0: float) -> None:
+        action, members, host = call.action, call.jobs, call.host
         try:
-            outcome, detail, result = await self._attempt(action, members[0], now, skip, counted)
+            outcome, detail, result = await self._attempt(call, now)
             await self._record_breaker(action, outcome, detail, now, mono0)
             if len(members) > 1:
                 detail = {**detail, "shared_with": [m.act.instance_id for m in members]}
@@ -325,22 +347,38 @@ class Dispatcher:
                     self._live.discard(job.intent_id)
 
     async def _attempt(
-        self,
-        action: Action,
-        lead: _Job,
-        now: datetime,
-        skip: dict[str, Any] | None,
-        counted: str | None,
+        self, call: _Call, now: datetime
     ) -> tuple[Outcome, dict[str, Any], ActionResult | None]:
-        """The call, made while this node still leads (given `skip`: no call)."""
-        if skip is not None:
-            return Outcome.SKIPPED, skip, None
-        async with self._slots:
-            if await self._still_leading():
-                return await self._call(action, lead)
-        if counted is not None:  # never went out: no budget spent
-            await self._guards.restart_unsent(counted, now)
-        return Outcome.SKIPPED, {"reason": "lost_leadership"}, None
+        """The call, made once its pace allows and while this node still leads (given a
+        skip: no call)."""
+        if call.skip is not None:
+            return Outcome.SKIPPED, call.skip, None
+        if call.send_at is not None and not await self._wait_turn(call.action, call.send_at):
+            reason = "shutting_down"  # queued by its pace when the shutdown came: not sent
+        else:
+            async with self._slots:
+                if await self._still_leading():
+                    return await self._call(call.action, call.jobs[0])
+            reason = "lost_leadership"
+        if call.counted is not None:  # never went out: no budget spent
+            await self._guards.restart_unsent(call.counted, now)
+        return Outcome.SKIPPED, {"reason": reason}, None
+
+    async def _wait_turn(self, action: Action, send_at: float) -> bool:
+        """Wait until `send_at` (monotonic); False when a shutdown came first."""
+        wait = send_at - self._clock.monotonic()
+        if wait <= 0:
+            return not self._stopping
+        self._queued[action] += 1
+        try:
+            napping = asyncio.ensure_future(self._sleep(wait))
+            stopping = asyncio.ensure_future(self._stopped.wait())
+            await asyncio.wait({napping, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in (napping, stopping):
+                waiting.cancel()
+        finally:
+            self._queued[action] -= 1
+        return not self._stopping
 
     async def _record_breaker(
         self, action: Action, outcome: Outcome, detail: dict[str, Any], now: datetime, mono0: float

@@ -26,3 +26,4 @@ class CycleReport:
     actions: list[tuple[str, Action, int]] = field(default_factory=list)
     brake: bool = False  # the mass-failure brake holds (or, in a dry run, would hold)
     breakers: tuple[BreakerSnapshot, ...] = ()  # each backend's breaker after the cycle
+    queued: dict[str, int] = field(default_factory=dict)  # calls waiting for their pace
