@@ -19,6 +19,7 @@ from bench.fleet import instance_id
 from watchdog.config import HealthSettings, Settings
 from watchdog.daemon.health import HealthServer
 from watchdog.daemon.metrics import Metrics
+from watchdog.testing import IdleDaemon
 from watchdog.web import Pages
 from watchdog.wiring import open_runtime
 
@@ -26,22 +27,11 @@ NAME = "page"
 BOUND = 1.0  # seconds for `/` with 10,000 tracked instances
 
 
-class _Source:
-    def alive(self) -> bool:
-        return True
-
-    def ready(self) -> tuple[bool, str]:
-        return True, "ok"
-
-    async def status(self) -> dict[str, object]:
-        return {}
-
-
 async def _measure(url: str, rounds: int) -> tuple[list[float], list[float], int]:
     settings = Settings.model_validate({"database": {"url": url}})
     health = HealthSettings(enabled=True).model_copy(update={"port": 0})
     async with open_runtime(settings) as rt:
-        server = HealthServer(health, _Source(), Metrics(), None, Pages(rt))
+        server = HealthServer(health, IdleDaemon(), Metrics(), None, Pages(rt))
         await server.start()
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:

@@ -23,22 +23,12 @@ from watchdog.daemon.health import HealthServer
 from watchdog.daemon.metrics import Metrics
 from watchdog.engine.cycle import Engine
 from watchdog.store import migrate
+from watchdog.testing import IdleDaemon
 from watchdog.web import Pages
 from watchdog.wiring import Runtime, open_recoveries, open_runtime
 
 HOSTILE = "<script>alert(1)</script>"
 TOKEN = "page-token"
-
-
-class NoDaemon:
-    def alive(self) -> bool:
-        return True
-
-    def ready(self) -> tuple[bool, str]:
-        return True, "ok"
-
-    async def status(self) -> dict[str, object]:
-        return {}
 
 
 @pytest.fixture
@@ -75,7 +65,7 @@ async def runtime(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Runtime]:
 
 
 async def serve(rt: Runtime, token: str | None = None) -> HealthServer:
-    server = HealthServer(settings(), NoDaemon(), Metrics(), token, Pages(rt))
+    server = HealthServer(settings(), IdleDaemon(), Metrics(), token, Pages(rt))
     await server.start()
     return server
 
