@@ -142,7 +142,8 @@ async def measure(
         engine = Engine(
             store, ledger, {}, EscalationSettings().rules(), SystemClock(), dry_run=True
         )
-        sql = store.detection_sql
+        # The statement the steady cycles run: told the ids judged unhealthy last time.
+        sql = store.detection_sql_knowing(list((await store.scan()).findings))
         raw = RawQuery(url, sql)
         counting = RawQuery(url, store.counting_sql)
         counter = Counter(ledger)

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,7 +36,7 @@ from watchdog.core.errors import (
     StoreUnavailable,
     TransientRecoveryError,
 )
-from watchdog.core.model import Action, Generation, Scan, Target
+from watchdog.core.model import Action, Finding, Generation, Scan, Target
 from watchdog.core.ports import GenerationSource, Recovery
 from watchdog.wiring import api_tls
 
@@ -382,7 +382,7 @@ class FakeInstances:
         self.flagged: list[str] = []
         self.error = error
 
-    async def scan(self) -> Scan:
+    async def scan(self, known: Mapping[str, Finding] | None = None) -> Scan:
         return Scan(now=await self.now(), findings={})
 
     async def set_force_reconnect(self, instance_id: str) -> bool:

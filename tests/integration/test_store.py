@@ -919,3 +919,34 @@ async def test_statuses_with_quotes_percent_signs_and_colons_are_matched_exactly
     scan = await SqlInstanceStore(db, InstancesSettings(), rules).scan()
 
     assert set(scan.findings) == {"lookalike"}
+
+
+async def test_a_scan_told_its_last_findings_reuses_those_still_unhealthy_and_no_other(
+    app: AppTable, db: Database
+) -> None:
+    for name in ("still", "recovers", "turns-bad", "disabled-later", "stays-too"):
+        app.add(name, heartbeat_ago=200, process="p1")
+    app.add("healthy", heartbeat_ago=5)
+    scanner = store(db)
+    first = await scanner.scan()
+    assert set(first.findings) == {"still", "recovers", "turns-bad", "disabled-later", "stays-too"}
+    app.beat("recovers")
+    ahead = "datetime('now', '+1 hour')" if app.is_sqlite else "now() + interval '1 hour'"
+    with app.engine.begin() as conn:  # a status change an hour ahead: cannot be believed
+        conn.execute(
+            sa.text(f"UPDATE instances SET status_changed_at = {ahead} WHERE id = 'turns-bad'")
+        )
+        conn.execute(sa.text("UPDATE instances SET enabled = false WHERE id = 'disabled-later'"))
+    app.add("new", heartbeat_ago=300)
+    second = await scanner.scan(first.findings)
+    assert set(second.findings) == {"still", "stays-too", "new"}
+    # Reused as judged last time: the very same findings, ages and all.
+    assert second.findings["still"] is first.findings["still"]
+    assert second.findings["stays-too"] is first.findings["stays-too"]
+    assert second.findings["new"].age >= 300  # judged afresh: it was not known
+    assert [u.instance_id for u in second.unjudgeable] == ["turns-bad"]  # never reused
+    # Without them (status, explain) every row is read and judged again.
+    fresh = await scanner.scan()
+    assert fresh.findings["still"] is not first.findings["still"]
+    assert fresh.findings["still"].age >= first.findings["still"].age
+    assert set(fresh.findings) == set(second.findings)

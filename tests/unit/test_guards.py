@@ -4,7 +4,7 @@ and interrupted actions reconciled at start."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,7 +15,7 @@ from tests.unit.test_engine import API, DB, PROC, STALE, Rig, drive, make_rig
 from tests.unit.test_metrics import value
 from watchdog.actions.naming import check_safe_name
 from watchdog.core.errors import StoreUnavailable
-from watchdog.core.model import AuditAction, IncidentState, Outcome, Scan, Unjudgeable
+from watchdog.core.model import AuditAction, Finding, IncidentState, Outcome, Scan, Unjudgeable
 from watchdog.core.policy import EscalationRules, LadderStep
 from watchdog.core.ports import Claim, Opening
 from watchdog.core.safety import Restart, SafetyRules, brake_engaged, budget_returns_at
@@ -35,7 +35,7 @@ class FlakyStore(MemoryInstanceStore):
 
     down = False
 
-    async def scan(self) -> Scan:
+    async def scan(self, known: Mapping[str, Finding] | None = None) -> Scan:
         if self.down:
             raise StoreUnavailable("database unavailable (test)")
         return await super().scan()
@@ -170,7 +170,7 @@ class BlindStore(MemoryInstanceStore):
 
     unreadable: tuple[str, ...] = ()
 
-    async def scan(self) -> Scan:
+    async def scan(self, known: Mapping[str, Finding] | None = None) -> Scan:
         scan = await super().scan()
         rows = tuple(
             Unjudgeable(i, "last_heartbeat_at", "soon", "not a time", "fix it")

@@ -39,7 +39,10 @@ class Clock(Protocol):
 class InstanceStore(Protocol):
     """The application's table: read in one query per cycle; only the flag is written."""
 
-    async def scan(self) -> Scan: ...
+    async def scan(self, known: Mapping[str, Finding] | None = None) -> Scan:
+        """`known`: the caller's last findings; one still unhealthy may be reused as is
+        rather than read and judged again."""
+        ...
 
     async def set_force_reconnect(self, instance_id: str) -> bool:
         """Set the flag; False when no such instance exists."""

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 
 from watchdog.core.errors import StoreError
-from watchdog.core.model import Action, Incident, IncidentState
+from watchdog.core.model import Action, Finding, Incident, IncidentState
 from watchdog.core.pacing import TokenBucket
 from watchdog.core.policy import (
     Act,
@@ -97,6 +97,8 @@ class Engine:
         self._dry_run = DryRun(ledger) if dry_run else None
         self._first_cycle = True
         self._last_scan: tuple[datetime, float] | None = None  # (database now, monotonic)
+        # The last scan's findings: a row still unhealthy is not judged again (see scan).
+        self._known: Mapping[str, Finding] = {}
 
     @property
     def busy(self) -> frozenset[str]:
@@ -141,12 +143,13 @@ class Engine:
 
     async def run_cycle(self) -> CycleReport:
         try:
-            scan = await self._instances.scan()
+            scan = await self._instances.scan(self._known)
         except StoreError:
             self._guards.database_lost()  # no action while we cannot read the truth
             raise
         mono0 = self._clock.monotonic()
         self._last_scan = (scan.now, mono0)
+        self._known = scan.findings
         if self._guards.database_back(scan.now) and self._dry_run is None:
             await self._guards.record_grace(scan.now, after_start=self._first_cycle)
         self._first_cycle = False

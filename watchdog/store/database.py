@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -92,6 +93,22 @@ class Database:
         """`values` as a one-column derived table `name(value)`, sent as one JSON text:
         thousands of ids cost one string to send, not an array to encode item by item."""
         text = sa.bindparam(f"{name}_json", json.dumps(list(values)), sa.Text)
+        if self.is_sqlite:
+            return sa.func.json_each(text).table_valued("value", name=name)
+        elements = sa.func.json_array_elements_text(sa.cast(text, JSON))
+        return elements.table_valued("value", name=name)
+
+    def placeholder(self, name: str) -> sa.ColumnElement[Any]:
+        """A parameter left for the driver in a `FrozenStatement` (whose other values are
+        written in); it becomes `%(name)s` for psycopg, `:name` for sqlite3."""
+        return sa.literal_column(_PLACEHOLDER.format(name=name), sa.Text)
+
+    def driver_placeholder(self, name: str) -> str:
+        return f":{name}" if self.is_sqlite else f"%({name})s"
+
+    def listed_by_driver(self, name: str) -> sa.TableValuedAlias:
+        """`listed`, with the JSON text a driver parameter of that name."""
+        text = self.placeholder(name)
         if self.is_sqlite:
             return sa.func.json_each(text).table_valued("value", name=name)
         elements = sa.func.json_array_elements_text(sa.cast(text, JSON))
@@ -221,6 +238,10 @@ async def _discard(conn: AsyncConnection) -> None:
         await conn.close()
 
 
+_PLACEHOLDER = "__watchdog_param_{name}__"
+_PLACEHOLDERS = re.compile(r"__watchdog_param_(\w+?)__")
+
+
 class FrozenStatement:
     """A large read compiled to SQL text once per set of runtime values (a handful: the
     zone's offset moves with DST), with every value written in, and run through the
@@ -230,6 +251,7 @@ class FrozenStatement:
 
     def __init__(self, db: Database, statement: sa.Select[Any]) -> None:
         self._dialect = db.engine.dialect
+        self._placeholder = lambda found: db.driver_placeholder(found.group(1))
         self._statement = statement
         self._texts: dict[tuple[tuple[str, Any], ...], str] = {}
 
@@ -239,15 +261,20 @@ class FrozenStatement:
         if text is None:
             bound = self._statement.params(dict(params)) if params else self._statement
             compiled = bound.compile(dialect=self._dialect, compile_kwargs={"literal_binds": True})
-            text = self._texts[key] = str(compiled)
+            text = self._texts[key] = _PLACEHOLDERS.sub(self._placeholder, str(compiled))
         return text
 
     async def execute(
-        self, conn: AsyncConnection, params: Mapping[str, Any]
+        self,
+        conn: AsyncConnection,
+        params: Mapping[str, Any],
+        driver_params: Mapping[str, Any] | None = None,
     ) -> sa.CursorResult[Any]:
-        # SQLAlchemy hands the driver an empty parameter set, so psycopg reads the `%%`
-        # that literal rendering writes for a `%` in a value as one `%` (a test checks).
-        return await conn.exec_driver_sql(self.text(params))
+        """`driver_params`: the values of its `Database.placeholder`s, if any."""
+        # SQLAlchemy hands the driver a parameter set (empty without placeholders), so
+        # psycopg reads the `%%` that literal rendering writes for a `%` in a value as one
+        # `%` (a test checks).
+        return await conn.exec_driver_sql(self.text(params), dict(driver_params or {}))
 
 
 def translate(error: exc.DBAPIError, what: str) -> StoreError:

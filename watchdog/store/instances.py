@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from watchdog.config import InstancesSettings
 from watchdog.core.errors import StoreTimeout
-from watchdog.core.model import Census, RowFacts, Scan
+from watchdog.core.model import Census, Finding, RowFacts, Scan
 from watchdog.core.policy import DetectionRules, unmonitored_reason
 from watchdog.resilience import retry_transient
 from watchdog.store import inspection
@@ -31,6 +31,8 @@ from watchdog.store.database import Database, FrozenStatement, as_utc
 from watchdog.store.judging import cut, judge, verdict
 from watchdog.store.predicates import RowTests
 from watchdog.store.readings import Reading, ReadingSql
+
+_KNOWN = "known_ids"  # the driver parameter of the ids the caller judged unhealthy
 
 
 class SqlInstanceStore:
@@ -77,6 +79,11 @@ class SqlInstanceStore:
         self._tests = RowTests(self._table, self._map, self._rules, self._sql)
         self._counting_query = FrozenStatement(self._db, self._build_scan(counting=True))
         self._near_query = FrozenStatement(self._db, self._build_scan(counting=False))
+        # The same, told the ids judged unhealthy at the last scan (see `scan`).
+        self._counting_known = FrozenStatement(
+            self._db, self._build_scan(counting=True, known=True)
+        )
+        self._near_known = FrozenStatement(self._db, self._build_scan(counting=False, known=True))
         count = sa.select(sa.func.count()).select_from(self._table).where(self._tests.monitored())
         self._count_query = FrozenStatement(self._db, count)
 
@@ -97,12 +104,24 @@ class SqlInstanceStore:
         """The SQL most cycles run, as sent now (the benchmark times it raw)."""
         return self._near_query.text(self._sql.params(datetime.now(UTC)))
 
+    def detection_sql_knowing(self, known: Collection[str]) -> str:
+        """The SQL the engine's steady cycles run (told the ids it judged unhealthy last
+        time), with those ids written in: the benchmark times it raw."""
+        text = self._near_known.text(self._sql.params(datetime.now(UTC)))
+        value = sa.literal(json.dumps(list(known)), sa.Text)
+        written = str(
+            value.compile(dialect=self._db.engine.dialect, compile_kwargs={"literal_binds": True})
+        )
+        if not self._db.is_sqlite:
+            written = written.replace("%", "%%")  # as literal rendering writes it for psycopg
+        return text.replace(self._db.driver_placeholder(_KNOWN), written)
+
     @property
     def counting_sql(self) -> str:
         """The same with the monitored count, run once a minute (the benchmark too)."""
         return self._counting_query.text(self._sql.params(datetime.now(UTC)))
 
-    def _build_scan(self, *, counting: bool) -> sa.Select[Any]:
+    def _build_scan(self, *, counting: bool, known: bool = False) -> sa.Select[Any]:
         tests = self._tests
         near = tests.near(self._lookahead)
         bad = tests.unjudgeable(heartbeat=False)  # the heartbeat's part is in `near`
@@ -118,7 +137,7 @@ class SqlInstanceStore:
         keep = sa.or_(tests.monitored(), sa.and_(tests.maybe_monitored(), bad))
         if counting:
             keep = sa.and_(wanted, keep)
-        rows = self._aggregate(keep)
+        rows = self._aggregate(keep, known=known)
         clock = self._db.now_expr().label("now")
         # The ledger's revision rides along, so a steady cycle is this one statement.
         revision = (sa.null() if self._ledger_revision is None else self._ledger_revision).label(
@@ -135,30 +154,50 @@ class SqlInstanceStore:
             query = query.where(wanted)
         return query.select_from(self._table)
 
-    def _aggregate(self, keep: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
-        """The kept rows as one JSON array of arrays, as text."""
-        if self._db.is_sqlite:
-            row = self._tests.row_array(sa.func.json_array)
+    def _aggregate(self, keep: sa.ColumnElement[bool], *, known: bool) -> sa.ColumnElement[Any]:
+        """The kept rows as one JSON array of arrays, as text; `known`: a row the caller
+        judged unhealthy last time and still is comes as the array of its id alone."""
+        sqlite = self._db.is_sqlite
+        array = sa.func.json_array if sqlite else sa.func.json_build_array
+        if known:
+            ids = self._db.listed_by_driver(_KNOWN)
+            row = self._tests.row_or_known(array, ids)
+        else:
+            row = self._tests.row_array(array)
+        if sqlite:
             return sa.type_coerce(sa.func.json_group_array(row).filter(keep), sa.Text)
         # As text: psycopg would decode a json column itself; text reads alike on both.
-        row = self._tests.row_array(sa.func.json_build_array)
         return sa.cast(sa.func.json_agg(row).filter(keep), sa.Text)
 
-    async def scan(self) -> Scan:
+    async def scan(self, known: Mapping[str, Finding] | None = None) -> Scan:
         """One detection query; a transient fault (SQLite busy, a dropped PostgreSQL
-        connection) gets one more try on a fresh connection, a timeout does not."""
-        return await retry_transient(self._scan_once, 2, "detection query", unless=StoreTimeout)
+        connection) gets one more try on a fresh connection, a timeout does not.
 
-    async def _scan_once(self) -> Scan:
+        `known`: the findings of the caller's last scan. A row among them that is still
+        unhealthy (and readable) is not read and judged again: its finding is reused,
+        ages and all (the engine's view of an incident it already has; `status` and
+        `explain` scan without it)."""
+
+        async def once() -> Scan:
+            return await self._scan_once(known or {})
+
+        return await retry_transient(once, 2, "detection query", unless=StoreTimeout)
+
+    async def _scan_once(self, known: Mapping[str, Finding]) -> Scan:
         counted = self._counted
         counting = counted is None or self._monotonic() - counted[1] >= self._count_every
         params = self._sql.params(datetime.now(UTC))
-        async with self._db.steady("detection query") as conn:
+        if known:
+            query = self._counting_known if counting else self._near_known
+            given = {_KNOWN: json.dumps(list(known))}
+        else:
             query = self._counting_query if counting else self._near_query
-            row = (await query.execute(conn, params)).one()
+            given = {}
+        async with self._db.steady("detection query") as conn:
+            row = (await query.execute(conn, params, given)).one()
             # NULL (PostgreSQL) or '[]' (SQLite) when no row is kept.
             rows = json.loads(row.near) if row.near else ()
-            findings, unjudgeable, deadline = judge(rows, self._map, self._rules)
+            findings, unjudgeable, deadline = judge(rows, self._map, self._rules, known)
             total = None if row.total is None else int(row.total)
             if counting:
                 monitored = int(row.monitored)

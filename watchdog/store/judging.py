@@ -37,12 +37,16 @@ Judged = tuple[dict[str, Finding], tuple[Unjudgeable, ...], float | None]
 
 
 def judge(
-    rows: Sequence[Sequence[Any]], mapping: InstancesSettings, rules: DetectionRules
+    rows: Sequence[Sequence[Any]],
+    mapping: InstancesSettings,
+    rules: DetectionRules,
+    known: Mapping[str, Finding] | None = None,
 ) -> Judged:
     """The findings among `rows`, the rows that cannot be judged, and the soonest deadline
     among the healthy rest (seconds). Each row is [id, status, process, status age,
     heartbeat age, raw status_changed_at, raw heartbeat, raw enabled], a raw value set
-    only where it could not be read (the three are left out when none is). A bad value
+    only where it could not be read (the three are left out when none is), or only the
+    id of a row among `known` that is still unhealthy (its finding is reused). A bad value
     is its row's problem: that row is reported and skipped, every other row is judged as
     usual."""
     findings: dict[str, Finding] = {}
@@ -50,6 +54,12 @@ def judge(
     deadline: float | None = None
     skew = rules.max_clock_skew
     for fields in rows:
+        if len(fields) == 1 and known is not None:  # still unhealthy, judged last time
+            instance_id = fields[0]
+            finding = known.get(instance_id)
+            if finding is not None:
+                findings[instance_id] = finding
+                continue
         if _plain(fields, skew):  # nearly every row: judged from its values directly
             instance_id, status, process, status_age, heartbeat_age = fields[:5]
             finding = judge_values(instance_id, status, status_age, heartbeat_age, process, rules)

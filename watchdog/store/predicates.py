@@ -148,6 +148,23 @@ class RowTests:
         unset = sa.and_(*(raw.is_(None) for raw in maybe))
         return sa.case((unset, array(*core)), else_=array(*fields))
 
+    def row_or_known(
+        self,
+        array: Callable[..., sa.ColumnElement[Any]],
+        known: sa.FromClause,
+    ) -> sa.ColumnElement[Any]:
+        """`row_array()`, or the one-element array of the row's id when its id is in
+        `known` (a derived table of ids the caller judged unhealthy at its last scan) and
+        the row is still unhealthy and every value readable: the caller keeps what it
+        judged then, instead of reading and judging the same row again every cycle."""
+        row_id = sa.cast(self.col(self._map.id), sa.Text)
+        still = sa.and_(
+            row_id.in_(sa.select(known.c.value)),
+            self.near(0.0),
+            sa.not_(sa.func.coalesce(self.unjudgeable(), sa.false())),
+        )
+        return sa.case((still, array(row_id)), else_=self.row_array(array))
+
     def status_in(self, statuses: Collection[str]) -> sa.ColumnElement[bool]:
         listed = self._inline(statuses)
         lengths = sorted({len(status_key(s).encode()) for s in statuses})

@@ -3,7 +3,7 @@ query mirrors)."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -81,7 +81,8 @@ class MemoryInstanceStore:
     def set_enabled(self, instance_id: str, enabled: bool) -> None:
         self.instances[instance_id].enabled = enabled
 
-    async def scan(self) -> Scan:
+    async def scan(self, known: Mapping[str, Finding] | None = None) -> Scan:
+        """Every row judged afresh (`known` is a hint the SQL store uses)."""
         self.scan_count += 1
         now = self.clock.now
         findings: dict[str, Finding] = {}
