@@ -25,7 +25,7 @@ from watchdog.core.model import (
     Reason,
     Scan,
 )
-from watchdog.core.policy import UNREADABLE, DetectionRules, InstanceRow, classify
+from watchdog.core.policy import UNREADABLE, DetectionRules, EscalationRules, InstanceRow, classify
 from watchdog.core.ports import AuditQuery, Claim, Closing, Finished, Opening
 from watchdog.engine.cycle import Engine
 from watchdog.store import migrate
@@ -950,3 +950,27 @@ async def test_a_scan_told_its_last_findings_reuses_those_still_unhealthy_and_no
     assert fresh.findings["still"] is not first.findings["still"]
     assert fresh.findings["still"].age >= first.findings["still"].age
     assert set(fresh.findings) == set(second.findings)
+
+
+async def test_an_instance_detected_anew_after_a_reset_is_judged_from_its_row_now(
+    app: AppTable, db: Database
+) -> None:
+    for n in range(6):
+        app.add(f"ok-{n}", heartbeat_ago=1)
+    app.add("frozen", heartbeat_ago=200)
+    ledger = SqlLedger(db)
+    engine = Engine(store(db), ledger, {}, EscalationRules(), SystemClock())
+    await engine.run_cycle()  # detected
+    assert await engine.drain(5.0)
+    app.beat("frozen", ago=400)  # its row says older now
+    await engine.run_cycle()  # still unhealthy: its finding is reused, not judged again
+    assert await engine.drain(5.0)
+    incident = (await ledger.load_open())["frozen"]
+    now = await store(db).now()
+    await ledger.close(incident, IncidentState.RESET, now, "bob", {})
+    await engine.run_cycle()  # detected anew: from the row as it is now
+    assert await engine.drain(5.0)
+    detected = await ledger.audit(
+        AuditQuery(instance_id="frozen", actions=[AuditAction.DETECTED], limit=10)
+    )
+    assert [round(r.detail["age"] / 100) for r in detected] == [2, 4]

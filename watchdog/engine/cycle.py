@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 
 from watchdog.core.errors import StoreError
-from watchdog.core.model import Action, Finding, Incident, IncidentState
+from watchdog.core.model import Action, Finding, Incident, IncidentState, Scan
 from watchdog.core.pacing import TokenBucket
 from watchdog.core.policy import (
     Act,
@@ -149,7 +149,6 @@ class Engine:
             raise
         mono0 = self._clock.monotonic()
         self._last_scan = (scan.now, mono0)
-        self._known = scan.findings
         if self._guards.database_back(scan.now) and self._dry_run is None:
             await self._guards.record_grace(scan.now, after_start=self._first_cycle)
         self._first_cycle = False
@@ -161,6 +160,10 @@ class Engine:
         incidents = state.incidents
         if self._dry_run is not None:
             incidents = self._dry_run.view(incidents, scan.findings)
+        if self._reused_without_incident(scan, incidents):
+            # An incident closed since (a reset, another writer): its instance is to be
+            # detected anew, from a finding read now, not the one kept since its first.
+            scan = await self._instances.scan()
         new_ids = [i for i in scan.findings if i not in incidents]
         unjudged = {u.instance_id for u in scan.unjudgeable if u.instance_id}
         busy = self._dispatch.busy  # a copy: taken once, not once per incident
@@ -200,15 +203,27 @@ class Engine:
             report.actions = [(a.instance_id, a.action, a.attempt) for a in acts]
             report.acted = len(acts)
         else:
-            await self._apply(decisions, dict(incidents), report, scan.now, mono0)
+            live = dict(incidents)
+            await self._apply(decisions, live, report, scan.now, mono0)
+            incidents = live  # with the incidents opened just now
             await self._guards.report_unjudgeable(scan)
             if self._breakers is not None:
                 await self._breakers.save(scan.now)
+        # Next time the scan reuses, of these findings, those of an instance with an
+        # incident and still unhealthy: a new detection is always judged afresh.
+        self._known = {i: f for i, f in scan.findings.items() if i in incidents}
         report.brake = self._guards.braking
         report.queued = self._dispatch.queued
         if self._breakers is not None:
             report.breakers = tuple(self._breakers.board.snapshots())
         return report
+
+    def _reused_without_incident(self, scan: Scan, incidents: Mapping[str, Incident]) -> bool:
+        known = self._known
+        return any(
+            known.get(instance_id) is finding and instance_id not in incidents
+            for instance_id, finding in scan.findings.items()
+        )
 
     # ----------------------------------------------------------------- applying
 
