@@ -11,8 +11,9 @@ operator approves one (`watchdogctl approve`).
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,6 +34,8 @@ from watchdog.observability import get_logger
 
 log = get_logger(component="hosts")
 
+COUNT_EVERY = 60.0  # seconds between reads of the monitored rows by process
+
 
 class Hosts:
     def __init__(
@@ -44,6 +47,7 @@ class Hosts:
         rules: SafetyRules,
         settle: float,
         source: GenerationSource | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """`recovery`: the process rung (its `key` names the process hosting an instance);
         `source`: its backend, when it can tell a process's generation."""
@@ -59,7 +63,12 @@ class Hosts:
         self._records: dict[str, HostRecord] | None = None  # read once a cycle, if needed
         self._unhealthy: Counter[str] | None = None
         self._findings: Mapping[str, Finding] = {}
+        # Monitored rows by process: a full pass, so read at most every `COUNT_EVERY`
+        # seconds (a held restart is weighed every cycle; its unhealthy share comes from
+        # each cycle's findings, the rows per process hardly move).
         self._counts: dict[str | None, tuple[int, int]] | None = None
+        self._counted_at = 0.0
+        self._monotonic = monotonic
         # Processes whose generation the backend could not tell at the last look: a
         # restart by someone else is not seen meanwhile, and the log says so once.
         self._unreadable: set[str] = set()
@@ -69,7 +78,7 @@ class Hosts:
         return self._settle.total_seconds()
 
     def new_cycle(self, findings: Mapping[str, Finding]) -> None:
-        self._records = self._unhealthy = self._counts = None
+        self._records = self._unhealthy = None
         self._findings = findings
 
     def key(self, instance_id: str, process: str | None) -> str | None:
@@ -140,8 +149,10 @@ class Hosts:
         return self._unhealthy[process]
 
     async def _by_process(self) -> dict[str | None, tuple[int, int]]:
-        if self._counts is None:
+        now = self._monotonic()
+        if self._counts is None or now - self._counted_at >= COUNT_EVERY:
             self._counts = await self._instances.monitored_by_process()
+            self._counted_at = now
         return self._counts
 
     # ------------------------------------------------------------ restarts

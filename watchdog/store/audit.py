@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from watchdog.core.model import AuditRow, Outcome
+from watchdog.core.model import AuditAction, AuditRow, Outcome
 from watchdog.core.ports import AuditQuery, NewAudit, interruption
 from watchdog.store.database import Database, as_utc
 from watchdog.store.records import AUDIT_COLUMNS, audit_row
@@ -169,6 +169,21 @@ class AuditTrail:
         async with self._db.connect("read audit") as conn:
             rows = (await conn.execute(select)).all()
         return [audit_row(row) for row in reversed(rows)]
+
+    async def outcome_times(
+        self, since: datetime, actions: Collection[AuditAction]
+    ) -> list[tuple[datetime, str, str]]:
+        """(at, action, outcome) of each outcome row of `actions` since `since`: what a
+        timeline counts, without reading or decoding any detail."""
+        query = sa.select(audit.c.at, audit.c.action, audit.c.outcome).where(
+            audit.c.at >= since,
+            audit.c.action.in_([str(a) for a in actions]),
+            audit.c.outcome != str(Outcome.STARTED),
+        )
+        async with self._db.connect("read action outcomes") as conn:
+            return [
+                (as_utc(at), action, outcome) for at, action, outcome in await conn.execute(query)
+            ]
 
     async def orphan_intents(
         self, among: Collection[int] | None = None, instances: Collection[str] | None = None

@@ -93,10 +93,7 @@ class Database:
         """`values` as a one-column derived table `name(value)`, sent as one JSON text:
         thousands of ids cost one string to send, not an array to encode item by item."""
         text = sa.bindparam(f"{name}_json", json.dumps(list(values)), sa.Text)
-        if self.is_sqlite:
-            return sa.func.json_each(text).table_valued("value", name=name)
-        elements = sa.func.json_array_elements_text(sa.cast(text, JSON))
-        return elements.table_valued("value", name=name)
+        return self._json_values(name, text)
 
     def placeholder(self, name: str) -> sa.ColumnElement[Any]:
         """A parameter left for the driver in a `FrozenStatement` (whose other values are
@@ -108,7 +105,10 @@ class Database:
 
     def listed_by_driver(self, name: str) -> sa.TableValuedAlias:
         """`listed`, with the JSON text a driver parameter of that name."""
-        text = self.placeholder(name)
+        return self._json_values(name, self.placeholder(name))
+
+    def _json_values(self, name: str, text: sa.ColumnElement[Any]) -> sa.TableValuedAlias:
+        """The elements of a JSON array of strings as a one-column table `name(value)`."""
         if self.is_sqlite:
             return sa.func.json_each(text).table_valued("value", name=name)
         elements = sa.func.json_array_elements_text(sa.cast(text, JSON))

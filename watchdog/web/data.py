@@ -18,7 +18,6 @@ PER_PAGE = 100  # instances on one page
 TIMELINE_MINUTES = 60
 TRAIL_ROWS = 100  # audit rows on an instance's page
 _RUNGS = (AuditAction.API_RESTART, AuditAction.DB_FLAG, AuditAction.PROCESS_RESTART)
-_TIMELINE_ROWS = 100_000  # the most action rows one hour is read back with
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +117,8 @@ async def _timeline(rt: Runtime, now: datetime) -> dict[tuple[int, str, str], in
     """Action outcomes of the last hour by minutes ago, rung and outcome (intents left out:
     each action counts once, when it ended)."""
     since = now - timedelta(minutes=TIMELINE_MINUTES)
-    query = AuditQuery(since=since, actions=_RUNGS, limit=_TIMELINE_ROWS)
     counts: Counter[tuple[int, str, str]] = Counter()
-    for row in await rt.ledger.audit(query):
-        if row.outcome == "started":
-            continue
-        ago = min(TIMELINE_MINUTES - 1, max(0, int((now - row.at).total_seconds() // 60)))
-        counts[(ago, str(row.action), str(row.outcome))] += 1
+    for at, action, outcome in await rt.ledger.outcome_times(since, _RUNGS):
+        ago = min(TIMELINE_MINUTES - 1, max(0, int((now - at).total_seconds() // 60)))
+        counts[(ago, action, outcome)] += 1
     return dict(counts)
