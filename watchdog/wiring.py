@@ -19,6 +19,7 @@ from watchdog.actions.api import ApiRestart, HttpClients, check_api
 from watchdog.actions.command import CommandRestart
 from watchdog.actions.db_flag import DbFlag
 from watchdog.actions.systemd import SystemdRestart
+from watchdog.actions.transport import AsyncioTransport
 from watchdog.alerts.sender import AlertFeeder, AlertSender
 from watchdog.config import Settings, bearer_token
 from watchdog.core.breaker import BreakerRules
@@ -123,7 +124,7 @@ def _api_clients(settings: Settings) -> list[httpx.AsyncClient]:
     """One client per concurrent action (see HttpClients), all on one TLS context."""
     tls = api_tls(settings.api.restart_url)
     return [
-        httpx.AsyncClient(timeout=settings.api.timeout, verify=tls)
+        httpx.AsyncClient(timeout=settings.api.timeout, verify=tls, transport=AsyncioTransport(tls))
         for _ in range(settings.daemon.max_concurrent_actions)
     ]
 

@@ -30,6 +30,7 @@ import pytest
 from watchdog.actions.api import ApiRestart, HttpClients
 from watchdog.actions.command import CommandRestart
 from watchdog.actions.db_flag import DbFlag
+from watchdog.actions.transport import AsyncioTransport
 from watchdog.core.errors import (
     PermanentRecoveryError,
     RecoveryError,
@@ -119,11 +120,13 @@ def api() -> Iterator[FakeApi]:
         thread.join(5)
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
+@pytest.fixture(params=["asyncio", "httpx"])
+async def client(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    """Each ApiRestart test runs on the daemon's transport and on httpx's own."""
     # trust_env=False: a proxy from the environment must not intercept loopback requests.
     # verify=False: plain HTTP only, and it skips loading the CA bundle for every test.
-    async with httpx.AsyncClient(trust_env=False, verify=False) as http:
+    transport = AsyncioTransport(api_tls("http://")) if request.param == "asyncio" else None
+    async with httpx.AsyncClient(trust_env=False, verify=False, transport=transport) as http:
         yield http
 
 

@@ -20,6 +20,7 @@ and the retry policies only ever see our own types::
 from __future__ import annotations
 
 import os
+import ssl
 
 
 class WatchdogError(Exception):
@@ -85,12 +86,14 @@ def squeeze(text: str) -> str:
 
 def describe(exc: BaseException) -> str:
     """An exception on one line, its class first: "ConnectError: Connection refused". A
-    wrapped OS error speaks for it (httpx only says "All connection attempts failed")."""
+    wrapped OS error speaks for it (httpx only says "All connection attempts failed"),
+    except a TLS one, whose errno would read "Operation not permitted" for a bad certificate."""
     cause: BaseException | None = exc
     for _ in range(10):  # chains are short; the bound guards against cycles
         if cause is None:
             break
-        if isinstance(cause, OSError) and cause.errno:
+        # An SSL error's errno is OpenSSL's code, not the system's: its text says more.
+        if isinstance(cause, OSError) and cause.errno and not isinstance(cause, ssl.SSLError):
             return f"{type(exc).__name__}: {os.strerror(cause.errno)}"
         cause = cause.__cause__ or cause.__context__
     text = squeeze(str(exc))

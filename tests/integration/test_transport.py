@@ -1,0 +1,185 @@
+"""The daemon's HTTP transport (httpcore on asyncio streams) against real servers: TLS with
+a real certificate, a keep-alive connection the server closes while idle, and a server
+that stops reading. The ApiRestart tests in test_actions.py run on it as well."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import ssl
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from watchdog.actions.api import ApiRestart
+from watchdog.actions.transport import AsyncioTransport
+from watchdog.core.errors import TransientRecoveryError
+from watchdog.core.model import Target
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+class Server:
+    """An HTTP/1.1 server on asyncio that answers every request with `OK`, counting the
+    connections it accepted; `close_idle` closes each connection right after answering
+    (without saying so in a header), as a server's idle timeout does."""
+
+    def __init__(self, *, close_idle: bool = False, tls: ssl.SSLContext | None = None) -> None:
+        self.close_idle = close_idle
+        self.tls = tls
+        self.connections = 0
+        self.requests = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Server:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                self.requests += 1
+                writer.write(OK)
+                await writer.drain()
+                if self.close_idle:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def plain() -> AsyncIterator[httpx.AsyncClient]:
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    async with httpx.AsyncClient(trust_env=False, transport=AsyncioTransport(tls)) as client:
+        yield client
+
+
+async def test_a_kept_connection_is_reused(plain: httpx.AsyncClient) -> None:
+    async with Server() as server:
+        restart = ApiRestart(plain, f"http://127.0.0.1:{server.port}/restart/{{id}}")
+        for n in range(5):
+            await restart.recover(Target(f"i{n}", None))
+    assert (server.requests, server.connections) == (5, 1)
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_reused(
+    plain: httpx.AsyncClient,
+) -> None:
+    async with Server(close_idle=True) as server:
+        restart = ApiRestart(plain, f"http://127.0.0.1:{server.port}/restart/{{id}}")
+        for n in range(3):
+            await restart.recover(Target(f"i{n}", None))
+            await asyncio.sleep(0.05)  # the server's close reaches the idle connection
+    assert (server.requests, server.connections) == (3, 3)
+
+
+async def test_a_server_that_accepts_but_never_answers_times_out(
+    plain: httpx.AsyncClient,
+) -> None:
+    done = asyncio.Event()
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await done.wait()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    restart = ApiRestart(plain, f"http://127.0.0.1:{port}/restart/{{id}}", timeout=0.2)
+    try:
+        with pytest.raises(TransientRecoveryError, match=r"timed out after 0\.2s"):
+            await restart.recover(Target("w", None))
+    finally:
+        done.set()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost, made by openssl."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("openssl is needed for the TLS tests: apt-get install openssl")
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = where / "cert.pem", where / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+def _server_tls(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+async def test_https_verified_against_the_servers_certificate(
+    certificate: tuple[Path, Path],
+) -> None:
+    cert, key = certificate
+    trusting = ssl.create_default_context(cafile=str(cert))
+    async with (
+        Server(tls=_server_tls(cert, key)) as server,
+        httpx.AsyncClient(trust_env=False, transport=AsyncioTransport(trusting)) as client,
+    ):
+        restart = ApiRestart(client, f"https://localhost:{server.port}/restart/{{id}}")
+        first = await restart.recover(Target("a", None))
+        await restart.recover(Target("b", None))
+    assert first.detail["status"] == 200
+    assert (server.requests, server.connections) == (2, 1)
+
+
+@pytest.mark.parametrize("ours", [True, False], ids=["asyncio", "httpx"])
+async def test_https_to_an_unknown_certificate_fails_naming_the_certificate(
+    certificate: tuple[Path, Path], ours: bool
+) -> None:
+    cert, key = certificate
+    default = ssl.create_default_context()  # the system's CAs: the self-signed one is not
+    transport = AsyncioTransport(default) if ours else None
+    async with (
+        Server(tls=_server_tls(cert, key)) as server,
+        httpx.AsyncClient(trust_env=False, verify=default, transport=transport) as client,
+    ):
+        restart = ApiRestart(client, f"https://localhost:{server.port}/restart/{{id}}")
+        with pytest.raises(TransientRecoveryError, match="CERTIFICATE_VERIFY_FAILED"):
+            await restart.recover(Target("a", None))
+    assert server.requests == 0
