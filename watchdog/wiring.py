@@ -19,7 +19,7 @@ from watchdog.actions.api import ApiRestart, HttpClients, check_api
 from watchdog.actions.command import CommandRestart
 from watchdog.actions.db_flag import DbFlag
 from watchdog.actions.systemd import SystemdRestart
-from watchdog.actions.transport import AsyncioTransport
+from watchdog.actions.transport import AsyncioTransport, DirectClient, proxies_in_environment
 from watchdog.alerts.sender import AlertFeeder, AlertSender
 from watchdog.config import Settings, bearer_token
 from watchdog.core.breaker import BreakerRules
@@ -120,13 +120,16 @@ async def open_recoveries(runtime: Runtime) -> AsyncIterator[dict[Action, Recove
         }
 
 
-def _api_clients(settings: Settings) -> list[httpx.AsyncClient]:
-    """One client per concurrent action (see HttpClients), all on one TLS context."""
+def _api_clients(settings: Settings) -> list[DirectClient] | list[httpx.AsyncClient]:
+    """One client per concurrent action (see HttpClients), all on one TLS context: direct
+    ones on the asyncio transport, unless the environment names a proxy. Then httpx's own
+    clients make the calls: only they know which URLs it carries (and a client given a
+    transport of ours would ignore it)."""
     tls = api_tls(settings.api.restart_url)
-    return [
-        httpx.AsyncClient(timeout=settings.api.timeout, verify=tls, transport=AsyncioTransport(tls))
-        for _ in range(settings.daemon.max_concurrent_actions)
-    ]
+    n = settings.daemon.max_concurrent_actions
+    if not proxies_in_environment():
+        return [DirectClient(AsyncioTransport(tls)) for _ in range(n)]
+    return [httpx.AsyncClient(timeout=settings.api.timeout, verify=tls) for _ in range(n)]
 
 
 def api_tls(url: str) -> ssl.SSLContext:

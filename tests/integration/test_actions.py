@@ -5,6 +5,7 @@ port, real child processes. Only the instance store is faked (its adapter lives 
 from __future__ import annotations
 
 import asyncio
+import base64
 import builtins
 import json
 import os
@@ -27,10 +28,10 @@ import httpx
 import psutil
 import pytest
 
-from watchdog.actions.api import ApiRestart, HttpClients
+from watchdog.actions.api import ApiRestart, HttpClient, HttpClients
 from watchdog.actions.command import CommandRestart
 from watchdog.actions.db_flag import DbFlag
-from watchdog.actions.transport import AsyncioTransport
+from watchdog.actions.transport import AsyncioTransport, DirectClient
 from watchdog.core.errors import (
     PermanentRecoveryError,
     RecoveryError,
@@ -120,9 +121,14 @@ def api() -> Iterator[FakeApi]:
         thread.join(5)
 
 
-@pytest.fixture(params=["asyncio", "httpx"])
-async def client(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
-    """Each ApiRestart test runs on the daemon's transport and on httpx's own."""
+@pytest.fixture(params=["direct", "asyncio", "httpx"])
+async def client(request: pytest.FixtureRequest) -> AsyncIterator[HttpClient]:
+    """Each ApiRestart test runs on the daemon's direct client, on httpx's client over the
+    daemon's transport (when a proxy is configured) and on httpx's own."""
+    if request.param == "direct":
+        async with DirectClient(AsyncioTransport(api_tls("http://"))) as direct:
+            yield direct
+        return
     # trust_env=False: a proxy from the environment must not intercept loopback requests.
     # verify=False: plain HTTP only, and it skips loading the CA bundle for every test.
     transport = AsyncioTransport(api_tls("http://")) if request.param == "asyncio" else None
@@ -340,7 +346,8 @@ async def test_api_password_in_url_is_masked(api: FakeApi, client: httpx.AsyncCl
     url = api.base.replace("http://", "http://ops:hunter2@") + "/restart/{id}"
     result = await ApiRestart(client, url).recover(Target("w1", None))
     assert result.detail["url"] == api.base.replace("http://", "http://ops:***@") + "/restart/w1"
-    assert api.requests[0].authorization is not None  # httpx sent the basic credentials
+    # The credentials went as basic auth, on every client.
+    assert api.requests[0].authorization == "Basic " + base64.b64encode(b"ops:hunter2").decode()
 
 
 async def test_api_restart_is_a_recovery_keyed_by_instance(client: httpx.AsyncClient) -> None:

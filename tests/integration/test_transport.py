@@ -16,8 +16,10 @@ import pytest
 
 from watchdog.actions.api import ApiRestart
 from watchdog.actions.transport import AsyncioTransport
+from watchdog.config import load_settings
 from watchdog.core.errors import TransientRecoveryError
 from watchdog.core.model import Target
+from watchdog.wiring import _api_clients
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -32,6 +34,7 @@ class Server:
         self.tls = tls
         self.connections = 0
         self.requests = 0
+        self.lines: list[bytes] = []  # each request's first line
         self._server: asyncio.Server | None = None
 
     async def __aenter__(self) -> Server:
@@ -52,7 +55,8 @@ class Server:
         self.connections += 1
         try:
             while True:
-                await reader.readuntil(b"\r\n\r\n")
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.lines.append(head.split(b"\r\n", 1)[0])
                 self.requests += 1
                 writer.write(OK)
                 await writer.drain()
@@ -183,3 +187,28 @@ async def test_https_to_an_unknown_certificate_fails_naming_the_certificate(
         with pytest.raises(TransientRecoveryError, match="CERTIFICATE_VERIFY_FAILED"):
             await restart.recover(Target("a", None))
     assert server.requests == 0
+
+
+@pytest.mark.parametrize("proxied", [False, True], ids=["direct", "proxy"])
+async def test_a_proxy_named_in_the_environment_carries_the_restart_calls(
+    monkeypatch: pytest.MonkeyPatch, proxied: bool
+) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    async with Server() as app, Server() as proxy:
+        if proxied:
+            monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+        app_port = app.port
+        url = f"http://127.0.0.1:{app_port}/restart/{{id}}"
+        settings = load_settings(None, {"WATCHDOG_API__RESTART_URL": url})
+        clients = _api_clients(settings)
+        assert all(isinstance(c, httpx.AsyncClient) == proxied for c in clients)
+        async with clients[0] as client:
+            await ApiRestart(client, url).recover(Target("i1", None))
+        for other in clients[1:]:
+            await other.__aexit__(None, None, None)
+    via, unused = (proxy, app) if proxied else (app, proxy)
+    target = f"http://127.0.0.1:{app_port}/restart/i1" if proxied else "/restart/i1"
+    assert via.lines == [f"POST {target} HTTP/1.1".encode()]
+    assert unused.lines == []

@@ -7,8 +7,9 @@ only sees whether a retry may help. The bearer token never appears in results or
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Protocol
 from urllib.parse import quote
 
 import httpx
@@ -32,8 +33,18 @@ _METHOD = re.compile(r"[A-Z]+")
 _DOT_SEGMENTS = frozenset({"", ".", ".."})
 
 
+class HttpClient(Protocol):
+    """What ApiRestart asks of a client: an httpx.AsyncClient, or a `DirectClient`."""
+
+    def build_request(
+        self, method: str, url: str, *, headers: Mapping[str, str], timeout: float
+    ) -> httpx.Request: ...
+
+    async def send(self, request: httpx.Request) -> httpx.Response: ...
+
+
 class HttpClients:
-    """httpx clients for concurrent calls: each call in flight takes one of its own while
+    """HTTP clients for concurrent calls: each call in flight takes one of its own while
     there are enough, and calls beyond that share the first.
 
     httpcore's pool walks all of a client's connections on every request, probing each
@@ -41,14 +52,14 @@ class HttpClients:
     connections): in a storm of 16 concurrent calls that was a seventh of the daemon's
     CPU. Clients of one connection each skip it; size the set to the concurrency."""
 
-    def __init__(self, clients: Sequence[httpx.AsyncClient]) -> None:
+    def __init__(self, clients: Sequence[HttpClient]) -> None:
         if not clients:
             raise ValueError("HttpClients needs at least one client")
         self._shared = clients[0]
         self._idle = list(reversed(clients))  # popped from the end: the first goes first
 
     @contextmanager
-    def lease(self) -> Iterator[httpx.AsyncClient]:
+    def lease(self) -> Iterator[HttpClient]:
         if not self._idle:
             yield self._shared
             return
@@ -75,7 +86,7 @@ class ApiRestart:
 
     def __init__(
         self,
-        client: httpx.AsyncClient | HttpClients,
+        client: HttpClient | HttpClients,
         url_template: str,
         method: str = "POST",
         token: str | None = None,

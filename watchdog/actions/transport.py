@@ -5,16 +5,19 @@ in a cancel scope and asks sniffio which event loop runs it; in a restart storm 
 a fifth of each call's CPU. The watchdog only ever runs on asyncio, so its restart calls
 go through httpcore's connection pool (the same HTTP/1.1 machinery httpx uses) on the
 `AsyncioBackend` below, httpcore's documented extension point for the network layer.
-Proxies from the environment still apply: httpx mounts its own transport for them.
+An httpx client given a transport ignores the proxies the environment names, so where
+one is named the daemon keeps httpx's own clients (see `wiring._api_clients`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import socket
 import ssl
-from collections.abc import AsyncIterator, Iterable, Iterator
+import urllib.request
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any
 
 import httpcore
@@ -202,3 +205,59 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._pool.aclose()
+
+
+# What httpx's client sends with every request unless told otherwise.
+_DEFAULT_HEADERS = {
+    "Accept": "*/*",
+    "Accept-Encoding": "gzip, deflate",
+    "Connection": "keep-alive",
+    "User-Agent": f"python-httpx/{httpx.__version__}",
+}
+
+
+class DirectClient:
+    """The two calls ApiRestart makes of an httpx client, straight on a transport.
+
+    A restart call needs none of the client's per-request machinery (auth flows, redirect
+    handling, event hooks, the cookie jar, matching the URL against proxy mounts), which
+    cost a fifth of each call's CPU in a storm. `proxies_in_environment` says when it must
+    not be used: then httpx's client, which honours them, makes the calls."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
+        self._transport = transport
+
+    def build_request(
+        self, method: str, url: str, *, headers: Mapping[str, str], timeout: float
+    ) -> httpx.Request:
+        request = httpx.Request(
+            method,
+            url,
+            headers={**_DEFAULT_HEADERS, **headers},
+            extensions={"timeout": httpx.Timeout(timeout).as_dict()},
+        )
+        user, password = request.url.username, request.url.password
+        if user or password:  # credentials in the URL are sent as basic auth, as httpx does
+            pair = f"{user}:{password}".encode()
+            request.headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+        return request
+
+    async def send(self, request: httpx.Request) -> httpx.Response:
+        response = await self._transport.handle_async_request(request)
+        response.request = request
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response
+
+    async def __aenter__(self) -> DirectClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self._transport.aclose()
+
+
+def proxies_in_environment() -> bool:
+    """Whether the environment names an HTTP proxy (which httpx's client would use)."""
+    return any(scheme != "no" for scheme in urllib.request.getproxies_environment())
