@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import IO
 
 import psycopg
-
-_PATH = re.compile(r"^/api/instances/([^/]+)/restart$")
 
 
 class Beater:
@@ -51,70 +50,75 @@ class Beater:
         self._thread.join(10)
 
 
-class _Server(ThreadingHTTPServer):
-    # The listen backlog is fixed when the constructor listens: a class attribute, not one
-    # set afterwards. With the default of 5, a storm's 16 simultaneous connects overflowed
-    # it and the dropped ones waited out a 1 s SYN retransmit, idling their slots.
-    request_queue_size = 128
-    daemon_threads = True
-
-
 class RestartApi:
-    """A ThreadingHTTPServer that answers every restart after `delay` seconds and records
-    (wall time of receipt, instance id)."""
+    """The restart endpoint (bench/restart_server.py) in a process of its own, so that
+    neither its threads nor the GIL are shared with the bench's (the Beater's): answers
+    every restart after `delay` seconds; `received` gets (wall time of receipt, instance
+    id) for each, as the server reports it. Started on entering, stopped on leaving."""
 
     def __init__(self, delay: float) -> None:
         self.delay = delay
         self.received: list[tuple[float, str]] = []
-        self._lock = threading.Lock()
-        self._server = _Server(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._port: int | None = None
 
     @property
     def url(self) -> str:
-        port = self._server.server_address[1]
-        return f"http://127.0.0.1:{port}/api/instances/{{id}}/restart"
+        if self._port is None:
+            raise RuntimeError("RestartApi: enter it first (the server starts on __enter__)")
+        return f"http://127.0.0.1:{self._port}/api/instances/{{id}}/restart"
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # Headers and body go out as two writes: with Nagle's algorithm the second
-            # waits for the client's delayed ACK (~40 ms), doubling the 50 ms answer.
-            disable_nagle_algorithm = True
-
-            def do_POST(self) -> None:
-                match = _PATH.match(self.path)
-                if not match:
-                    self.send_error(404)
-                    return
-                with api._lock:
-                    api.received.append((time.time(), match.group(1)))
-                length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
-                time.sleep(api.delay)
-                body = b'{"ok": true}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-        return Handler
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError("RestartApi: enter it first (the server starts on __enter__)")
+        return self._proc.pid
 
     def __enter__(self) -> RestartApi:
-        self._thread.start()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.restart_server", repr(self.delay)],
+            stdout=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        self._proc = proc
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        if not first.strip().isdigit():
+            self._stop()
+            raise RuntimeError(f"the restart server did not start (said {first!r})")
+        self._port = int(first)
+        self._reader = threading.Thread(
+            target=self._read, args=(proc.stdout,), name="restart-api", daemon=True
+        )
+        self._reader.start()
         return self
 
+    def _read(self, stdout: IO[bytes]) -> None:
+        """Every receipt line, until the server's end of file."""
+        for line in stdout:
+            at, _sep, instance_id = line.decode().rstrip("\n").partition(" ")
+            self.received.append((float(at), instance_id))
+
     def __exit__(self, *_exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        self._stop()
+
+    def _stop(self) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if self._reader is not None:
+            self._reader.join(10)  # the pipe's end of file: every line written is read
+        if proc.stdout is not None:
+            proc.stdout.close()
+        self._proc = None
 
 
 def write_config(path: Path, body: str) -> Path:
