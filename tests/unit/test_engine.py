@@ -675,21 +675,40 @@ def record_ledger_calls(rig: Rig) -> list[tuple[str, int]]:
 
 async def test_a_mass_freeze_starts_calls_after_the_first_batch_is_open_not_all() -> None:
     rig = make_rig()
-    for n in range(250):
+    for n in range(150):
         rig.store.add(f"i{n:03d}")
     rig.clock.advance(STALE)
     calls = record_ledger_calls(rig)
     report = await rig.cycle()
-    assert calls == [
-        ("open", 100),
-        ("claim", 100),
-        ("open", 100),
-        ("claim", 100),
-        ("open", 50),
-        ("claim", 50),
-    ]
-    assert sorted(rig.calls(API)) == [f"i{n:03d}" for n in range(250)]
-    assert report.opened == 250
+    assert calls == [("open", 100), ("claim", 100), ("open", 50), ("claim", 50)]
+    assert sorted(rig.calls(API)) == [f"i{n:03d}" for n in range(150)]
+    assert report.opened == 150
+
+
+async def test_a_cycle_opens_and_starts_its_budget_the_least_overdue_first_and_the_rest_next() -> (
+    None
+):
+    """A storm of 250 with a budget of 200: the cycle stays short (detection goes on), an
+    instance that froze during the storm is opened in the first cycle, and the backlog in
+    the next, which the report asks for at once."""
+    rig = make_rig()
+    storm = [f"i{n:03d}" for n in range(250)]
+    for instance_id in storm:
+        rig.store.add(instance_id)
+    rig.clock.advance(10)
+    rig.store.add("late")  # beats 10 s after the storm: 10 s less overdue
+    rig.clock.advance(STALE)
+    calls = record_ledger_calls(rig)
+    first = await rig.cycle()
+    assert calls == [("open", 100), ("claim", 100), ("open", 100), ("claim", 100)]
+    assert (first.opened, first.acted, first.backlog) == (200, 200, 51)
+    assert "late" in rig.calls(API)  # the least overdue goes first
+    assert sorted(rig.calls(API)) == sorted(["late", *storm[:199]])  # then the storm in order
+    calls.clear()
+    second = await rig.cycle()
+    assert calls == [("open", 51), ("claim", 51)]
+    assert (second.opened, second.acted, second.backlog) == (51, 51, 0)
+    assert sorted(rig.calls(API)) == sorted(["late", *storm])
 
 
 async def test_a_mass_recovery_closes_incidents_in_batches() -> None:
@@ -698,7 +717,8 @@ async def test_a_mass_recovery_closes_incidents_in_batches() -> None:
     for instance_id in ids:
         rig.store.add(instance_id)
     rig.clock.advance(STALE)
-    await rig.cycle()
+    while (await rig.cycle()).backlog:  # all 250 open (the budget takes two cycles)
+        pass
     for instance_id in ids:
         rig.store.beat(instance_id)
     calls = record_ledger_calls(rig)

@@ -90,7 +90,9 @@ class CycleRunner:
         if self.monitor is not None:
             self.monitor.good(report, duration, leader=True)
         self.last_report, self.good_cycles = report, self.good_cycles + 1
-        if self.wake is not None and report.next_deadline is not None:
+        if self.wake is not None and report.backlog:
+            self.wake(0.0)  # work left over (a mass freeze): the next cycle comes at once
+        elif self.wake is not None and report.next_deadline is not None:
             # The deadline counts from the scan, near the cycle's start: a cycle slowed by
             # a recovery storm must not push the wake back by its own length.
             self.wake(report.next_deadline + _PAST_THE_DEADLINE - duration)
@@ -105,6 +107,7 @@ class CycleRunner:
                 acted=report.acted,
                 resolved=report.resolved,
                 exhausted=report.exhausted,
+                backlog=report.backlog,
             )
 
     async def _lead(self) -> bool:

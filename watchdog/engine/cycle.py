@@ -48,6 +48,11 @@ from watchdog.observability import get_logger
 
 log = get_logger(component="engine")
 
+# Incidents one cycle opens, and actions it starts, at most: after a mass freeze of
+# thousands, a cycle that opened and claimed them all would leave detection blind for
+# seconds (the next cycle waits for it). The rest follows in the cycles after, at once.
+CYCLE_BUDGET = 2 * BATCH
+
 
 class Engine:
     def __init__(
@@ -70,8 +75,10 @@ class Engine:
         fence: Callable[[], Awaitable[bool]] | None = None,
         owner: str | None = None,
         live: set[int] | None = None,
+        budget: int = CYCLE_BUDGET,
     ) -> None:
         self._instances = instances
+        self._budget = budget
         self._ledger = ledger
         self._rules = rules
         self._clock = clock
@@ -238,6 +245,7 @@ class Engine:
         acts: list[Act] = []
         exhausts: list[Exhaust] = []
         closings: list[Closing] = []
+        opens: list[Open] = []
         for decision in decisions:
             match decision:
                 case Resolve(incident=incident):
@@ -250,6 +258,9 @@ class Engine:
                     exhausts.append(decision)
                 case Act():
                     acts.append(decision)
+                case Open():
+                    opens.append(decision)
+        openings, acts = self._within_budget(opens, acts, report)
         # In batches: a mass recovery closes hundreds of incidents in one cycle.
         for closing in chunks(closings, BATCH):
             await self._ledger.close_all(closing, now)
@@ -258,11 +269,6 @@ class Engine:
         # the first batch of incidents is open, not once all of them are.
         waiting = self._dispatch.group(acts)
         await self._dispatch.start(ready(waiting, incidents), incidents, report, now, mono0)
-        openings = [
-            Opening(d.finding, d.carried_attempts, d.continues)
-            for d in decisions
-            if isinstance(d, Open)
-        ]
         for chunk in chunks(openings, BATCH):
             opened = await self._ledger.open_incidents(chunk, now)
             incidents.update((i.instance_id, i) for i in opened)
@@ -275,6 +281,25 @@ class Engine:
             batch = [incidents[e.instance_id] for e in spent]
             await self._ledger.exhaust_all(batch, now, retry_at)
             report.exhausted += len(spent)
+
+    def _within_budget(
+        self, opens: list[Open], acts: list[Act], report: CycleReport
+    ) -> tuple[list[Opening], list[Act]]:
+        """What this cycle opens and starts: at most `budget` of each, the least overdue
+        instances opened first, so one that froze during a storm is detected at once
+        while the storm's own backlog waits a cycle or two. The rest is counted in the
+        report, and the next cycle follows at once."""
+        opens = sorted(
+            opens, key=lambda d: d.finding.overdue
+        )  # stable: a storm's own order is kept
+        deferred = {d.finding.instance_id for d in opens[self._budget :]}
+        if deferred:
+            acts = [a for a in acts if a.instance_id not in deferred]
+        report.backlog = len(deferred) + max(0, len(acts) - self._budget)
+        openings = [
+            Opening(d.finding, d.carried_attempts, d.continues) for d in opens[: self._budget]
+        ]
+        return openings, acts[: self._budget]
 
 
 def _count_states(incidents: Mapping[str, Incident]) -> dict[str, int]:

@@ -27,3 +27,4 @@ class CycleReport:
     brake: bool = False  # the mass-failure brake holds (or, in a dry run, would hold)
     breakers: tuple[BreakerSnapshot, ...] = ()  # each backend's breaker after the cycle
     queued: dict[str, int] = field(default_factory=dict)  # calls waiting for their pace
+    backlog: int = 0  # openings and actions left for the next cycle (see CYCLE_BUDGET)
