@@ -32,7 +32,7 @@ from watchdog.core.policy import DetectionRules, EscalationRules, LadderStep
 from watchdog.core.ports import AuditQuery
 from watchdog.core.safety import SafetyRules
 from watchdog.engine.breakers import BackendBreakers
-from watchdog.engine.cycle import Engine
+from watchdog.engine.cycle import CYCLE_BUDGET, Engine
 from watchdog.engine.guards import Guards
 from watchdog.engine.hosts import Hosts
 from watchdog.engine.report import CycleReport
@@ -104,6 +104,7 @@ def make_rig(
     hosts: bool = False,
     pacers: dict[Action, TokenBucket] | None = None,
     sleep: Callable[[float], Awaitable[None]] | None = None,
+    budget: int = CYCLE_BUDGET,
 ) -> Rig:
     """`hosts`: the process rung knows its processes (generations, cooldown, blast
     radius); it needs `fleet`."""
@@ -148,6 +149,7 @@ def make_rig(
         pacers=pacers,
         sleep=sleep or asyncio.sleep,
         fence=fence,
+        budget=budget,
     )
     return Rig(clock, store, ledger, recs, engine, fleet_state)
 
@@ -691,7 +693,7 @@ async def test_a_cycle_opens_and_starts_its_budget_the_least_overdue_first_and_t
     """A storm of 250 with a budget of 200: the cycle stays short (detection goes on), an
     instance that froze during the storm is opened in the first cycle, and the backlog in
     the next, which the report asks for at once."""
-    rig = make_rig()
+    rig = make_rig(budget=200)
     storm = [f"i{n:03d}" for n in range(250)]
     for instance_id in storm:
         rig.store.add(instance_id)
@@ -712,7 +714,7 @@ async def test_a_cycle_opens_and_starts_its_budget_the_least_overdue_first_and_t
 
 
 async def test_a_mass_recovery_closes_incidents_in_batches() -> None:
-    rig = make_rig()
+    rig = make_rig(budget=200)
     ids = [f"i{n:03d}" for n in range(250)]
     for instance_id in ids:
         rig.store.add(instance_id)

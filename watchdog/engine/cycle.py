@@ -51,7 +51,7 @@ log = get_logger(component="engine")
 # Incidents one cycle opens, and actions it starts, at most: after a mass freeze of
 # thousands, a cycle that opened and claimed them all would leave detection blind for
 # seconds (the next cycle waits for it). The rest follows in the cycles after, at once.
-CYCLE_BUDGET = 2 * BATCH
+CYCLE_BUDGET = 5 * BATCH
 
 
 class Engine:
