@@ -713,6 +713,22 @@ async def test_a_cycle_opens_and_starts_its_budget_the_least_overdue_first_and_t
     assert sorted(rig.calls(API)) == sorted(["late", *storm])
 
 
+async def test_a_cycle_starts_at_most_its_budget_of_due_actions_and_the_rest_next() -> None:
+    rig = make_rig(budget=200)
+    ids = [f"i{n:03d}" for n in range(250)]
+    for instance_id in ids:
+        rig.store.add(instance_id)
+    rig.clock.advance(STALE)
+    while (await rig.cycle()).backlog:  # attempt 1 for all 250
+        pass
+    rig.clock.advance(30)  # attempt 2 of all 250 comes due at once
+    first = await rig.cycle()
+    assert (first.acted, first.backlog) == (200, 50)
+    second = await rig.cycle()
+    assert (second.acted, second.backlog) == (50, 0)
+    assert all(rig.calls(API).count(i) == 2 for i in ids)
+
+
 async def test_a_mass_recovery_closes_incidents_in_batches() -> None:
     rig = make_rig(budget=200)
     ids = [f"i{n:03d}" for n in range(250)]
