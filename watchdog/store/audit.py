@@ -47,10 +47,10 @@ async def insert_audits(
         )
         for spec in specs
     ]
-    stamp = sa.func.now() if at is None else sa.literal(at, UtcDateTime())
     outcomes = any(spec.intent_id is not None for spec in specs)
+    unique = "intent_id" if outcomes else None
     written = await insert_rows(
-        db, conn, audit, AUDIT_COLUMNS, data, at=stamp, unique="intent_id" if outcomes else None
+        db, conn, audit, AUDIT_COLUMNS, data, stamped=True, at=at, unique=unique
     )
     kept = _inserted(specs, {intent_id for _id, _at, intent_id in written})
     return [
@@ -79,27 +79,37 @@ async def insert_rows(
     columns: Sequence[str],
     data: Sequence[Sequence[Any]],
     *,
-    at: sa.ColumnElement[Any] | None = None,
+    stamped: bool = False,
+    at: datetime | None = None,
     unique: str | None = None,
 ) -> list[tuple[int, Any, Any]]:
     """Insert rows in one short statement: (new id, `at`, `unique`) of each, in the
-    order of `data`. `at`, when given, fills the column of that name in every row.
-    `unique`: a column with a unique index; a row that would repeat a value already
-    there is skipped (and missing from the result).
+    order of `data`. `stamped`: the column `at` of every row is filled, with `at` or,
+    when it is None, the database clock. `unique`: a column with a unique index; a row
+    that would repeat a value already there is skipped (and missing from the result).
 
     Rows go in in `n` order, so the ids (from one sequence, ascending) sort into it."""
-    rows = db.rows("batch", {c: table.c[c].type for c in columns}, data)
-    fields: list[sa.ColumnElement[Any]] = [rows.c[c] for c in columns]
-    names = list(columns)
-    if at is not None:
-        fields.append(at)
-        names.append("at")
-    # WHERE true: SQLite would otherwise read ON CONFLICT as a join's ON.
-    select = sa.select(*fields).where(sa.true()).order_by(rows.c.n)
-    stamp = table.c.at if at is not None else sa.null()
-    key = table.c[unique] if unique is not None else sa.null()
-    insert = db.insert_skipping(table, unique).from_select(names, select)
-    returned = await conn.execute(insert.returning(table.c.id, stamp, key))
+    clock = stamped and at is None
+
+    def build() -> sa.Insert:
+        rows = db.rows("batch", {c: table.c[c].type for c in columns})
+        fields: list[sa.ColumnElement[Any]] = [rows.c[c] for c in columns]
+        names = list(columns)
+        if stamped:
+            fields.append(sa.func.now() if clock else sa.bindparam("stamp", type_=UtcDateTime()))
+            names.append("at")
+        # WHERE true: SQLite would otherwise read ON CONFLICT as a join's ON.
+        select = sa.select(*fields).where(sa.true()).order_by(rows.c.n)
+        stamp = table.c.at if stamped else sa.null()
+        key = table.c[unique] if unique is not None else sa.null()
+        insert = db.insert_skipping(table, unique).from_select(names, select)
+        return insert.returning(table.c.id, stamp, key)
+
+    insert = db.memo(("insert_rows", table.name, tuple(columns), stamped, clock, unique), build)
+    params: dict[str, Any] = db.batch("batch", data)
+    if stamped and not clock:
+        params["stamp"] = at
+    returned = await conn.execute(insert, params)
     return sorted((row[0], row[1], row[2]) for row in returned)
 
 

@@ -10,14 +10,14 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
-from sqlalchemy.dialects.postgresql import ARRAY, JSON
+from sqlalchemy.dialects.postgresql import JSON
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from watchdog.core.errors import StoreError, StoreSchemaError, StoreTimeout, StoreUnavailable
 
+_Statement = TypeVar("_Statement", bound=sa.Executable)
 APPLICATION_NAME = "watchdog"  # how the watchdog's sessions show in pg_stat_activity
 _CANCEL_GRACE = 0.25  # seconds a timed-out query gets to be cancelled before it is dropped
 _REFUSED_HINTS = ("does not exist", "authentication failed", "no pg_hba.conf entry")
@@ -51,6 +52,7 @@ class Database:
         self.dialect = make_url(self.url).get_backend_name()
         self.engine: AsyncEngine = create_async_engine(self.url, **self._engine_args(pool_size))
         self._kept: AsyncConnection | None = None  # see `steady`
+        self._memo: dict[Hashable, sa.Executable] = {}
         self._kept_lock = asyncio.Lock()
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", self._sqlite_pragmas)
@@ -118,32 +120,42 @@ class Database:
         self,
         name: str,
         columns: Mapping[str, sa.types.TypeEngine[Any]],
-        data: Sequence[Sequence[Any]],
+        data: Sequence[Sequence[Any]] = (),
     ) -> sa.FromClause:
         """`data` as a derived table `name` with these columns plus `n`, each row's position
-        from 1. The rows travel as one parameter per column (PostgreSQL arrays) or one JSON
-        text (SQLite), so a batch of any size is one short statement that both SQLAlchemy
-        and the driver cache, instead of thousands of placeholders parsed every time."""
+        from 1. The rows travel as one JSON text, so a batch of any size is one short
+        statement that both SQLAlchemy and the driver cache, and its values are encoded in
+        one call (arrays, one per column, were dumped value by value). A statement built
+        once (see `memo`) runs with other rows given `batch(name, rows)` as parameters."""
+        param = sa.bindparam(f"{name}_json", self.batch(name, data)[f"{name}_json"], sa.Text)
         if self.is_sqlite:
-            text = json.dumps([[_sqlite_value(v) for v in row] for row in data])
-            each = sa.func.json_each(sa.bindparam(f"{name}_json", text, sa.Text)).table_valued(
-                "value", "key"
-            )
+            each = sa.func.json_each(param).table_valued("value", "key")
             fields = [
                 sa.type_coerce(sa.func.json_extract(each.c.value, f"$[{i}]"), type_).label(col)
                 for i, (col, type_) in enumerate(columns.items())
             ]
             return sa.select(*fields, (each.c.key + 1).label("n")).subquery(name)
-        arrays = [
-            sa.bindparam(f"{name}_{col}", [row[i] for row in data], ARRAY(type_))
+        elements = sa.func.json_array_elements(sa.cast(param, JSON))
+        each = elements.table_valued("value", with_ordinality="n").render_derived()
+        fields = [
+            sa.cast(each.c.value.op("->>")(sa.literal_column(str(i))), type_).label(col)
             for i, (col, type_) in enumerate(columns.items())
         ]
-        listed = [sa.column(col, type_) for col, type_ in columns.items()]
-        return (
-            sa.func.unnest(*arrays)
-            .table_valued(*listed, with_ordinality="n", name=name)
-            .render_derived()
-        )
+        return sa.select(*fields, each.c.n).subquery(name)
+
+    def batch(self, name: str, data: Sequence[Sequence[Any]]) -> dict[str, str]:
+        """The parameter carrying `data` into `rows(name, ...)`."""
+        sqlite = self.is_sqlite
+        return {f"{name}_json": json.dumps([[_json_value(v, sqlite) for v in r] for r in data])}
+
+    def memo(self, key: Hashable, build: Callable[[], _Statement]) -> _Statement:
+        """The statement `build` makes, built once: the writes a recovery storm repeats
+        run with their values as parameters. Building and keying one of them for
+        SQLAlchemy's cache cost a sixth of a batch's CPU."""
+        found = self._memo.get(key)
+        if found is None:
+            found = self._memo[key] = build()
+        return cast(_Statement, found)
 
     def insert_skipping(self, table: sa.Table, unique: str | None) -> sa.Insert:
         """INSERT into `table`; with `unique` (a column under a unique index), a row that
@@ -302,10 +314,14 @@ def translate(error: exc.DBAPIError, what: str) -> StoreError:
     return StoreUnavailable(f"database unavailable ({what}): {message}")
 
 
-def _sqlite_value(value: Any) -> Any:
-    """A value as SQLAlchemy would store it in SQLite (datetimes as naive UTC text)."""
+def _json_value(value: Any, sqlite: bool) -> Any:
+    """A value as `Database.rows` sends it: datetimes as text (naive UTC for SQLite, as
+    SQLAlchemy stores them there; ISO 8601 with its offset for PostgreSQL)."""
     if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; pass an aware UTC datetime")
+        utc = value.astimezone(UTC)
+        return utc.strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else utc.isoformat()
     return value
 
 

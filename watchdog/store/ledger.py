@@ -170,39 +170,19 @@ class SqlLedger(IncidentHolds, PauseWrites):
             return []
         if len({c.incident.id for c in claims}) != len(claims):
             raise ValueError("one claim per incident per batch")
-        exhausted, opened = str(IncidentState.EXHAUSTED), str(IncidentState.OPEN)
-        claimed = self._db.rows(
-            "claims",
-            {
-                "id": sa.Integer(),
-                "prev": sa.Integer(),
-                "action": sa.Text(),
-                "due": UtcDateTime(),
-                "approved": sa.Integer(),
-            },
-            [
-                (c.incident.id, c.attempt - 1, str(c.action), c.retry_at, int(c.spends_approval))
-                for c in claims
-            ],
-        )
-        update = (
-            sa.update(incidents)
-            .where(incidents.c.id == claimed.c.id)
-            .where(incidents.c.attempt == claimed.c.prev)
-            .where(incidents.c.state.in_((*ACTIONABLE, exhausted)))
-            .values(
-                attempt=incidents.c.attempt + 1,
-                last_action=claimed.c.action,
-                next_action_at=claimed.c.due,
-                updated_at=now,
-                state=sa.case((incidents.c.state == exhausted, exhausted), else_=opened),
-                held=None,  # the attempt goes on: nothing holds it any more
-                approved_by=sa.case((claimed.c.approved == 1, None), else_=incidents.c.approved_by),
-            )
-            .returning(incidents.c.id)
-        )
+        update = self._db.memo("claim attempts", self._claim_statement)
+        params = {
+            **self._db.batch(
+                "claims",
+                [
+                    (c.incident.id, c.attempt - 1, str(c.action), c.retry_at, c.spends_approval)
+                    for c in claims
+                ],
+            ),
+            "now": now,
+        }
         async with self._db.begin("claim attempts") as conn:
-            won = set((await conn.execute(update)).scalars())
+            won = set((await conn.execute(update, params)).scalars())
             winners = [c for c in claims if c.incident.id in won]
             rows = await self.insert_audits(conn, now, [intent(c) for c in winners])
             if winners:
@@ -211,6 +191,35 @@ class SqlLedger(IncidentHolds, PauseWrites):
             self._emit(row)
         ids = {c.incident.id: row.id for c, row in zip(winners, rows, strict=True)}
         return [ids.get(c.incident.id) for c in claims]
+
+    def _claim_statement(self) -> sa.Update:
+        exhausted, opened = str(IncidentState.EXHAUSTED), str(IncidentState.OPEN)
+        claimed = self._db.rows(
+            "claims",
+            {
+                "id": sa.Integer(),
+                "prev": sa.Integer(),
+                "action": sa.Text(),
+                "due": UtcDateTime(),
+                "approved": sa.Boolean(),
+            },
+        )
+        return (
+            sa.update(incidents)
+            .where(incidents.c.id == claimed.c.id)
+            .where(incidents.c.attempt == claimed.c.prev)
+            .where(incidents.c.state.in_((*ACTIONABLE, exhausted)))
+            .values(
+                attempt=incidents.c.attempt + 1,
+                last_action=claimed.c.action,
+                next_action_at=claimed.c.due,
+                updated_at=sa.bindparam("now", type_=UtcDateTime()),
+                state=sa.case((incidents.c.state == exhausted, exhausted), else_=opened),
+                held=None,  # the attempt goes on: nothing holds it any more
+                approved_by=sa.case((claimed.c.approved, None), else_=incidents.c.approved_by),
+            )
+            .returning(incidents.c.id)
+        )
 
     async def finish_actions(self, finished: Sequence[Finished]) -> None:
         """The outcome rows (stamped with the database clock at commit) and each open
@@ -225,15 +234,25 @@ class SqlLedger(IncidentHolds, PauseWrites):
             )
             for f in finished
         ]
+        set_next_due = self._db.memo("record outcomes", self._next_due_statement)
+        due = self._db.batch(
+            "due", [(f.incident.id, f.attempt, f.next_action_at) for f in finished]
+        )
+        async with self._db.begin("record outcomes") as conn:
+            rows = await self.insert_audits(conn, None, specs)
+            await conn.execute(set_next_due, due)
+            await bump(conn)
+        for row in rows:
+            self._emit(row)
+
+    def _next_due_statement(self) -> sa.Update:
         due = self._db.rows(
-            "due",
-            {"id": sa.Integer(), "attempt": sa.Integer(), "at": UtcDateTime()},
-            [(f.incident.id, f.attempt, f.next_action_at) for f in finished],
+            "due", {"id": sa.Integer(), "attempt": sa.Integer(), "at": UtcDateTime()}
         )
         # The next due time moves only where the attempt is still the incident's latest,
         # and never earlier than it is: its host's restart may have deferred it meanwhile.
         later = sa.or_(incidents.c.next_action_at.is_(None), incidents.c.next_action_at < due.c.at)
-        set_next_due = (
+        return (
             sa.update(incidents)
             .where(incidents.c.id == due.c.id)
             .where(incidents.c.attempt == due.c.attempt)
@@ -241,12 +260,6 @@ class SqlLedger(IncidentHolds, PauseWrites):
             .where(later)
             .values(next_action_at=due.c.at)
         )
-        async with self._db.begin("record outcomes") as conn:
-            rows = await self.insert_audits(conn, None, specs)
-            await conn.execute(set_next_due)
-            await bump(conn)
-        for row in rows:
-            self._emit(row)
 
     async def exhaust_all(
         self, exhausted: Sequence[Incident], now: datetime, retry_at: datetime | None = None
