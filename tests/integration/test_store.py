@@ -32,7 +32,7 @@ from watchdog.store import migrate
 from watchdog.store.database import Database
 from watchdog.store.instances import SqlInstanceStore
 from watchdog.store.ledger import SqlLedger
-from watchdog.store.schema import incidents, pauses
+from watchdog.store.schema import incidents, pauses, revisions
 from watchdog.wiring import open_runtime
 
 RULES = DetectionRules()
@@ -902,6 +902,76 @@ async def test_a_steady_cycle_is_one_statement_and_still_sees_another_writers_pa
         statements.clear()
         await engine.run_cycle()
         assert len(statements) == 1
+
+
+async def test_the_ledgers_own_writes_keep_its_cache_exact_and_another_writers_do_not(
+    db_url: str,
+) -> None:
+    """A storm's opens, claims and outcomes are taken into the cache with the revision
+    their bump made: the next cycle reads nothing, and what it holds is what a fresh read
+    gives. A write by another process in between makes it read again."""
+    db = Database(db_url, timeout=5.0)
+    other = Database(db_url, timeout=5.0)  # another process, as a second watchdog is
+    try:
+        await migrate.upgrade(db)
+        ledger, theirs = SqlLedger(db), SqlLedger(other)
+        async with db.connect("now") as conn:
+            now = await db.read_now(conn)
+
+        async def revision() -> int:
+            async with db.connect("revision") as conn:
+                query = sa.select(revisions.c.revision).where(revisions.c.name == "incidents")
+                return int((await conn.execute(query)).scalar_one())
+
+        statements: list[str] = []
+        sa.event.listen(
+            db.engine.sync_engine,
+            "before_cursor_execute",
+            lambda _c, _cur, sql, *_rest: statements.append(sql),
+        )
+
+        async def cached() -> dict[str, Incident]:
+            known = await revision()
+            statements.clear()
+            state = await ledger.load_state(now, known)
+            assert statements == []  # nothing read: the cache took our own write
+            assert state.incidents == await SqlLedger(db).load_open()  # and it is exact
+            return state.incidents
+
+        await ledger.load_state(now, await revision())  # the cache starts
+        found = [Finding(i, Reason.STALE_HEARTBEAT, "CONNECTED", 200.0, 90.0) for i in "abc"]
+        a, b, c = await ledger.open_incidents([Opening(f, 0, None) for f in found], now)
+        assert set(await cached()) == {"a", "b", "c"}
+        (intent,) = await ledger.begin_actions(
+            [Claim(a, 1, Action.API_RESTART, now + timedelta(seconds=30))], now
+        )
+        claimed = (await cached())["a"]
+        assert (claimed.attempt, claimed.last_action) == (1, Action.API_RESTART)
+        done = Finished(
+            claimed, 1, Action.API_RESTART, Outcome.OK, {}, 0.1, now + timedelta(hours=1), intent
+        )
+        await ledger.finish_actions([done])
+        assert (await cached())["a"].next_action_at == now + timedelta(hours=1)
+        await ledger.close_all(
+            [Closing(c, IncidentState.RECOVERED, "watchdog", {})], now
+        )  # a write that does not keep the cache: read again once
+        await ledger.load_state(now, await revision())
+        assert set(await cached()) == {"a", "b"}
+
+        await theirs.begin_actions(
+            [Claim(b, 1, Action.DB_FLAG, now + timedelta(seconds=30))], now
+        )  # between our writes
+        await ledger.begin_actions(
+            [Claim(claimed, 2, Action.API_RESTART, now + timedelta(seconds=30))], now
+        )
+        statements.clear()
+        state = await ledger.load_state(now, await revision())
+        assert len(statements) == 3  # the revision read, then incidents and pauses again
+        assert state.incidents["b"].last_action == Action.DB_FLAG  # their write, seen
+        assert state.incidents["a"].attempt == 2
+    finally:
+        await db.dispose()
+        await other.dispose()
 
 
 @pytest.mark.parametrize("odd", ["100%_DOWN", "IT'S_OFF", "A:B"])

@@ -144,10 +144,10 @@ class SqlLedger(IncidentHolds, PauseWrites):
                 for o, new_id in zip(openings, new_ids, strict=True)
             ]
             rows = await self.insert_audits(conn, now, specs)
-            await bump(conn)
+            revision = await bump(conn)
         for row in rows:  # logged once committed
             self._emit(row)
-        return [
+        opened = [
             Incident(
                 new_id,
                 o.finding.instance_id,
@@ -160,6 +160,8 @@ class SqlLedger(IncidentHolds, PauseWrites):
             )
             for o, new_id in zip(openings, new_ids, strict=True)
         ]
+        self._state.wrote(revision, opened)  # as inserted: OPENING_COLUMNS, from `now`
+        return opened
 
     async def begin_actions(self, claims: Sequence[Claim], now: datetime) -> list[int | None]:
         """One conditional UPDATE for the whole batch: a claim wins when its incident is
@@ -182,13 +184,14 @@ class SqlLedger(IncidentHolds, PauseWrites):
             "now": now,
         }
         async with self._db.begin("claim attempts") as conn:
-            won = set((await conn.execute(update, params)).scalars())
+            claimed = [incident_from(r) for r in await conn.execute(update, params)]
+            won = {i.id for i in claimed}
             winners = [c for c in claims if c.incident.id in won]
             rows = await self.insert_audits(conn, now, [intent(c) for c in winners])
-            if winners:
-                await bump(conn)
+            revision = await bump(conn) if winners else None
         for row in rows:  # logged once committed
             self._emit(row)
+        self._state.wrote(revision, claimed)
         ids = {c.incident.id: row.id for c, row in zip(winners, rows, strict=True)}
         return [ids.get(c.incident.id) for c in claims]
 
@@ -218,7 +221,7 @@ class SqlLedger(IncidentHolds, PauseWrites):
                 held=None,  # the attempt goes on: nothing holds it any more
                 approved_by=sa.case((claimed.c.approved, None), else_=incidents.c.approved_by),
             )
-            .returning(incidents.c.id)
+            .returning(*INCIDENT_COLUMNS)
         )
 
     async def finish_actions(self, finished: Sequence[Finished]) -> None:
@@ -240,10 +243,11 @@ class SqlLedger(IncidentHolds, PauseWrites):
         )
         async with self._db.begin("record outcomes") as conn:
             rows = await self.insert_audits(conn, None, specs)
-            await conn.execute(set_next_due, due)
-            await bump(conn)
+            moved = [incident_from(r) for r in await conn.execute(set_next_due, due)]
+            revision = await bump(conn)
         for row in rows:
             self._emit(row)
+        self._state.wrote(revision, moved)
 
     def _next_due_statement(self) -> sa.Update:
         due = self._db.rows(
@@ -259,6 +263,7 @@ class SqlLedger(IncidentHolds, PauseWrites):
             .where(incidents.c.state == str(IncidentState.OPEN))
             .where(later)
             .values(next_action_at=due.c.at)
+            .returning(*INCIDENT_COLUMNS)
         )
 
     async def exhaust_all(

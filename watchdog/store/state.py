@@ -6,8 +6,8 @@ bump: an older version mid-upgrade, a hand-made SQL fix)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -70,6 +70,24 @@ class StateCache:
                 self._cached = cached if revision is not None else None  # no row: never trust
         return cached
 
+    def wrote(self, revision: int | None, incidents: Iterable[Incident]) -> None:
+        """This process committed `incidents` (as the database now has them) with the
+        bump that made `revision`. When the cache holds the revision just before, no one
+        else wrote in between (every writer bumps, one at a time): the cache takes them
+        and the new revision, and the next cycle reads nothing. Otherwise it is left to
+        read again. A storm's own writes no longer reload thousands of open incidents
+        every cycle."""
+        cached = self._cached
+        if revision is None or cached is None or cached.revision != revision - 1:
+            return
+        current = dict(cached.incidents)  # a copy: readers may hold the old one
+        for incident in incidents:
+            if not incident.state.is_closed:
+                current[incident.instance_id] = incident
+            elif current.get(incident.instance_id, incident).id == incident.id:
+                current.pop(incident.instance_id, None)
+        self._cached = replace(cached, revision=revision, incidents=current)
+
     def _fresh(self, cached: Cached, revision: int | None) -> bool:
         return (
             revision == cached.revision
@@ -77,10 +95,12 @@ class StateCache:
         )
 
 
-async def bump(conn: AsyncConnection) -> None:
+async def bump(conn: AsyncConnection) -> int | None:
     """Mark the incidents or pauses changed; last in the transaction, so on PostgreSQL the
-    row lock it takes (serialising incident writers) is held only until the commit."""
-    await conn.execute(_BUMP_REVISION)
+    row lock it takes (serialising incident writers) is held only until the commit.
+    Returns the new revision (None: no revision row, before the first migration)."""
+    revision: int | None = (await conn.execute(_BUMP_REVISION)).scalar_one_or_none()
+    return revision
 
 
 _INCIDENTS_REVISION = revisions.c.name == "incidents"
@@ -88,7 +108,10 @@ _READ_REVISION = sa.select(revisions.c.revision).where(_INCIDENTS_REVISION)
 # For `SqlInstanceStore(ledger_revision=...)`: read with each scan, passed to `load_state`.
 REVISION = _READ_REVISION.scalar_subquery()
 _BUMP_REVISION = (
-    sa.update(revisions).where(_INCIDENTS_REVISION).values(revision=revisions.c.revision + 1)
+    sa.update(revisions)
+    .where(_INCIDENTS_REVISION)
+    .values(revision=revisions.c.revision + 1)
+    .returning(revisions.c.revision)
 )
 
 
