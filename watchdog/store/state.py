@@ -18,6 +18,8 @@ from watchdog.store.database import Database
 from watchdog.store.records import INCIDENT_COLUMNS, incident_from
 from watchdog.store.schema import OPEN_STATES, fleet_pauses, incidents, pauses, revisions
 
+_MAX_WAITING = 64  # writes of ours held for an earlier one to report (see `wrote`)
+
 
 @dataclass(frozen=True, slots=True)
 class Cached:
@@ -39,6 +41,7 @@ class StateCache:
         self._max_cache_age = max_cache_age
         self._monotonic = monotonic
         self._cached: Cached | None = None
+        self._written: dict[int, list[Incident]] = {}  # this process's, ahead of the cache
 
     async def load(self, known: int | None = None) -> Cached:
         """Nothing read when the revision is `known` (read with the detection query, see
@@ -68,29 +71,41 @@ class StateCache:
                     tuple(fleet_pause(r) for r in held if r.kind != _BY_ID),
                 )
                 self._cached = cached if revision is not None else None  # no row: never trust
+                self._written = {r: w for r, w in self._written.items() if r > (revision or 0)}
         return cached
 
     def wrote(self, revision: int | None, incidents: Iterable[Incident]) -> None:
         """This process committed `incidents` (as the database now has them) with the
-        bump that made `revision`. When the cache holds the revision just before, no one
-        else wrote in between (every writer bumps, one at a time): the cache takes them
-        and the new revision, and the next cycle reads nothing. Otherwise it is left to
-        read again. A storm's own writes no longer reload thousands of open incidents
-        every cycle."""
+        bump that made `revision`. Taken in revision order from the one the cache holds:
+        a gap means another writer, and the next load reads again. Writes of this process
+        committed together may report in any order, so a later one waits here for the
+        earlier (a few at most). A storm's own writes no longer reload thousands of open
+        incidents every cycle."""
         cached = self._cached
-        if revision is None or cached is None or cached.revision != revision - 1:
+        if revision is None or cached is None or cached.revision is None:
             return
+        if revision <= cached.revision or len(self._written) >= _MAX_WAITING:
+            return
+        self._written[revision] = list(incidents)
         current = dict(cached.incidents)  # a copy: readers may hold the old one
-        for incident in incidents:
-            if not incident.state.is_closed:
-                current[incident.instance_id] = incident
-            elif current.get(incident.instance_id, incident).id == incident.id:
-                current.pop(incident.instance_id, None)
-        self._cached = replace(cached, revision=revision, incidents=current)
+        at = cached.revision
+        while (changed := self._written.pop(at + 1, None)) is not None:
+            at += 1
+            for incident in changed:
+                if not incident.state.is_closed:
+                    current[incident.instance_id] = incident
+                elif current.get(incident.instance_id, incident).id == incident.id:
+                    current.pop(incident.instance_id, None)
+        if at != cached.revision:
+            self._cached = replace(cached, revision=at, incidents=current)
 
     def _fresh(self, cached: Cached, revision: int | None) -> bool:
+        """The cache holds `revision` or, through this process's own writes since, a few
+        later ones (a cycle's scan read the revision before they committed)."""
+        if revision is None or cached.revision is None:
+            return False
         return (
-            revision == cached.revision
+            revision <= cached.revision <= revision + _MAX_WAITING
             and self._monotonic() - cached.loaded_at < self._max_cache_age
         )
 
