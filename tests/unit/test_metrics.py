@@ -69,6 +69,7 @@ def test_every_metric_is_exposed_with_its_type(metrics: Metrics) -> None:
         "watchdog_leader": "gauge",
         "watchdog_last_good_cycle_timestamp_seconds": "gauge",
         "watchdog_process_resident_memory_bytes": "gauge",
+        "watchdog_cycle_backlog": "gauge",
     }
     assert families(metrics).items() >= expected.items()
     assert CONTENT_TYPE == "text/plain; version=0.0.4; charset=utf-8"
@@ -126,6 +127,13 @@ def test_the_next_cycle_replaces_the_gauges_and_adds_to_the_histogram(metrics: M
     assert value(metrics, "watchdog_cycle_duration_seconds_bucket", le="2.5") == 1
     assert value(metrics, "watchdog_cycle_duration_seconds_bucket", le="5.0") == 2
     assert value(metrics, "watchdog_last_good_cycle_timestamp_seconds") == later.timestamp()
+
+
+def test_the_backlog_a_cycle_left_is_a_gauge(metrics: Metrics) -> None:
+    metrics.observe_cycle(replace(report(3), backlog=9_500), 0.2, 10, {})
+    assert value(metrics, "watchdog_cycle_backlog") == 9_500
+    metrics.observe_cycle(report(3), 0.2, 10, {})
+    assert value(metrics, "watchdog_cycle_backlog") == 0
 
 
 def test_unjudgeable_rows_come_off_healthy_only_if_they_were_counted_monitored(

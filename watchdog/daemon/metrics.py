@@ -127,6 +127,12 @@ class Metrics:
             ["action"],
             registry=r,
         )
+        self._backlog = Gauge(
+            "watchdog_cycle_backlog",
+            "Incidents to open and actions to start that the last good cycle left to the "
+            "cycles after it (a cycle does at most 500 of each; the next one follows at once).",
+            registry=r,
+        )
         self._rss = Gauge(
             "watchdog_process_resident_memory_bytes",
             "Resident set size of the watchdog process, as last sampled by the daemon.",
@@ -173,6 +179,7 @@ class Metrics:
             self._incidents.labels(state=state).set(open_by_state.get(state, 0))
         for action in _PACED:
             self._queued.labels(action=action).set(report.queued.get(action, 0))
+        self._backlog.set(report.backlog)
         if math.isfinite(duration) and duration >= 0:
             self._cycle.observe(duration)
         self._last_good.set(report.now.timestamp())
