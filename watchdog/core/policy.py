@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
@@ -280,7 +281,7 @@ class World:
     incidents: Mapping[str, Incident]  # open and exhausted incidents by instance id
     recent: Mapping[str, Incident]  # the last closed incident of newly unhealthy instances
     pauses: Mapping[str, Pause]  # by instance
-    busy: Collection[str] = frozenset()  # instances with an action still in flight
+    busy: AbstractSet[str] = frozenset()  # instances with an action still in flight
     # Instances whose row could not be read this cycle: neither acted on nor resolved.
     unjudged: Collection[str] = frozenset()
     unmonitored: Mapping[str, str] = field(default_factory=dict)  # id → why (disabled, ...)
@@ -304,9 +305,8 @@ def decide(rules: EscalationRules, world: World, jitter: Callable[[], float]) ->
     # would cost more than deciding them.
     findings, incidents, busy = world.findings, world.incidents, world.busy
     closing: list[tuple[str, Decision]] = []
-    for instance_id, incident in incidents.items():
-        if instance_id in findings or instance_id in busy:
-            continue
+    for instance_id in incidents.keys() - findings.keys() - busy:  # in C, not per incident
+        incident = incidents[instance_id]
         why = world.unmonitored.get(instance_id)
         if instance_id in world.unjudged or why == UNREADABLE:
             continue  # health not checked is not health

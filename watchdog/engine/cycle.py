@@ -171,12 +171,11 @@ class Engine:
             # An incident closed since (a reset, another writer): its instance is to be
             # detected anew, from a finding read now, not the one kept since its first.
             scan = await self._instances.scan()
-        new_ids = [i for i in scan.findings if i not in incidents]
+        # Set differences of the key views, in C: a long outage keeps thousands of both.
+        new_ids = list(scan.findings.keys() - incidents.keys())
         unjudged = {u.instance_id for u in scan.unjudgeable if u.instance_id}
         busy = self._dispatch.busy  # a copy: taken once, not once per incident
-        gone = [
-            i for i in incidents if i not in scan.findings and i not in busy and i not in unjudged
-        ]
+        gone = list(incidents.keys() - scan.findings.keys() - busy - unjudged)
         unmonitored = await self._instances.unmonitored(gone) if gone else {}
         recent = await self._ledger.last_closed(new_ids) if new_ids else {}
         # In grace, the unhealthy count is heartbeat writers catching up, not a failure.
@@ -218,7 +217,11 @@ class Engine:
                 await self._breakers.save(scan.now)
         # Next time the scan reuses, of these findings, those of an instance with an
         # incident and still unhealthy: a new detection is always judged afresh.
-        self._known = {i: f for i, f in scan.findings.items() if i in incidents}
+        findings = scan.findings
+        without = findings.keys() - incidents.keys()
+        self._known = (
+            {i: f for i, f in findings.items() if i not in without} if without else findings
+        )
         report.brake = self._guards.braking
         report.queued = self._dispatch.queued
         if self._breakers is not None:
@@ -228,8 +231,8 @@ class Engine:
     def _reused_without_incident(self, scan: Scan, incidents: Mapping[str, Incident]) -> bool:
         known = self._known
         return any(
-            known.get(instance_id) is finding and instance_id not in incidents
-            for instance_id, finding in scan.findings.items()
+            scan.findings.get(instance_id) is known[instance_id]
+            for instance_id in known.keys() - incidents.keys()
         )
 
     # ----------------------------------------------------------------- applying
