@@ -5,17 +5,19 @@ that stops reading. The ApiRestart tests in test_actions.py run on it as well.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpcore
 import httpx
 import pytest
 
 from watchdog.actions.api import ApiRestart
-from watchdog.actions.transport import AsyncioTransport
+from watchdog.actions.transport import AsyncioBackend, AsyncioTransport
 from watchdog.config import load_settings
 from watchdog.core.errors import TransientRecoveryError
 from watchdog.core.model import Target
@@ -212,3 +214,28 @@ async def test_a_proxy_named_in_the_environment_carries_the_restart_calls(
     target = f"http://127.0.0.1:{app_port}/restart/i1" if proxied else "/restart/i1"
     assert via.lines == [f"POST {target} HTTP/1.1".encode()]
     assert unused.lines == []
+
+
+async def test_closing_a_connection_whose_peer_stopped_reading_aborts_it() -> None:
+    """A write the peer never reads leaves data queued; closing must not wait for it
+    forever (the daemon closes every client at shutdown)."""
+    peer_closed = asyncio.Event()
+
+    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            await peer_closed.wait()  # never reads
+        writer.close()
+
+    server = await asyncio.start_server(deaf, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        stream = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5.0)
+        with pytest.raises(httpcore.WriteTimeout):
+            await stream.write(b"x" * (64 * 2**20), timeout=0.2)  # far beyond socket buffers
+        socket_ = stream.get_extra_info("socket")
+        await asyncio.wait_for(stream.aclose(), timeout=10.0)  # returns: aborted
+        assert socket_.fileno() == -1  # the socket is released
+    finally:
+        peer_closed.set()
+        server.close()
+        await server.wait_closed()

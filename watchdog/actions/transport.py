@@ -23,6 +23,8 @@ from typing import Any
 import httpcore
 import httpx
 
+_CLOSE_WAIT = 0.5  # seconds a closing connection may take to flush before it is aborted
+
 # Every httpcore error, as the httpx error its own transport raises for it.
 _ERRORS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
     (httpcore.ConnectTimeout, httpx.ConnectTimeout),
@@ -86,9 +88,13 @@ class _Stream(httpcore.AsyncNetworkStream):
 
     async def aclose(self) -> None:
         self._writer.close()
-        with contextlib.suppress(OSError, asyncio.TimeoutError):
-            async with asyncio.timeout(1.0):  # a peer that stopped reading cannot hold us
+        try:
+            async with asyncio.timeout(_CLOSE_WAIT):
                 await self._writer.wait_closed()
+        except TimeoutError:
+            self._writer.transport.abort()  # a peer that stopped reading cannot hold us
+        except OSError:
+            pass
 
     async def start_tls(
         self,
