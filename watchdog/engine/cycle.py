@@ -12,6 +12,7 @@ import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
+from operator import attrgetter
 
 from watchdog.core.errors import StoreError
 from watchdog.core.model import Action, Finding, Incident, IncidentState, Scan
@@ -307,7 +308,11 @@ class Engine:
 
 def _count_states(incidents: Mapping[str, Incident]) -> dict[str, int]:
     # Counted as enum members, named once each: thousands of str() calls cost a cycle more.
-    return {str(state): n for state, n in Counter(i.state for i in incidents.values()).items()}
+    counted = Counter(map(_STATE, incidents.values()))
+    return {str(state): n for state, n in counted.items()}
+
+
+_STATE = attrgetter("state")
 
 
 def _recovered(incident: Incident, now: datetime) -> Closing:
