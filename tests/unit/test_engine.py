@@ -713,14 +713,21 @@ async def test_a_cycle_opens_and_starts_its_budget_the_least_overdue_first_and_t
     assert sorted(rig.calls(API)) == sorted(["late", *storm])
 
 
-async def test_a_cycle_starts_at_most_its_budget_of_due_actions_and_the_rest_next() -> None:
-    rig = make_rig(budget=200)
-    ids = [f"i{n:03d}" for n in range(250)]
+async def frozen_and_open(rig: Rig, n: int) -> list[str]:
+    """`n` instances freeze at once; cycles run until every one has its incident (and
+    its first attempt), however many the budget takes."""
+    ids = [f"i{k:03d}" for k in range(n)]
     for instance_id in ids:
         rig.store.add(instance_id)
     rig.clock.advance(STALE)
-    while (await rig.cycle()).backlog:  # attempt 1 for all 250
+    while (await rig.cycle()).backlog:
         pass
+    return ids
+
+
+async def test_a_cycle_starts_at_most_its_budget_of_due_actions_and_the_rest_next() -> None:
+    rig = make_rig(budget=200)
+    ids = await frozen_and_open(rig, 250)
     rig.clock.advance(30)  # attempt 2 of all 250 comes due at once
     first = await rig.cycle()
     assert (first.acted, first.backlog) == (200, 50)
@@ -731,12 +738,7 @@ async def test_a_cycle_starts_at_most_its_budget_of_due_actions_and_the_rest_nex
 
 async def test_a_mass_recovery_closes_incidents_in_batches() -> None:
     rig = make_rig(budget=200)
-    ids = [f"i{n:03d}" for n in range(250)]
-    for instance_id in ids:
-        rig.store.add(instance_id)
-    rig.clock.advance(STALE)
-    while (await rig.cycle()).backlog:  # all 250 open (the budget takes two cycles)
-        pass
+    ids = await frozen_and_open(rig, 250)
     for instance_id in ids:
         rig.store.beat(instance_id)
     calls = record_ledger_calls(rig)
