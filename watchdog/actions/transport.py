@@ -1,8 +1,8 @@
 """An httpx transport whose connections are plain asyncio streams.
 
 httpx's own transport reaches the socket through anyio, which wraps every read and write
-in a cancel scope and asks sniffio which event loop runs it; in a restart storm that was
-a fifth of each call's CPU. The watchdog only ever runs on asyncio, so its restart calls
+in a cancel scope and asks sniffio which event loop runs it: a large share of each call's
+CPU in a restart storm. The watchdog only ever runs on asyncio, so its restart calls
 go through httpcore's connection pool (the same HTTP/1.1 machinery httpx uses) on the
 `AsyncioBackend` below, httpcore's documented extension point for the network layer.
 An httpx client given a transport ignores the proxies the environment names, so where
@@ -227,7 +227,7 @@ class DirectClient:
 
     A restart call needs none of the client's per-request machinery (auth flows, redirect
     handling, event hooks, the cookie jar, matching the URL against proxy mounts), which
-    cost a fifth of each call's CPU in a storm. `proxies_in_environment` says when it must
+    cost much of each call's CPU in a storm. `proxies_in_environment` says when it must
     not be used: then httpx's client, which honours them, makes the calls."""
 
     def __init__(self, transport: httpx.AsyncBaseTransport) -> None:

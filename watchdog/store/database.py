@@ -151,7 +151,7 @@ class Database:
     def memo(self, key: Hashable, build: Callable[[], _Statement]) -> _Statement:
         """The statement `build` makes, built once: the writes a recovery storm repeats
         run with their values as parameters. Building and keying one of them for
-        SQLAlchemy's cache cost a sixth of a batch's CPU."""
+        SQLAlchemy's cache was a large part of each batch's CPU."""
         found = self._memo.get(key)
         if found is None:
             found = self._memo[key] = build()
