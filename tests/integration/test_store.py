@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -33,6 +33,7 @@ from watchdog.store.database import Database
 from watchdog.store.instances import SqlInstanceStore
 from watchdog.store.ledger import SqlLedger
 from watchdog.store.schema import incidents, pauses, revisions
+from watchdog.store.state import StateCache
 from watchdog.wiring import open_runtime
 
 RULES = DetectionRules()
@@ -972,6 +973,40 @@ async def test_the_ledgers_own_writes_keep_its_cache_exact_and_another_writers_d
     finally:
         await db.dispose()
         await other.dispose()
+
+
+async def test_writes_reported_out_of_order_are_taken_in_revision_order(db_url: str) -> None:
+    db = Database(db_url, timeout=5.0)
+    try:
+        await migrate.upgrade(db)
+        cache = StateCache(db)
+        known = (await cache.load()).revision
+        assert known is not None
+        opened = datetime(2026, 1, 1, tzinfo=UTC)
+
+        def incident(n: int, instance_id: str, state: IncidentState) -> Incident:
+            return Incident(n, instance_id, Reason.STALE_HEARTBEAT, state, 1, opened, None)
+
+        statements: list[str] = []
+        sa.event.listen(
+            db.engine.sync_engine,
+            "before_cursor_execute",
+            lambda _c, _cur, sql, *_rest: statements.append(sql),
+        )
+        cache.wrote(known + 2, [incident(2, "b", IncidentState.OPEN)])  # reports first
+        assert set((await cache.load(known)).incidents) == set()  # waits for the earlier
+        cache.wrote(known + 1, [incident(1, "a", IncidentState.OPEN)])
+        state = await cache.load(known + 2)
+        assert set(state.incidents) == {"a", "b"}
+        assert state.revision == known + 2
+        cache.wrote(known + 3, [incident(1, "a", IncidentState.RECOVERED)])
+        assert set((await cache.load(known + 3)).incidents) == {"b"}
+        assert statements == []  # none of it read the database
+        cache.wrote(known + 5, [incident(3, "c", IncidentState.OPEN)])  # known + 4: another's
+        await cache.load(known + 5)
+        assert statements  # the gap: read again
+    finally:
+        await db.dispose()
 
 
 @pytest.mark.parametrize("odd", ["100%_DOWN", "IT'S_OFF", "A:B"])

@@ -293,9 +293,8 @@ class Engine:
         instances opened first, so one that froze during a storm is detected at once
         while the storm's own backlog waits a cycle or two. The rest is counted in the
         report, and the next cycle follows at once."""
-        opens = sorted(
-            opens, key=lambda d: d.finding.overdue
-        )  # stable: a storm's own order is kept
+        # Stable: a storm's own order is kept among those equally overdue.
+        opens = sorted(opens, key=lambda d: d.finding.overdue)
         deferred = {d.finding.instance_id for d in opens[self._budget :]}
         if deferred:
             acts = [a for a in acts if a.instance_id not in deferred]

@@ -87,8 +87,10 @@ class StateCache:
         if revision <= cached.revision or len(self._written) >= _MAX_WAITING:
             return
         self._written[revision] = list(incidents)
-        current = dict(cached.incidents)  # a copy: readers may hold the old one
         at = cached.revision
+        if at + 1 not in self._written:
+            return  # an earlier write has yet to report
+        current = dict(cached.incidents)  # a copy: readers may hold the old one
         while (changed := self._written.pop(at + 1, None)) is not None:
             at += 1
             for incident in changed:
@@ -96,8 +98,7 @@ class StateCache:
                     current[incident.instance_id] = incident
                 elif current.get(incident.instance_id, incident).id == incident.id:
                     current.pop(incident.instance_id, None)
-        if at != cached.revision:
-            self._cached = replace(cached, revision=at, incidents=current)
+        self._cached = replace(cached, revision=at, incidents=current)
 
     def _fresh(self, cached: Cached, revision: int | None) -> bool:
         """The cache holds `revision` or, through this process's own writes since, a few
