@@ -61,6 +61,7 @@ class FleetView:
     nodes: Sequence[Node]
     acting: Acting
     brake: Mapping[str, Any] | None
+    backlog: Mapping[str, Any] | None
     grace_until: datetime | None
     breakers: Sequence[BreakerSnapshot]
     open_breakers: Mapping[Action, datetime | None]
@@ -92,6 +93,7 @@ class FleetView:
             in_flight=incident is not None and incident.id in self.in_flight,
             queued_until=self.queued.get(incident.id) if incident is not None else None,
             open_breakers=self.open_breakers,
+            backlog=self.backlog,
         )
 
     def _process(self, instance_id: str) -> str | None:
@@ -168,6 +170,7 @@ async def fleet_view(rt: Runtime) -> FleetView:
         nodes=nodes,
         acting=acting(nodes, now, settings.detection.interval),
         brake=await rt.fleet.brake(),
+        backlog=await rt.fleet.backlog(),
         grace_until=_time(grace.get("until")) if grace else None,
         breakers=breakers,
         open_breakers=_open(breakers, breaker_names(settings)),

@@ -775,6 +775,13 @@ async def test_fleet_state_restarts_and_brake(db: Database) -> None:
     assert (await fleet.brake() or {})["engaged"] is True
     await fleet.set_brake(False, now, {"unhealthy": 0, "monitored": 6})
     assert (await fleet.brake() or {})["engaged"] is False
+    assert await fleet.backlog() is None
+    row = await fleet.set_backlog(True, now, {"left": 9500, "budget": 500})
+    assert row.action is AuditAction.BACKLOG
+    stored = await fleet.backlog() or {}
+    assert (stored["present"], stored["left"], stored["since"]) == (True, 9500, now.isoformat())
+    await fleet.set_backlog(False, now, {})
+    assert (await fleet.backlog() or {})["present"] is False
 
 
 async def test_the_scan_finds_the_next_deadline_like_the_pure_rule(

@@ -16,6 +16,7 @@ import pytest
 
 from watchdog.core.breaker import BreakerRules
 from watchdog.core.model import (
+    FLEET,
     Action,
     ActionResult,
     AuditAction,
@@ -711,6 +712,20 @@ async def test_a_cycle_opens_and_starts_its_budget_the_least_overdue_first_and_t
     assert calls == [("open", 51), ("claim", 51)]
     assert (second.opened, second.acted, second.backlog) == (51, 51, 0)
     assert sorted(rig.calls(API)) == sorted(["late", *storm])
+
+
+async def test_a_backlog_is_audited_once_when_it_starts_and_once_when_it_clears() -> None:
+    rig = make_rig(budget=200, fleet=True, safety=SafetyRules(brake_min_unhealthy=10_000))
+    for n in range(450):
+        rig.store.add(f"i{n:03d}")
+    rig.clock.advance(STALE)
+    backlogs = [(await rig.cycle()).backlog for _ in range(4)]
+    assert backlogs == [250, 50, 0, 0]
+    (started,) = rig.rows(FLEET, AuditAction.BACKLOG)
+    assert started.detail == {"left": 250, "budget": 200}
+    assert len(rig.rows(FLEET, AuditAction.BACKLOG_CLEARED)) == 1
+    assert rig.fleet is not None
+    assert (await rig.fleet.backlog() or {}).get("present") is False
 
 
 async def frozen_and_open(rig: Rig, n: int) -> list[str]:

@@ -163,3 +163,21 @@ def test_a_process_restart_held_by_its_blast_radius_says_so_until_approved() -> 
     # A hold on the top rung says nothing while a lower rung comes next.
     lower = situate(facts(incident=replace(incident(attempt=1), held=HELD)), RULES)
     assert lower.blocked_by == []
+
+
+BACKLOG = {"present": True, "since": NOW.isoformat(), "left": 9_500, "budget": 500}
+
+
+def test_a_due_step_left_by_the_cycle_budget_names_it() -> None:
+    held = situate(facts(backlog=BACKLOG), RULES)
+    assert held.blocked_by == ["cycle_budget"]
+    assert when(held, NOW).startswith("held: cycle budget: since 12:00:00Z")
+    detected = situate(facts(incident=None, backlog=BACKLOG), RULES)  # still to be opened
+    assert detected.blocked_by == ["cycle_budget"]
+    for calm in (
+        facts(backlog={"present": False}),  # the backlog cleared
+        facts(backlog=BACKLOG, incident=incident(due=30)),  # not due: not the budget's
+        facts(backlog=BACKLOG, in_flight=True),  # started: running, not waiting
+        facts(backlog=BACKLOG, verdict=Verdict.HEALTHY),  # closings are not budgeted
+    ):
+        assert "cycle_budget" not in situate(calm, RULES).blocked_by

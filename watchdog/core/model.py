@@ -52,6 +52,8 @@ class AuditAction(enum.StrEnum):
     GRACE = "grace"  # after our start or our database's outage: nobody judged until then
     UNJUDGEABLE = "unjudgeable"  # rows the watchdog cannot judge appeared in the table
     UNJUDGEABLE_CLEARED = "unjudgeable_cleared"  # every row can be judged again
+    BACKLOG = "backlog"  # a mass freeze left more than a cycle's budget to the next cycles
+    BACKLOG_CLEARED = "backlog_cleared"  # every due opening and action was taken again
     RETENTION = "retention"  # the leader deleted history older than [retention] keeps
     EXHAUSTED_RETRY = "exhausted_retry"  # an exhausted incident's last rung, tried again
     HOST_RESTARTED = "host_restarted"  # the process hosting the instance got a new life

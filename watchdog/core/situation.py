@@ -23,6 +23,7 @@ GUARD_NAMES = (
     "brake",
     "blast_radius",
     "budget",
+    "cycle_budget",
     "breaker",
 )
 _CLOSING = {
@@ -59,6 +60,7 @@ class Facts:
     in_flight: bool = False  # an action's intent is on record without its outcome
     queued_until: datetime | None = None  # that action waits for its backend's pace
     open_breakers: Mapping[Action, datetime | None] | None = None  # → next attempt
+    backlog: Mapping[str, object] | None = None  # the leader's last cycle left work over
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,7 @@ def situate(facts: Facts, rules: EscalationRules) -> Situation:
         _brake(facts, rung),
         _blast_radius(facts, rung),
         _budget(facts),
+        _cycle_budget(facts, action, at),
         _breaker(facts, rung),
     )
     queued = facts.queued_until if facts.queued_until and facts.queued_until > facts.now else None
@@ -122,7 +125,7 @@ def when(situation: Situation, now: datetime) -> str:
         return "-"
     if "no_leader" in blocked:
         return "held: no daemon acting"
-    for name in ("pause", "grace", "blast_radius", "budget"):
+    for name in ("pause", "grace", "blast_radius", "budget", "cycle_budget"):
         if name in blocked:
             return f"held: {blocked[name].detail}"
     if "brake" in blocked:
@@ -269,6 +272,28 @@ def _budget(facts: Facts) -> Guard:
         until = stamp(incident.next_action_at)
         return Guard("budget", False, f"restart budget spent until {until}")
     return Guard("budget", True, "within the restart budget")
+
+
+def _cycle_budget(facts: Facts, action: str | None, at: datetime | None) -> Guard:
+    """A mass freeze left more than a cycle opens and starts (its budget) to the next
+    cycles: an opening or action due now waits its turn, the least overdue first."""
+    backlog = facts.backlog
+    due = action is not None and not action.startswith("close") and (at is None or at <= facts.now)
+    if backlog and backlog.get("present") and due and not facts.in_flight:
+        detail = (
+            f"cycle budget: since {_since(backlog.get('since'))} cycles leave work to the next "
+            f"(at most {backlog.get('budget')} openings and starts each, the least overdue "
+            f"first; {backlog.get('left')} left at first); the next cycle follows at once"
+        )
+        return Guard("cycle_budget", False, detail)
+    return Guard("cycle_budget", True, "no backlog")
+
+
+def _since(value: object) -> str:
+    try:
+        return stamp(datetime.fromisoformat(str(value)), seconds=True)
+    except ValueError:
+        return str(value)
 
 
 def _breaker(facts: Facts, rung: Action | None) -> Guard:

@@ -214,6 +214,7 @@ class Engine:
             await self._apply(decisions, live, report, scan.now, mono0)
             incidents = live  # with the incidents opened just now
             await self._guards.report_unjudgeable(scan)
+            await self._guards.report_backlog(report.backlog, self._budget, scan.now)
             if self._breakers is not None:
                 await self._breakers.save(scan.now)
         # Next time the scan reuses, of these findings, those of an instance with an

@@ -40,6 +40,7 @@ class Guards:
         self.grace_until: datetime | None = None
         self._brake: bool | None = None  # None: not yet read back from the store
         self._unjudgeable: bool | None = None  # likewise
+        self._backlog: bool | None = None  # likewise
         self._history: list[Restart] | None = None
 
     # ------------------------------------------------------------------- grace
@@ -122,6 +123,21 @@ class Guards:
             }
         await self._fleet.set_unjudgeable(present, scan.now, detail)
         self._unjudgeable = present
+
+    async def report_backlog(self, backlog: int, budget: int, now: datetime) -> None:
+        """Audit when a cycle leaves openings or actions to the next (a mass freeze beyond
+        the cycle budget) and when none is left; `explain` reads the stored state."""
+        if self._fleet is None:
+            return
+        if self._backlog is None:
+            stored = await self._fleet.backlog()
+            self._backlog = bool(stored and stored.get("present"))
+        present = backlog > 0
+        if present == self._backlog:
+            return
+        detail = {"left": backlog, "budget": budget} if present else {}
+        await self._fleet.set_backlog(present, now, detail)
+        self._backlog = present
 
     # ----------------------------------------------------------------- budgets
 

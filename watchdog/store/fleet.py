@@ -30,6 +30,7 @@ from watchdog.store.schema import flags, hosts, restarts
 BRAKE = "brake"
 UNJUDGEABLE = "unjudgeable"
 GRACE = "grace"
+BACKLOG = "backlog"
 
 
 class SqlFleetState:
@@ -114,6 +115,16 @@ class SqlFleetState:
     ) -> AuditRow:
         action = AuditAction.UNJUDGEABLE if present else AuditAction.UNJUDGEABLE_CLEARED
         return await self._set_flag(UNJUDGEABLE, {"present": present}, action, now, detail)
+
+    async def backlog(self) -> dict[str, Any] | None:
+        """Whether the last cycle left openings or actions to the next: {"present": bool, ...}."""
+        return await self._flag(BACKLOG)
+
+    async def set_backlog(
+        self, present: bool, now: datetime, detail: Mapping[str, Any]
+    ) -> AuditRow:
+        action = AuditAction.BACKLOG if present else AuditAction.BACKLOG_CLEARED
+        return await self._set_flag(BACKLOG, {"present": present}, action, now, detail)
 
     async def _flag(self, name: str) -> dict[str, Any] | None:
         query = sa.select(flags.c.value).where(flags.c.name == name)

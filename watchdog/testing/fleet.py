@@ -31,6 +31,7 @@ class MemoryFleetState:
         self.restarts: list[tuple[Restart, list[str]]] = []
         self.brake_state: dict[str, Any] | None = None
         self.unjudgeable_state: dict[str, Any] | None = None
+        self.backlog_state: dict[str, Any] | None = None
         self.grace_state: dict[str, Any] | None = None
         self.hosts_seen: dict[str, HostRecord] = {}
 
@@ -78,4 +79,14 @@ class MemoryFleetState:
     ) -> AuditRow:
         self.unjudgeable_state = {"present": present, "since": now.isoformat(), **detail}
         action = AuditAction.UNJUDGEABLE if present else AuditAction.UNJUDGEABLE_CLEARED
+        return await self.ledger.append(NewAudit(FLEET, action, Outcome.OK, detail=detail))
+
+    async def backlog(self) -> dict[str, Any] | None:
+        return self.backlog_state
+
+    async def set_backlog(
+        self, present: bool, now: datetime, detail: Mapping[str, Any]
+    ) -> AuditRow:
+        self.backlog_state = {"present": present, "since": now.isoformat(), **detail}
+        action = AuditAction.BACKLOG if present else AuditAction.BACKLOG_CLEARED
         return await self.ledger.append(NewAudit(FLEET, action, Outcome.OK, detail=detail))
