@@ -127,7 +127,7 @@ class Database:
         statement that both SQLAlchemy and the driver cache, and its values are encoded in
         one call (arrays, one per column, were dumped value by value). A statement built
         once (see `memo`) runs with other rows given `batch(name, rows)` as parameters."""
-        param = sa.bindparam(f"{name}_json", self.batch(name, data)[f"{name}_json"], sa.Text)
+        param = sa.bindparam(f"{name}_json", self._rows_json(data), sa.Text)
         if self.is_sqlite:
             each = sa.func.json_each(param).table_valued("value", "key")
             fields = [
@@ -145,8 +145,11 @@ class Database:
 
     def batch(self, name: str, data: Sequence[Sequence[Any]]) -> dict[str, str]:
         """The parameter carrying `data` into `rows(name, ...)`."""
+        return {f"{name}_json": self._rows_json(data)}
+
+    def _rows_json(self, data: Sequence[Sequence[Any]]) -> str:
         sqlite = self.is_sqlite
-        return {f"{name}_json": json.dumps([[_json_value(v, sqlite) for v in r] for r in data])}
+        return json.dumps([[_json_value(v, sqlite) for v in row] for row in data])
 
     def memo(self, key: Hashable, build: Callable[[], _Statement]) -> _Statement:
         """The statement `build` makes, built once: the writes a recovery storm repeats
