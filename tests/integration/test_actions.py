@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import builtins
+import gzip
 import json
 import os
 import socket
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +30,7 @@ import httpx
 import psutil
 import pytest
 
-from watchdog.actions.api import ApiRestart, HttpClient, HttpClients
+from watchdog.actions.api import ApiRestart, HttpClient, HttpClients, HttpxClient
 from watchdog.actions.command import CommandRestart
 from watchdog.actions.db_flag import DbFlag
 from watchdog.actions.transport import AsyncioTransport, DirectClient
@@ -53,6 +55,7 @@ class Seen:
     method: str
     path: str
     authorization: str | None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -62,6 +65,8 @@ class FakeApi:
     base: str = ""
     requests: list[Seen] = field(default_factory=list)
     responses: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # Answers given as they go on the wire: status, headers, body bytes.
+    raw: dict[str, tuple[int, dict[str, str], bytes]] = field(default_factory=dict)
     release: threading.Event = field(default_factory=threading.Event)
 
 
@@ -88,7 +93,7 @@ class _Handler(BaseHTTPRequestHandler):
         api = self.server.api
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         auth = self.headers.get("Authorization")
-        api.requests.append(Seen(self.command, self.path, auth))
+        api.requests.append(Seen(self.command, self.path, auth, dict(self.headers.items())))
         if self.path.startswith("/slow/"):
             api.release.wait(10)  # released at teardown; the client gives up long before
             self.close_connection = True
@@ -97,6 +102,14 @@ class _Handler(BaseHTTPRequestHandler):
             # Linger 0 makes close() send a TCP RST instead of a FIN.
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.connection.close()
+            return
+        if self.path in api.raw:
+            status, headers, raw = api.raw[self.path]
+            self.send_response(status)
+            for name, value in {**headers, "Content-Length": str(len(raw))}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(raw)
             return
         status, body = api.responses.get(self.path, (200, "restarting"))
         data = (auth or "" if body == ECHO_AUTH else body).encode()
@@ -240,7 +253,8 @@ async def test_api_client_over_plain_http_carries_no_ca_bundle_and_still_works(
 
 
 async def test_concurrent_calls_each_lease_a_client_of_their_own(api: FakeApi) -> None:
-    clients = [httpx.AsyncClient(timeout=5.0) for _ in range(3)]
+    raw = [httpx.AsyncClient(timeout=5.0) for _ in range(3)]
+    clients = [HttpxClient(client) for client in raw]
     http = HttpClients(clients)
     with http.lease() as a, http.lease() as b, http.lease() as c, http.lease() as d:
         assert {id(a), id(b), id(c)} == {id(x) for x in clients}  # one each while they last
@@ -251,7 +265,7 @@ async def test_concurrent_calls_each_lease_a_client_of_their_own(api: FakeApi) -
     results = await asyncio.gather(*(restart.recover(Target(f"c{n}", None)) for n in range(6)))
     assert [r.detail["status"] for r in results] == [200] * 6
     assert sorted(r.path for r in api.requests) == sorted(f"/restart/c{n}" for n in range(6))
-    for client in clients:
+    for client in raw:
         await client.aclose()
 
 
@@ -348,6 +362,49 @@ async def test_api_password_in_url_is_masked(api: FakeApi, client: httpx.AsyncCl
     assert result.detail["url"] == api.base.replace("http://", "http://ops:***@") + "/restart/w1"
     # The credentials went as basic auth, on every client.
     assert api.requests[0].authorization == "Basic " + base64.b64encode(b"ops:hunter2").decode()
+
+
+async def test_api_request_is_framed_as_httpx_frames_it(
+    api: FakeApi, client: httpx.AsyncClient
+) -> None:
+    await ApiRestart(client, api.base + "/restart/{id}").recover(Target("w1", None))
+    await ApiRestart(client, api.base + "/restart/{id}", method="GET").recover(Target("w2", None))
+    post, get = (seen.headers for seen in api.requests)
+    assert post["Host"] == get["Host"] == api.base.removeprefix("http://")
+    assert post["Content-Length"] == "0"  # an empty body, said: some servers want it
+    assert "Content-Length" not in get
+    assert post["User-Agent"].startswith("python-httpx/")
+
+
+async def test_api_any_url_goes_out_as_httpx_would_send_it(
+    api: FakeApi, client: httpx.AsyncClient
+) -> None:
+    """A URL the direct client cannot send as it is (here a non-ASCII path and a fragment)
+    is parsed by httpx in full: the same request on every client."""
+    result = await ApiRestart(client, api.base + "/réstart/{id}?x=1#top").recover(
+        Target("w 1", None)
+    )
+    assert [seen.path for seen in api.requests] == ["/r%C3%A9start/w%201?x=1"]
+    assert result.detail["url"] == api.base + "/r%C3%A9start/w%201?x=1#top"
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ({"Content-Type": "text/plain; charset=latin-1"}, "en maintenance: café".encode("latin-1")),
+        ({"Content-Encoding": "gzip"}, gzip.compress(b"en maintenance: caf\xc3\xa9")),
+        ({"Content-Encoding": "deflate"}, zlib.compress(b"en maintenance: caf\xc3\xa9")),
+    ],
+    ids=["latin-1", "gzip", "deflate"],
+)
+async def test_api_error_quotes_the_body_decoded(
+    api: FakeApi, client: httpx.AsyncClient, headers: dict[str, str], body: bytes
+) -> None:
+    """The body an error quotes is read as its headers say, even when the server
+    compressed it though asked for it plain."""
+    api.raw["/restart/w1"] = (503, headers, body)
+    with pytest.raises(TransientRecoveryError, match=r"HTTP 503 .*: en maintenance: café$"):
+        await ApiRestart(client, api.base + "/restart/{id}").recover(Target("w1", None))
 
 
 async def test_api_restart_is_a_recovery_keyed_by_instance(client: httpx.AsyncClient) -> None:

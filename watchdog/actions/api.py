@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Protocol
+from typing import NamedTuple, Protocol
 from urllib.parse import quote
 
 import httpx
@@ -33,14 +33,45 @@ _METHOD = re.compile(r"[A-Z]+")
 _DOT_SEGMENTS = frozenset({"", ".", ".."})
 
 
+class HttpAnswer(NamedTuple):
+    """What a restart call's answer is read for."""
+
+    status: int
+    text: str  # the body, decoded: only an error message quotes it
+    url: str  # the URL as sent
+
+
 class HttpClient(Protocol):
-    """What ApiRestart asks of a client: an httpx.AsyncClient, or a `DirectClient`."""
+    """What ApiRestart asks of a client: one call, its body read and its connection back
+    in the pool (a `DirectClient`, or httpx's own client as an `HttpxClient`)."""
 
-    def build_request(
+    async def call(
         self, method: str, url: str, *, headers: Mapping[str, str], timeout: float
-    ) -> httpx.Request: ...
+    ) -> HttpAnswer: ...
 
-    async def send(self, request: httpx.Request) -> httpx.Response: ...
+
+class HttpxClient:
+    """An httpx.AsyncClient as an HttpClient: it honours the proxies the environment names."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    async def call(
+        self, method: str, url: str, *, headers: Mapping[str, str], timeout: float
+    ) -> HttpAnswer:
+        request = self._client.build_request(method, url, headers=headers, timeout=timeout)
+        response = await self._client.send(request)
+        return HttpAnswer(response.status_code, response.text, str(request.url))
+
+    async def __aenter__(self) -> HttpxClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self._client.aclose()
+
+
+def as_client(client: HttpClient | httpx.AsyncClient) -> HttpClient:
+    return HttpxClient(client) if isinstance(client, httpx.AsyncClient) else client
 
 
 class HttpClients:
@@ -52,11 +83,12 @@ class HttpClients:
     connections): in a storm of 16 concurrent calls that was a seventh of the daemon's
     CPU. Clients of one connection each skip it; size the set to the concurrency."""
 
-    def __init__(self, clients: Sequence[HttpClient]) -> None:
+    def __init__(self, clients: Sequence[HttpClient | httpx.AsyncClient]) -> None:
         if not clients:
             raise ValueError("HttpClients needs at least one client")
-        self._shared = clients[0]
-        self._idle = list(reversed(clients))  # popped from the end: the first goes first
+        usable = [as_client(c) for c in clients]
+        self._shared = usable[0]
+        self._idle = list(reversed(usable))  # popped from the end: the first goes first
 
     @contextmanager
     def lease(self) -> Iterator[HttpClient]:
@@ -86,7 +118,7 @@ class ApiRestart:
 
     def __init__(
         self,
-        client: HttpClient | HttpClients,
+        client: HttpClient | httpx.AsyncClient | HttpClients,
         url_template: str,
         method: str = "POST",
         token: str | None = None,
@@ -126,23 +158,21 @@ class ApiRestart:
 
     async def recover(self, target: Target) -> ActionResult:
         url = self.url_for(target)
-        response = await self._send(url)
-        shown = mask_url(str(response.request.url))  # as sent, not as templated
-        if response.is_success:
-            return ActionResult(detail={"status": response.status_code, "url": shown})
-        raise self._status_error(response, shown)
+        answer = await self._send(url)
+        shown = mask_url(answer.url)  # as sent, not as templated
+        if 200 <= answer.status < 300:
+            return ActionResult(detail={"status": answer.status, "url": shown})
+        raise self._status_error(answer, shown)
 
-    async def _send(self, url: str) -> httpx.Response:
+    async def _send(self, url: str) -> HttpAnswer:
         # The headers stay out of this frame's locals and the httpx error (whose request
         # carries them) is not chained, so tracebacks that print locals never show the token.
         what = f"HTTP {self._method} {mask_url(url)}"
         try:
             with self._clients.lease() as client:
-                request = client.build_request(
+                return await client.call(
                     self._method, url, headers=self._headers(), timeout=self._timeout
                 )
-                what = f"HTTP {self._method} {mask_url(str(request.url))}"
-                return await client.send(request)
         except httpx.TimeoutException as exc:
             error = self._error(
                 f"{what} timed out after {self._timeout:g}s ({describe(exc)})", transient=True
@@ -157,9 +187,9 @@ class ApiRestart:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token}"} if self._token else {}
 
-    def _status_error(self, response: httpx.Response, shown: str) -> RecoveryError:
-        code = response.status_code
-        body = squeeze(response.text[: _BODY_CHARS * 4])[:_BODY_CHARS]
+    def _status_error(self, answer: HttpAnswer, shown: str) -> RecoveryError:
+        code = answer.status
+        body = squeeze(answer.text[: _BODY_CHARS * 4])[:_BODY_CHARS]
         message = f"HTTP {code} from {self._method} {shown}: {body}"
         return self._error(message, transient=code in TRANSIENT_STATUSES)
 

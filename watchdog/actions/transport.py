@@ -14,14 +14,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
+import re
 import socket
 import ssl
 import urllib.request
+import zlib
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpcore
 import httpx
+
+from watchdog.actions.api import HttpAnswer
 
 _CLOSE_WAIT = 0.5  # seconds a closing connection may take to flush before it is aborted
 
@@ -187,21 +193,8 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        assert isinstance(request.stream, httpx.AsyncByteStream)
-        core_request = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
         with _as_httpx_errors():
-            response = await self._pool.handle_async_request(core_request)
+            response = await self._pool.handle_async_request(_core_request(request))
         return httpx.Response(
             status_code=response.status,
             headers=response.headers,
@@ -209,59 +202,197 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
             extensions=response.extensions,
         )
 
+    async def exchange(
+        self, request: httpcore.Request
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Status, headers and the whole body of `request`'s response; its connection
+        goes back to the pool. Errors are httpx's."""
+        with _as_httpx_errors():
+            response = await self._pool.handle_async_request(request)
+            try:
+                body = await response.aread()
+            finally:
+                await response.aclose()
+        return response.status, response.headers, body
+
     async def aclose(self) -> None:
         await self._pool.aclose()
 
 
-# What httpx's client sends with every request unless told otherwise.
+def _core_request(request: httpx.Request) -> httpcore.Request:
+    assert isinstance(request.stream, httpx.AsyncByteStream)
+    return httpcore.Request(
+        method=request.method,
+        url=httpcore.URL(
+            scheme=request.url.raw_scheme,
+            host=request.url.raw_host,
+            port=request.url.port,
+            target=request.url.raw_path,
+        ),
+        headers=request.headers.raw,
+        content=request.stream,
+        extensions=request.extensions,
+    )
+
+
+# What httpx's client sends with every request unless told otherwise, but the body asked
+# for uncompressed: only an error message reads it.
 _DEFAULT_HEADERS = {
     "Accept": "*/*",
-    "Accept-Encoding": "gzip, deflate",
+    "Accept-Encoding": "identity",
     "Connection": "keep-alive",
     "User-Agent": f"python-httpx/{httpx.__version__}",
 }
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # httpx sends `Content-Length: 0` then
+# A request target sent as it is: unreserved and reserved characters, and %-escapes.
+_PLAIN_TARGET = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*")
+_MAX_ORIGINS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    """Scheme, host and port of a URL, parsed once by httpx."""
+
+    scheme: bytes
+    host: bytes
+    port: int | None
+    headers: tuple[tuple[bytes, bytes], ...]  # Host, and basic auth from the URL's userinfo
+    shown: str  # as httpx writes it, without a trailing slash
 
 
 class DirectClient:
-    """The two calls ApiRestart makes of an httpx client, straight on a transport.
+    """Restart calls straight on httpcore's pool over `AsyncioTransport`.
 
-    A restart call needs none of the client's per-request machinery (auth flows, redirect
-    handling, event hooks, the cookie jar, matching the URL against proxy mounts), which
-    cost much of each call's CPU in a storm. `proxies_in_environment` says when it must
-    not be used: then httpx's client, which honours them, makes the calls."""
+    A restart call needs none of httpx's per-request machinery (auth flows, redirect
+    handling, event hooks, the cookie jar, matching the URL against proxy mounts, its
+    request and response models, parsing every URL in full), which cost much of each
+    call's CPU in a storm. The scheme, host and port are parsed by httpx once per origin;
+    a request target made only of characters a URL may carry as they are is sent as it is,
+    any other URL goes through httpx's request model. `proxies_in_environment` says when
+    this client must not be used: then httpx's client, which honours them, makes the calls."""
 
-    def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
+    def __init__(self, transport: AsyncioTransport) -> None:
         self._transport = transport
+        self._origins: dict[str, _Origin | None] = {}
 
-    def build_request(
+    async def call(
         self, method: str, url: str, *, headers: Mapping[str, str], timeout: float
-    ) -> httpx.Request:
-        request = httpx.Request(
-            method,
-            url,
-            headers={**_DEFAULT_HEADERS, **headers},
-            extensions={"timeout": httpx.Timeout(timeout).as_dict()},
-        )
-        user, password = request.url.username, request.url.password
-        if user or password:  # credentials in the URL are sent as basic auth, as httpx does
-            pair = f"{user}:{password}".encode()
-            request.headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
-        return request
+    ) -> HttpAnswer:
+        split = self._split(url)
+        if split is None:
+            request = _httpx_request(method, url, headers, timeout)
+            answer = await self._transport.exchange(_core_request(request))
+            shown = str(request.url)
+        else:
+            origin, target = split
+            sent = [*origin.headers, *_DEFAULT_RAW]
+            sent += [(k.encode(), v.encode()) for k, v in headers.items()]
+            if method in _BODY_METHODS:
+                sent.append((b"Content-Length", b"0"))
+            core = httpcore.Request(
+                method.encode(),
+                httpcore.URL(
+                    scheme=origin.scheme, host=origin.host, port=origin.port, target=target
+                ),
+                headers=sent,
+                extensions={"timeout": _timeouts(timeout)},
+            )
+            answer = await self._transport.exchange(core)
+            shown = origin.shown + target.decode()
+        status, response_headers, body = answer
+        return HttpAnswer(status, _text(response_headers, body), shown)
 
-    async def send(self, request: httpx.Request) -> httpx.Response:
-        response = await self._transport.handle_async_request(request)
-        response.request = request
-        try:
-            await response.aread()
-        finally:
-            await response.aclose()
-        return response
+    def _split(self, url: str) -> tuple[_Origin, bytes] | None:
+        """The URL's origin (parsed once) and request target, or None to parse it all."""
+        scheme, sep, rest = url.partition("://")
+        authority, slash, path = rest.partition("/")
+        target = "/" + path
+        if not sep or not slash or _PLAIN_TARGET.fullmatch(target) is None:
+            return None
+        key = f"{scheme}://{authority}"
+        if key not in self._origins:
+            if len(self._origins) >= _MAX_ORIGINS:
+                self._origins.clear()
+            self._origins[key] = _origin(key)
+        origin = self._origins[key]
+        return None if origin is None else (origin, target.encode("ascii"))
 
     async def __aenter__(self) -> DirectClient:
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
         await self._transport.aclose()
+
+
+_DEFAULT_RAW = tuple((k.encode(), v.encode()) for k, v in _DEFAULT_HEADERS.items())
+
+
+def _origin(origin: str) -> _Origin | None:
+    """`scheme://authority` parsed by httpx; None when httpx must handle the whole URL (a
+    scheme it does not speak, a query or fragment right after the host, a bad URL): its
+    errors are the ones the operator sees."""
+    try:
+        url = httpx.URL(origin + "/")
+    except httpx.InvalidURL:
+        return None
+    if url.scheme not in ("http", "https") or url.query or url.fragment or url.raw_path != b"/":
+        return None
+    headers = [(b"Host", url.netloc)]
+    user, password = url.username, url.password
+    if user or password:  # credentials in the URL are sent as basic auth, as httpx does
+        pair = base64.b64encode(f"{user}:{password}".encode())
+        headers.append((b"Authorization", b"Basic " + pair))
+    shown = str(url).rstrip("/")  # credentials and all: ApiRestart masks what it shows
+    return _Origin(url.raw_scheme, url.raw_host, url.port, tuple(headers), shown)
+
+
+def _httpx_request(
+    method: str, url: str, headers: Mapping[str, str], timeout: float
+) -> httpx.Request:
+    """Any URL, as httpx's client would send it (URL credentials as basic auth)."""
+    request = httpx.Request(
+        method,
+        url,
+        headers={**_DEFAULT_HEADERS, **headers},
+        extensions={"timeout": _timeouts(timeout)},
+    )
+    user, password = request.url.username, request.url.password
+    if user or password:
+        pair = f"{user}:{password}".encode()
+        request.headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+    return request
+
+
+@functools.lru_cache(maxsize=8)
+def _timeouts(seconds: float) -> dict[str, float | None]:
+    return httpx.Timeout(seconds).as_dict()
+
+
+def _text(headers: list[tuple[bytes, bytes]], body: bytes) -> str:
+    """The body as text, in the charset its Content-Type names (UTF-8 otherwise); a body
+    the server compressed though asked not to is decompressed when it can be."""
+    charset, encoding = "utf-8", b""
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"content-type":
+            found = _CHARSET.search(value.decode("latin-1"))
+            charset = found.group(1) if found else charset
+        elif lowered == b"content-encoding":
+            encoding = value.strip().lower()
+    if encoding in (b"gzip", b"x-gzip", b"deflate"):
+        for wbits in (zlib.MAX_WBITS | 32, -zlib.MAX_WBITS):  # gzip or zlib header; raw
+            try:
+                body = zlib.decompress(body, wbits)
+                break
+            except zlib.error:
+                continue
+    try:
+        return body.decode(charset, errors="replace")
+    except LookupError:
+        return body.decode("utf-8", errors="replace")
+
+
+_CHARSET = re.compile(r"charset=[\"']?([\w.:-]+)", re.IGNORECASE)
 
 
 def proxies_in_environment() -> bool:
