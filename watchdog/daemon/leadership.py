@@ -3,12 +3,17 @@ file lock on SQLite); standbys try to take it every cycle. Before every action t
 engine asks `fence()`: a paused or partitioned former leader that lost its lock can
 never act. Every lead taken is audited (`leader_changed`); only one taken over from
 another node alerts (see `SqlNodes.demote_others`).
+
+A fence's proof is a check of the lock sent at most `FENCE_VALIDITY` ago (monotonic):
+every action goes out within that bound of the database confirming the lock, and a
+process paused for longer (a GC pause, SIGSTOP, swapping) asks again before it acts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -18,6 +23,9 @@ from watchdog.core.model import FLEET, AuditAction, Outcome
 from watchdog.core.ports import Ledger, NewAudit
 
 log = logging.getLogger(__name__)
+
+FENCE_VALIDITY = 0.05
+"""Seconds a confirmed lock is trusted for, counted from when its check was sent."""
 
 
 class LeaderLock(Protocol):
@@ -42,6 +50,14 @@ class NodeRegistry(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class _Check:
+    """A check of the lock: its answer to come, and when it was sent (monotonic)."""
+
+    answer: asyncio.Future[bool]
+    sent: float
+
+
+@dataclass(frozen=True, slots=True)
 class NodeIdentity:
     node_id: str
     host: str
@@ -56,14 +72,17 @@ class Leadership:
         ledger: Ledger,
         me: NodeIdentity,
         on_lead: Callable[[], Awaitable[None]] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._lock = lock
+        self._monotonic = monotonic
         self._nodes = nodes
         self._ledger = ledger
         self._me = me
         self._on_lead = on_lead
         self.is_leader = False
-        self._fence_check: asyncio.Future[bool] | None = None
+        self._check: _Check | None = None  # the latest check sent
+        self._proven: float | None = None  # when the latest check that confirmed it was sent
         self._stopped = False
 
     @property
@@ -80,6 +99,7 @@ class Leadership:
             if await self._lock.held():
                 return True
             self.is_leader = False
+            self._proven = None
             log.error("lost the leader lock: acting stops until it is won again")
             await self._nodes.update(self._me.node_id, "standby")
             return False
@@ -119,14 +139,38 @@ class Leadership:
     async def fence(self) -> bool:
         """Still the leader, proven against the lock itself (asked before every action).
 
-        Askers who come while a check is in flight share it rather than queue their own
-        behind it on the lock's one connection: its answer is at most one round trip old,
-        and a storm of concurrent actions costs one query per round trip, not one each."""
+        A check sent within `FENCE_VALIDITY` that confirmed the lock is the proof; one
+        past half of it starts the next check while it is still used, so a storm of
+        actions rarely waits for the lock's connection. Otherwise askers share the check
+        in flight (sent within the bound) rather than queue their own behind it on that
+        one connection, or send a new one."""
         if not self.is_leader:
             return False
-        if self._fence_check is None or self._fence_check.done():
-            self._fence_check = asyncio.ensure_future(self._lock.held())
-        return await asyncio.shield(self._fence_check)
+        now = self._monotonic()
+        proven = self._proven
+        if proven is not None and now - proven <= FENCE_VALIDITY:
+            if now - proven > FENCE_VALIDITY / 2:
+                self._checking(now)
+            return True
+        return await asyncio.shield(self._checking(now))
+
+    def _checking(self, now: float) -> asyncio.Future[bool]:
+        """The answer of the check in flight, or of a new one when there is none sent
+        within the bound."""
+        check = self._check
+        if check is None or check.answer.done() or now - check.sent > FENCE_VALIDITY:
+            check = _Check(asyncio.ensure_future(self._confirm(now)), now)
+            check.answer.add_done_callback(_log_failure)
+            self._check = check
+        return check.answer
+
+    async def _confirm(self, sent: float) -> bool:
+        held = await self._lock.held()
+        if not held:
+            self._proven = None
+        elif self._proven is None or sent > self._proven:
+            self._proven = sent
+        return held
 
     async def good_cycle(self) -> None:
         """The leader completed a cycle."""
@@ -144,8 +188,17 @@ class Leadership:
             return
         self._stopped = True
         self.is_leader = False
+        self._proven = None
+        if self._check is not None and not self._check.answer.done():
+            self._check.answer.cancel()  # a check started ahead, that no one waits for
         await self._lock.release()
         try:
             await self._nodes.update(self._me.node_id, "gone")
         except StoreError as exc:
             log.warning("could not mark this node gone: %s", exc)
+
+
+def _log_failure(answer: asyncio.Future[bool]) -> None:
+    """A check started ahead has no one waiting for it: its failure is said here."""
+    if not answer.cancelled() and answer.exception() is not None:
+        log.error("checking the leader lock failed", exc_info=answer.exception())
