@@ -8,8 +8,8 @@ waits for its actions, as the daemon would before the next tick.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import pytest
@@ -21,9 +21,11 @@ from watchdog.core.model import (
     ActionResult,
     AuditAction,
     AuditRow,
+    Finding,
     IncidentState,
     Outcome,
     Pause,
+    Scan,
     Selector,
     SelectorKind,
     Target,
@@ -106,11 +108,13 @@ def make_rig(
     pacers: dict[Action, TokenBucket] | None = None,
     sleep: Callable[[float], Awaitable[None]] | None = None,
     budget: int = CYCLE_BUDGET,
+    knowing: bool = False,
 ) -> Rig:
     """`hosts`: the process rung knows its processes (generations, cooldown, blast
-    radius); it needs `fleet`."""
+    radius); it needs `fleet`. `knowing`: the store reuses the findings it is told, as
+    the SQL store does."""
     clock = FakeClock()
-    store = MemoryInstanceStore(clock, DetectionRules())
+    store = (KnowingStore if knowing else MemoryInstanceStore)(clock, DetectionRules())
     ledger = MemoryLedger(clock)
     recs = {
         API: RecordingRecovery(API),
@@ -153,6 +157,20 @@ def make_rig(
         budget=budget,
     )
     return Rig(clock, store, ledger, recs, engine, fleet_state)
+
+
+class KnowingStore(MemoryInstanceStore):
+    """Gives back the finding it is told the caller judged before, ages and all, for a
+    row still unhealthy (as the SQL store does), and keeps which ids it was told."""
+
+    told: list[set[str]]
+
+    async def scan(self, known: Mapping[str, Finding] | None = None) -> Scan:
+        self.told = [*getattr(self, "told", []), set(known or ())]
+        scan = await super().scan()
+        if not known:
+            return scan
+        return replace(scan, findings={i: known.get(i, f) for i, f in scan.findings.items()})
 
 
 def started_then_outcome(attempts: range, outcome: str = "ok") -> list[tuple[str, str, int]]:
@@ -712,6 +730,29 @@ async def test_a_cycle_opens_and_starts_its_budget_the_least_overdue_first_and_t
     assert calls == [("open", 51), ("claim", 51)]
     assert (second.opened, second.acted, second.backlog) == (51, 51, 0)
     assert sorted(rig.calls(API)) == sorted(["late", *storm])
+
+
+async def test_a_backlog_is_judged_once_and_a_later_freeze_still_goes_first() -> None:
+    """The backlog's findings are reused while it waits (the SQL store does not read and
+    judge those rows again), their ages those of the scan that judged them; an instance
+    that crossed its threshold since is still the least overdue and opened first."""
+    rig = make_rig(budget=200, knowing=True)
+    assert isinstance(rig.store, KnowingStore)
+    storm = [f"i{n:03d}" for n in range(450)]
+    for instance_id in storm:
+        rig.store.add(instance_id)
+    rig.clock.advance(5)
+    rig.store.add("late")  # crosses its threshold 5 s after the storm
+    rig.clock.advance(STALE - 5)  # the storm is 1 s past its threshold
+    first = await rig.cycle()
+    assert (first.opened, first.backlog) == (200, 250)
+    # "late" is 6 s past its threshold, the storm 11 s; its reused findings say 1 s.
+    rig.clock.advance(10)
+    second = await rig.cycle()
+    assert rig.store.told[-1] >= set(storm[200:])  # the backlog is not judged again
+    assert "late" in rig.calls(API)  # opened before the storm's older backlog
+    assert (second.opened, second.backlog) == (200, 51)
+    assert sorted(rig.calls(API)) == sorted(["late", *storm[:399]])
 
 
 async def test_a_backlog_is_audited_once_when_it_starts_and_once_when_it_clears() -> None:

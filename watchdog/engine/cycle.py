@@ -107,6 +107,9 @@ class Engine:
         self._last_scan: tuple[datetime, float] | None = None  # (database now, monotonic)
         # The last scan's findings: a row still unhealthy is not judged again (see scan).
         self._known: Mapping[str, Finding] = {}
+        # Instances the last cycle found newly unhealthy but left for later (its budget),
+        # with when they crossed their threshold: their findings are reused, ages and all.
+        self._deferred: dict[str, datetime] = {}
 
     @property
     def busy(self) -> frozenset[str]:
@@ -218,9 +221,11 @@ class Engine:
             if self._breakers is not None:
                 await self._breakers.save(scan.now)
         # Next time the scan reuses, of these findings, those of an instance with an
-        # incident and still unhealthy: a new detection is always judged afresh.
+        # incident, or left for later by this cycle's budget, and still unhealthy: any
+        # other new detection is judged afresh. A storm's backlog is judged once, not
+        # once per cycle until its turn comes.
         findings = scan.findings
-        without = findings.keys() - incidents.keys()
+        without = findings.keys() - incidents.keys() - self._deferred.keys()
         self._known = (
             {i: f for i, f in findings.items() if i not in without} if without else findings
         )
@@ -234,7 +239,7 @@ class Engine:
         known = self._known
         return any(
             scan.findings.get(instance_id) is known[instance_id]
-            for instance_id in known.keys() - incidents.keys()
+            for instance_id in known.keys() - incidents.keys() - self._deferred.keys()
         )
 
     # ----------------------------------------------------------------- applying
@@ -265,7 +270,7 @@ class Engine:
                     acts.append(decision)
                 case Open():
                     opens.append(decision)
-        openings, acts = self._within_budget(opens, acts, report)
+        openings, acts = self._within_budget(opens, acts, report, now)
         # In batches: a mass recovery closes hundreds of incidents in one cycle.
         for closing in chunks(closings, BATCH):
             await self._ledger.close_all(closing, now)
@@ -288,18 +293,24 @@ class Engine:
             report.exhausted += len(spent)
 
     def _within_budget(
-        self, opens: list[Open], acts: list[Act], report: CycleReport
+        self, opens: list[Open], acts: list[Act], report: CycleReport, now: datetime
     ) -> tuple[list[Opening], list[Act]]:
         """What this cycle opens and starts: at most `budget` of each, the least overdue
         instances opened first, so one that froze during a storm is detected at once
         while the storm's own backlog waits a cycle or two. The rest is counted in the
         report, and the next cycle follows at once."""
-        # Stable: a storm's own order is kept among those equally overdue.
-        opens = sorted(opens, key=lambda d: d.finding.overdue)
-        deferred = {d.finding.instance_id for d in opens[self._budget :]}
-        if deferred:
-            acts = [a for a in acts if a.instance_id not in deferred]
-        report.backlog = len(deferred) + max(0, len(acts) - self._budget)
+        deferred = self._deferred
+
+        def crossed(d: Open) -> datetime:  # a reused finding's age is that of its scan
+            known = deferred.get(d.finding.instance_id)
+            return known if known is not None else now - timedelta(seconds=d.finding.overdue)
+
+        # The latest crossing first; stable: a storm's own order is kept among equals.
+        opens = sorted(opens, key=crossed, reverse=True)
+        self._deferred = {d.finding.instance_id: crossed(d) for d in opens[self._budget :]}
+        if self._deferred:
+            acts = [a for a in acts if a.instance_id not in self._deferred]
+        report.backlog = len(self._deferred) + max(0, len(acts) - self._budget)
         openings = [
             Opening(d.finding, d.carried_attempts, d.continues) for d in opens[: self._budget]
         ]
