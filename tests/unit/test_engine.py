@@ -695,13 +695,18 @@ def record_ledger_calls(rig: Rig) -> list[tuple[str, int]]:
 
 
 async def test_a_mass_freeze_starts_calls_after_the_first_batch_is_open_not_all() -> None:
+    """The first batch is as many as can be acted on at once (16 by default): their calls
+    start while the rest are opened, in batches of 100."""
     rig = make_rig()
     for n in range(150):
         rig.store.add(f"i{n:03d}")
     rig.clock.advance(STALE)
     calls = record_ledger_calls(rig)
     report = await rig.cycle()
-    assert calls == [("open", 100), ("claim", 100), ("open", 50), ("claim", 50)]
+    assert calls == [("open", 16), ("claim", 16), ("open", 100), ("claim", 100)] + [
+        ("open", 34),
+        ("claim", 34),
+    ]
     assert sorted(rig.calls(API)) == [f"i{n:03d}" for n in range(150)]
     assert report.opened == 150
 
@@ -721,13 +726,16 @@ async def test_a_cycle_opens_and_starts_its_budget_the_least_overdue_first_and_t
     rig.clock.advance(STALE)
     calls = record_ledger_calls(rig)
     first = await rig.cycle()
-    assert calls == [("open", 100), ("claim", 100), ("open", 100), ("claim", 100)]
+    assert calls == [("open", 16), ("claim", 16), ("open", 100), ("claim", 100)] + [
+        ("open", 84),
+        ("claim", 84),
+    ]
     assert (first.opened, first.acted, first.backlog) == (200, 200, 51)
     assert "late" in rig.calls(API)  # the least overdue goes first
     assert sorted(rig.calls(API)) == sorted(["late", *storm[:199]])  # then the storm in order
     calls.clear()
     second = await rig.cycle()
-    assert calls == [("open", 51), ("claim", 51)]
+    assert calls == [("open", 16), ("claim", 16), ("open", 35), ("claim", 35)]
     assert (second.opened, second.acted, second.backlog) == (51, 51, 0)
     assert sorted(rig.calls(API)) == sorted(["late", *storm])
 
@@ -830,7 +838,7 @@ async def test_a_shared_restart_waits_until_every_member_is_open_and_runs_once()
     rig.clock.advance(STALE)
     calls = record_ledger_calls(rig)
     await rig.cycle()
-    assert calls == [("open", 100), ("open", 50), ("claim", 150)]
+    assert calls == [("open", 16), ("open", 100), ("open", 34), ("claim", 150)]
     assert rig.recoveries[PROC].calls == [Target("i000", "p1")]  # one restart for all 150
 
 

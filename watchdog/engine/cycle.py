@@ -80,6 +80,9 @@ class Engine:
     ) -> None:
         self._instances = instances
         self._budget = budget
+        # The first incidents a cycle opens are as many as can be acted on at once: their
+        # calls start while the rest are opened.
+        self._first_batch = max(1, min(BATCH, max_concurrent_actions))
         self._ledger = ledger
         self._rules = rules
         self._clock = clock
@@ -279,7 +282,8 @@ class Engine:
         # the first batch of incidents is open, not once all of them are.
         waiting = self._dispatch.group(acts)
         await self._dispatch.start(ready(waiting, incidents), incidents, report, now, mono0)
-        for chunk in chunks(openings, BATCH):
+        first = self._first_batch
+        for chunk in [openings[:first], *chunks(openings[first:], BATCH)] if openings else []:
             opened = await self._ledger.open_incidents(chunk, now)
             incidents.update((i.instance_id, i) for i in opened)
             report.opened += len(opened)
