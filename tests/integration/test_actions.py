@@ -55,7 +55,7 @@ class Seen:
     method: str
     path: str
     authorization: str | None
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 @dataclass
