@@ -56,6 +56,7 @@ class Seen:
     path: str
     authorization: str | None
     headers: dict[str, str] = field(default_factory=dict, compare=False)
+    authorizations: list[str] = field(default_factory=list, compare=False)  # every one sent
 
 
 @dataclass
@@ -93,7 +94,9 @@ class _Handler(BaseHTTPRequestHandler):
         api = self.server.api
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         auth = self.headers.get("Authorization")
-        api.requests.append(Seen(self.command, self.path, auth, dict(self.headers.items())))
+        every = self.headers.get_all("Authorization") or []
+        seen = Seen(self.command, self.path, auth, dict(self.headers.items()), every)
+        api.requests.append(seen)
         if self.path.startswith("/slow/"):
             api.release.wait(10)  # released at teardown; the client gives up long before
             self.close_connection = True
@@ -362,6 +365,15 @@ async def test_api_password_in_url_is_masked(api: FakeApi, client: httpx.AsyncCl
     assert result.detail["url"] == api.base.replace("http://", "http://ops:***@") + "/restart/w1"
     # The credentials went as basic auth, on every client.
     assert api.requests[0].authorization == "Basic " + base64.b64encode(b"ops:hunter2").decode()
+
+
+async def test_api_credentials_in_the_url_win_over_the_token_as_with_httpx(
+    api: FakeApi, client: httpx.AsyncClient
+) -> None:
+    url = api.base.replace("http://", "http://ops:hunter2@") + "/restart/{id}"
+    await ApiRestart(client, url, token=TOKEN).recover(Target("w1", None))
+    basic = "Basic " + base64.b64encode(b"ops:hunter2").decode()
+    assert api.requests[0].authorizations == [basic]  # one header, never both
 
 
 async def test_api_request_is_framed_as_httpx_frames_it(

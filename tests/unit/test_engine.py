@@ -703,10 +703,7 @@ async def test_a_mass_freeze_starts_calls_after_the_first_batch_is_open_not_all(
     rig.clock.advance(STALE)
     calls = record_ledger_calls(rig)
     report = await rig.cycle()
-    assert calls == [("open", 16), ("claim", 16), ("open", 100), ("claim", 100)] + [
-        ("open", 34),
-        ("claim", 34),
-    ]
+    assert calls == [(kind, n) for n in (16, 100, 34) for kind in ("open", "claim")]
     assert sorted(rig.calls(API)) == [f"i{n:03d}" for n in range(150)]
     assert report.opened == 150
 
@@ -726,10 +723,7 @@ async def test_a_cycle_opens_and_starts_its_budget_the_least_overdue_first_and_t
     rig.clock.advance(STALE)
     calls = record_ledger_calls(rig)
     first = await rig.cycle()
-    assert calls == [("open", 16), ("claim", 16), ("open", 100), ("claim", 100)] + [
-        ("open", 84),
-        ("claim", 84),
-    ]
+    assert calls == [(kind, n) for n in (16, 100, 84) for kind in ("open", "claim")]
     assert (first.opened, first.acted, first.backlog) == (200, 200, 51)
     assert "late" in rig.calls(API)  # the least overdue goes first
     assert sorted(rig.calls(API)) == sorted(["late", *storm[:199]])  # then the storm in order

@@ -256,7 +256,8 @@ class _Origin:
     scheme: bytes
     host: bytes
     port: int | None
-    headers: tuple[tuple[bytes, bytes], ...]  # Host, and basic auth from the URL's userinfo
+    netloc: bytes  # the Host header
+    basic: str | None  # basic auth from the URL's userinfo
     shown: str  # as httpx writes it, without a trailing slash
 
 
@@ -285,8 +286,14 @@ class DirectClient:
             shown = str(request.url)
         else:
             origin, target = split
-            sent = [*origin.headers, *_DEFAULT_RAW]
-            sent += [(k.encode(), v.encode()) for k, v in headers.items()]
+            # As httpx merges them: the caller's headers over the defaults (names compared
+            # without case), and credentials in the URL over any Authorization header.
+            merged = {k.lower(): (k, v) for k, v in _DEFAULT_HEADERS.items()}
+            merged.update((k.lower(), (k, v)) for k, v in headers.items())
+            if origin.basic is not None:
+                merged["authorization"] = ("Authorization", origin.basic)
+            sent = [(b"Host", origin.netloc)]
+            sent += [(k.encode(), v.encode()) for k, v in merged.values()]
             if method in _BODY_METHODS:
                 sent.append((b"Content-Length", b"0"))
             core = httpcore.Request(
@@ -324,9 +331,6 @@ class DirectClient:
         await self._transport.aclose()
 
 
-_DEFAULT_RAW = tuple((k.encode(), v.encode()) for k, v in _DEFAULT_HEADERS.items())
-
-
 def _origin(origin: str) -> _Origin | None:
     """`scheme://authority` parsed by httpx; None when httpx must handle the whole URL (a
     scheme it does not speak, a query or fragment right after the host, a bad URL): its
@@ -337,13 +341,12 @@ def _origin(origin: str) -> _Origin | None:
         return None
     if url.scheme not in ("http", "https") or url.query or url.fragment or url.raw_path != b"/":
         return None
-    headers = [(b"Host", url.netloc)]
     user, password = url.username, url.password
+    basic = None
     if user or password:  # credentials in the URL are sent as basic auth, as httpx does
-        pair = base64.b64encode(f"{user}:{password}".encode())
-        headers.append((b"Authorization", b"Basic " + pair))
+        basic = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
     shown = str(url).rstrip("/")  # credentials and all: ApiRestart masks what it shows
-    return _Origin(url.raw_scheme, url.raw_host, url.port, tuple(headers), shown)
+    return _Origin(url.raw_scheme, url.raw_host, url.port, url.netloc, basic, shown)
 
 
 def _httpx_request(
