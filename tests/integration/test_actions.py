@@ -419,6 +419,18 @@ async def test_api_error_quotes_the_body_decoded(
         await ApiRestart(client, api.base + "/restart/{id}").recover(Target("w1", None))
 
 
+async def test_api_error_body_is_unpacked_only_as_far_as_a_message_quotes(
+    api: FakeApi,
+) -> None:
+    """A compressed error body that unpacks to 100 MB is not unpacked in full."""
+    bomb = gzip.compress(b"busy " + b" " * 100_000_000)
+    api.raw["/restart/w1"] = (503, {"Content-Encoding": "gzip"}, bomb)
+    async with DirectClient(AsyncioTransport(api_tls("http://"))) as client:
+        answer = await client.call("POST", api.base + "/restart/w1", headers={}, timeout=5)
+    assert answer.text.startswith("busy ")
+    assert len(answer.text) <= 64 * 1024
+
+
 async def test_api_restart_is_a_recovery_keyed_by_instance(client: httpx.AsyncClient) -> None:
     restart: Recovery = ApiRestart(client, "http://x/{id}", timeout=3)
     assert restart.action is Action.API_RESTART

@@ -247,6 +247,7 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # httpx sends `Content-Leng
 # A request target sent as it is: unreserved and reserved characters, and %-escapes.
 _PLAIN_TARGET = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*")
 _MAX_ORIGINS = 16
+_QUOTED_BYTES = 64 * 1024  # of a compressed error body, unpacked at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,8 +385,8 @@ def _text(headers: list[tuple[bytes, bytes]], body: bytes) -> str:
             encoding = value.strip().lower()
     if encoding in (b"gzip", b"x-gzip", b"deflate"):
         for wbits in (zlib.MAX_WBITS | 32, -zlib.MAX_WBITS):  # gzip or zlib header; raw
-            try:
-                body = zlib.decompress(body, wbits)
+            try:  # as much as a message can quote: a small body may unpack to gigabytes
+                body = zlib.decompressobj(wbits).decompress(body, _QUOTED_BYTES)
                 break
             except zlib.error:
                 continue
