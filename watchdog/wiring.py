@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 from sqlalchemy.engine import make_url
 
-from watchdog.actions.api import ApiRestart, HttpClients, check_api
+from watchdog.actions.api import ApiRestart, HttpClients, HttpxClient, check_api
 from watchdog.actions.command import CommandRestart
 from watchdog.actions.db_flag import DbFlag
 from watchdog.actions.systemd import SystemdRestart
@@ -120,7 +120,7 @@ async def open_recoveries(runtime: Runtime) -> AsyncIterator[dict[Action, Recove
         }
 
 
-def _api_clients(settings: Settings) -> list[DirectClient] | list[httpx.AsyncClient]:
+def _api_clients(settings: Settings) -> list[DirectClient] | list[HttpxClient]:
     """One client per concurrent action (see HttpClients), all on one TLS context: direct
     ones on the asyncio transport, unless the environment names a proxy. Then httpx's own
     clients make the calls: only they know which URLs it carries (and a client given a
@@ -129,7 +129,8 @@ def _api_clients(settings: Settings) -> list[DirectClient] | list[httpx.AsyncCli
     n = settings.daemon.max_concurrent_actions
     if not proxies_in_environment():
         return [DirectClient(AsyncioTransport(tls)) for _ in range(n)]
-    return [httpx.AsyncClient(timeout=settings.api.timeout, verify=tls) for _ in range(n)]
+    timeout = settings.api.timeout
+    return [HttpxClient(httpx.AsyncClient(timeout=timeout, verify=tls)) for _ in range(n)]
 
 
 def api_tls(url: str) -> ssl.SSLContext:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import ssl
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import httpcore
 import httpx
 import pytest
 
-from watchdog.actions.api import ApiRestart
+from watchdog.actions.api import ApiRestart, HttpxClient
 from watchdog.actions.transport import AsyncioBackend, AsyncioTransport
 from watchdog.config import load_settings
 from watchdog.core.errors import TransientRecoveryError
@@ -205,7 +207,7 @@ async def test_a_proxy_named_in_the_environment_carries_the_restart_calls(
         url = f"http://127.0.0.1:{app_port}/restart/{{id}}"
         settings = load_settings(None, {"WATCHDOG_API__RESTART_URL": url})
         clients = _api_clients(settings)
-        assert all(isinstance(c, httpx.AsyncClient) == proxied for c in clients)
+        assert all(isinstance(c, HttpxClient) == proxied for c in clients)
         async with clients[0] as client:
             await ApiRestart(client, url).recover(Target("i1", None))
         for other in clients[1:]:
@@ -214,6 +216,55 @@ async def test_a_proxy_named_in_the_environment_carries_the_restart_calls(
     target = f"http://127.0.0.1:{app_port}/restart/i1" if proxied else "/restart/i1"
     assert via.lines == [f"POST {target} HTTP/1.1".encode()]
     assert unused.lines == []
+
+
+_FIRST_CALL = """
+import asyncio, sys
+from watchdog.actions.api import ApiRestart
+from watchdog.config import load_settings
+from watchdog.core.model import Target
+from watchdog.wiring import _api_clients
+
+async def serve(reader, writer):
+    try:
+        while True:
+            await reader.readuntil(b"\\r\\n\\r\\n")
+            writer.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok")
+    except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+        writer.close()
+
+async def main():
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/restart/{{id}}"
+    clients = _api_clients(load_settings(None, {"WATCHDOG_API__RESTART_URL": url}))
+    for client in clients:
+        await client.__aenter__()  # as the daemon enters them, at start-up
+    before = set(sys.modules)
+    await ApiRestart(clients[0], url).recover(Target("i1", None))
+    print(type(clients[0]).__name__, sorted(set(sys.modules) - before))
+    for client in clients:
+        await client.__aexit__(None, None, None)
+    server.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("proxied", [False, True], ids=["direct", "httpx"])
+def test_the_first_restart_call_loads_no_module(proxied: bool) -> None:
+    """httpcore loads anyio's asyncio backend (some thirty modules) on its first request:
+    the daemon's clients load it when they are entered at start-up, so the first call of
+    a restart storm does not (it cost that call about 20 ms, in a fresh process)."""
+    env = {**os.environ, "NO_PROXY": "127.0.0.1"}
+    env.pop("HTTP_PROXY", None)
+    if proxied:  # a proxy named: httpx's own clients, which still go direct here
+        env["HTTP_PROXY"] = "http://127.0.0.1:9"
+    done = subprocess.run(
+        [sys.executable, "-c", _FIRST_CALL], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    kind = "HttpxClient" if proxied else "DirectClient"
+    assert done.stdout.strip() == f"{kind} []"
 
 
 async def test_closing_a_connection_whose_peer_stopped_reading_aborts_it() -> None:

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import NamedTuple, Protocol
 from urllib.parse import quote
 
+import anyio
 import httpx
 
 from watchdog.actions.naming import check_placeholders
@@ -64,10 +65,18 @@ class HttpxClient:
         return HttpAnswer(response.status_code, response.text, str(request.url))
 
     async def __aenter__(self) -> HttpxClient:
+        load_lock_backend()
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
         await self._client.aclose()
+
+
+def load_lock_backend() -> None:
+    """httpcore's pools take their locks from anyio, which loads its asyncio backend (some
+    thirty modules) on the first request: a client entered at start-up loads it then, not
+    in the first call of a restart storm."""
+    anyio.Lock()
 
 
 def as_client(client: HttpClient | httpx.AsyncClient) -> HttpClient:

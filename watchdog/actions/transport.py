@@ -27,7 +27,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from watchdog.actions.api import HttpAnswer
+from watchdog.actions.api import HttpAnswer, load_lock_backend
 
 _CLOSE_WAIT = 0.5  # seconds a closing connection may take to flush before it is aborted
 
@@ -326,6 +326,7 @@ class DirectClient:
         return None if origin is None else (origin, target.encode("ascii"))
 
     async def __aenter__(self) -> DirectClient:
+        load_lock_backend()
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
