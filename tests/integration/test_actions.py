@@ -149,7 +149,7 @@ async def client(request: pytest.FixtureRequest) -> AsyncIterator[HttpClient]:
     # verify=False: plain HTTP only, and it skips loading the CA bundle for every test.
     transport = AsyncioTransport(api_tls("http://")) if request.param == "asyncio" else None
     async with httpx.AsyncClient(trust_env=False, verify=False, transport=transport) as http:
-        yield http
+        yield HttpxClient(http)
 
 
 @pytest.fixture
@@ -170,7 +170,7 @@ def _assert_no_token(exc: BaseException) -> None:
 
 
 async def test_api_restart_sends_quoted_id_and_bearer_token(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: HttpClient
 ) -> None:
     restart = ApiRestart(client, api.base + "/restart/{id}", token=TOKEN)
     result = await restart.recover(Target("a/b c?d#e", None))
@@ -190,7 +190,7 @@ async def test_api_restart_sends_quoted_id_and_bearer_token(
     ],
 )
 async def test_an_id_of_dots_stays_one_path_segment_and_the_audit_names_the_sent_url(
-    api: FakeApi, client: httpx.AsyncClient, instance_id: str, path: str
+    api: FakeApi, client: HttpClient, instance_id: str, path: str
 ) -> None:
     restart = ApiRestart(client, api.base + "/restart/{id}/x")
     result = await restart.recover(Target(instance_id, None))
@@ -200,7 +200,7 @@ async def test_an_id_of_dots_stays_one_path_segment_and_the_audit_names_the_sent
 
 @pytest.mark.parametrize("instance_id", ["", ".", ".."])
 async def test_an_id_that_is_a_dot_segment_is_refused_without_a_request(
-    api: FakeApi, client: httpx.AsyncClient, instance_id: str
+    api: FakeApi, client: HttpClient, instance_id: str
 ) -> None:
     restart = ApiRestart(client, api.base + "/restart/{id}/x")
     with pytest.raises(PermanentRecoveryError, match="unsafe instance id"):
@@ -208,9 +208,7 @@ async def test_an_id_that_is_a_dot_segment_is_refused_without_a_request(
     assert api.requests == []
 
 
-async def test_a_failed_call_names_the_url_as_sent(
-    refused_url: str, client: httpx.AsyncClient
-) -> None:
+async def test_a_failed_call_names_the_url_as_sent(refused_url: str, client: HttpClient) -> None:
     restart = ApiRestart(client, refused_url)
     with pytest.raises(TransientRecoveryError) as caught:
         await restart.recover(Target("a.b", None))
@@ -218,7 +216,7 @@ async def test_a_failed_call_names_the_url_as_sent(
 
 
 async def test_api_restart_imports_nothing_per_call(
-    api: FakeApi, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    api: FakeApi, client: HttpClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A failed import is retried (a path scan) every time: httpcore looks for sniffio
     on every pool lock, so without it a restart storm spends its CPU in importlib."""
@@ -247,7 +245,7 @@ async def test_api_client_over_plain_http_carries_no_ca_bundle_and_still_works(
     assert isinstance(tls, ssl.SSLContext)
     assert tls.cert_store_stats()["x509_ca"] == 0  # the bundle is what costs memory
     assert (tls.verify_mode, tls.check_hostname) == (ssl.CERT_REQUIRED, True)  # fails closed
-    async with httpx.AsyncClient(timeout=5.0, verify=tls) as client:
+    async with HttpxClient(httpx.AsyncClient(timeout=5.0, verify=tls)) as client:
         result = await ApiRestart(client, api.base + "/restart/{id}").recover(Target("h", None))
     assert result.detail["status"] == 200
     verified = api_tls("HTTPS://app.example/restart/{id}")
@@ -273,7 +271,7 @@ async def test_concurrent_calls_each_lease_a_client_of_their_own(api: FakeApi) -
 
 
 async def test_api_restart_without_token_sends_no_authorization(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: HttpClient
 ) -> None:
     restart = ApiRestart(client, api.base + "/v1/{id}/restart", method="put")
     result = await restart.recover(Target("w1", "proc"))
@@ -281,7 +279,7 @@ async def test_api_restart_without_token_sends_no_authorization(
     assert api.requests == [Seen("PUT", "/v1/w1/restart", None)]
 
 
-async def test_api_restart_accepts_any_2xx(api: FakeApi, client: httpx.AsyncClient) -> None:
+async def test_api_restart_accepts_any_2xx(api: FakeApi, client: HttpClient) -> None:
     api.responses["/restart/w1"] = (202, "")
     result = await ApiRestart(client, api.base + "/restart/{id}").recover(Target("w1", None))
     assert result.detail["status"] == 202
@@ -289,7 +287,7 @@ async def test_api_restart_accepts_any_2xx(api: FakeApi, client: httpx.AsyncClie
 
 @pytest.mark.parametrize("status", [429, 502, 503, 504])
 async def test_api_busy_statuses_are_transient(
-    api: FakeApi, client: httpx.AsyncClient, status: int
+    api: FakeApi, client: HttpClient, status: int
 ) -> None:
     api.responses["/restart/w1"] = (status, "try\nlater")
     restart = ApiRestart(client, api.base + "/restart/{id}", token=TOKEN)
@@ -301,7 +299,7 @@ async def test_api_busy_statuses_are_transient(
 
 @pytest.mark.parametrize("status", [400, 401, 404, 409, 500, 301])
 async def test_api_other_statuses_are_permanent_with_a_short_body(
-    api: FakeApi, client: httpx.AsyncClient, status: int
+    api: FakeApi, client: HttpClient, status: int
 ) -> None:
     api.responses["/restart/w1"] = (status, "E" * 150 + "\n" + "F" * 1000)
     restart = ApiRestart(client, api.base + "/restart/{id}", token=TOKEN)
@@ -312,9 +310,7 @@ async def test_api_other_statuses_are_permanent_with_a_short_body(
     _assert_no_token(info.value)
 
 
-async def test_api_error_masks_a_token_the_server_echoes(
-    api: FakeApi, client: httpx.AsyncClient
-) -> None:
+async def test_api_error_masks_a_token_the_server_echoes(api: FakeApi, client: HttpClient) -> None:
     api.responses["/restart/w1"] = (403, ECHO_AUTH)
     restart = ApiRestart(client, api.base + "/restart/{id}", token=TOKEN)
     with pytest.raises(PermanentRecoveryError) as info:
@@ -323,9 +319,7 @@ async def test_api_error_masks_a_token_the_server_echoes(
     _assert_no_token(info.value)
 
 
-async def test_api_connection_refused_is_transient(
-    refused_url: str, client: httpx.AsyncClient
-) -> None:
+async def test_api_connection_refused_is_transient(refused_url: str, client: HttpClient) -> None:
     restart = ApiRestart(client, refused_url, token=TOKEN)
     with pytest.raises(TransientRecoveryError) as info:
         await restart.recover(Target("w1", None))
@@ -333,16 +327,14 @@ async def test_api_connection_refused_is_transient(
     _assert_no_token(info.value)
 
 
-async def test_api_connection_reset_is_transient(api: FakeApi, client: httpx.AsyncClient) -> None:
+async def test_api_connection_reset_is_transient(api: FakeApi, client: HttpClient) -> None:
     restart = ApiRestart(client, api.base + "/reset/{id}", token=TOKEN)
     with pytest.raises(TransientRecoveryError, match=r"HTTP POST .*/reset/w1 failed: ") as info:
         await restart.recover(Target("w1", None))
     _assert_no_token(info.value)
 
 
-async def test_api_timeout_is_transient_and_bounded(
-    api: FakeApi, client: httpx.AsyncClient
-) -> None:
+async def test_api_timeout_is_transient_and_bounded(api: FakeApi, client: HttpClient) -> None:
     restart = ApiRestart(client, api.base + "/slow/{id}", token=TOKEN, timeout=0.2)
     started = time.monotonic()
     with pytest.raises(TransientRecoveryError) as info:
@@ -352,14 +344,14 @@ async def test_api_timeout_is_transient_and_bounded(
     _assert_no_token(info.value)
 
 
-async def test_api_unsupported_scheme_is_permanent(client: httpx.AsyncClient) -> None:
+async def test_api_unsupported_scheme_is_permanent(client: HttpClient) -> None:
     restart = ApiRestart(client, "ftp://127.0.0.1/restart/{id}", token=TOKEN)
     with pytest.raises(PermanentRecoveryError, match="bad url: UnsupportedProtocol") as info:
         await restart.recover(Target("w1", None))
     _assert_no_token(info.value)
 
 
-async def test_api_password_in_url_is_masked(api: FakeApi, client: httpx.AsyncClient) -> None:
+async def test_api_password_in_url_is_masked(api: FakeApi, client: HttpClient) -> None:
     url = api.base.replace("http://", "http://ops:hunter2@") + "/restart/{id}"
     result = await ApiRestart(client, url).recover(Target("w1", None))
     assert result.detail["url"] == api.base.replace("http://", "http://ops:***@") + "/restart/w1"
@@ -368,7 +360,7 @@ async def test_api_password_in_url_is_masked(api: FakeApi, client: httpx.AsyncCl
 
 
 async def test_api_credentials_in_the_url_win_over_the_token_as_with_httpx(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: HttpClient
 ) -> None:
     url = api.base.replace("http://", "http://ops:hunter2@") + "/restart/{id}"
     await ApiRestart(client, url, token=TOKEN).recover(Target("w1", None))
@@ -376,9 +368,7 @@ async def test_api_credentials_in_the_url_win_over_the_token_as_with_httpx(
     assert api.requests[0].authorizations == [basic]  # one header, never both
 
 
-async def test_api_request_is_framed_as_httpx_frames_it(
-    api: FakeApi, client: httpx.AsyncClient
-) -> None:
+async def test_api_request_is_framed_as_httpx_frames_it(api: FakeApi, client: HttpClient) -> None:
     await ApiRestart(client, api.base + "/restart/{id}").recover(Target("w1", None))
     await ApiRestart(client, api.base + "/restart/{id}", method="GET").recover(Target("w2", None))
     post, get = (seen.headers for seen in api.requests)
@@ -389,7 +379,7 @@ async def test_api_request_is_framed_as_httpx_frames_it(
 
 
 async def test_api_any_url_goes_out_as_httpx_would_send_it(
-    api: FakeApi, client: httpx.AsyncClient
+    api: FakeApi, client: HttpClient
 ) -> None:
     """A URL the direct client cannot send as it is (here a non-ASCII path and a fragment)
     is parsed by httpx in full: the same request on every client."""
@@ -410,7 +400,7 @@ async def test_api_any_url_goes_out_as_httpx_would_send_it(
     ids=["latin-1", "gzip", "deflate"],
 )
 async def test_api_error_quotes_the_body_decoded(
-    api: FakeApi, client: httpx.AsyncClient, headers: dict[str, str], body: bytes
+    api: FakeApi, client: HttpClient, headers: dict[str, str], body: bytes
 ) -> None:
     """The body an error quotes is read as its headers say, even when the server
     compressed it though asked for it plain."""
@@ -431,7 +421,7 @@ async def test_api_error_body_is_unpacked_only_as_far_as_a_message_quotes(
     assert len(answer.text) <= 64 * 1024
 
 
-async def test_api_restart_is_a_recovery_keyed_by_instance(client: httpx.AsyncClient) -> None:
+async def test_api_restart_is_a_recovery_keyed_by_instance(client: HttpClient) -> None:
     restart: Recovery = ApiRestart(client, "http://x/{id}", timeout=3)
     assert restart.action is Action.API_RESTART
     assert restart.timeout == 3
@@ -447,7 +437,7 @@ async def test_api_restart_is_a_recovery_keyed_by_instance(client: httpx.AsyncCl
     ],
 )
 async def test_api_restart_rejects_bad_configuration(
-    client: httpx.AsyncClient, kwargs: dict[str, object], message: str
+    client: HttpClient, kwargs: dict[str, object], message: str
 ) -> None:
     with pytest.raises(ValueError, match=message):
         ApiRestart(client, **kwargs)  # type: ignore[arg-type]
@@ -455,7 +445,7 @@ async def test_api_restart_rejects_bad_configuration(
 
 @pytest.mark.parametrize("token", ["two words", "tok\r\nX-Evil: 1", "caf\u00e9"])
 async def test_api_restart_rejects_a_token_that_cannot_be_a_header(
-    client: httpx.AsyncClient, token: str
+    client: HttpClient, token: str
 ) -> None:
     with pytest.raises(ValueError, match="visible ASCII") as info:
         ApiRestart(client, "http://x/{id}", token=token)

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 import sqlalchemy as sa
@@ -28,8 +27,9 @@ import sqlalchemy as sa
 from tests.apptable import AppTable
 from tests.pg import Cluster
 from tests.supervisord import sleeper, supervisord
-from watchdog.actions.api import ApiRestart
+from watchdog.actions.api import ApiRestart, HttpClient
 from watchdog.actions.supervisor import SupervisorRestart
+from watchdog.actions.transport import AsyncioTransport, DirectClient
 from watchdog.config import InstancesSettings
 from watchdog.core.errors import PermanentRecoveryError, StoreUnavailable, TransientRecoveryError
 from watchdog.core.model import Target
@@ -37,6 +37,7 @@ from watchdog.core.policy import DetectionRules
 from watchdog.resilience import RetryingRecovery, retry_transient
 from watchdog.store.database import Database
 from watchdog.store.instances import SqlInstanceStore
+from watchdog.wiring import api_tls
 
 TARGET = Target("inst-1", None)
 PASSWORD = "hunter2-not-for-logs"  # ignored by the trust-auth cluster; must never be shown
@@ -128,12 +129,13 @@ def scripted_server(*statuses: int) -> Iterator[tuple[str, Script]]:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as http:
-        yield http
+async def client() -> AsyncIterator[HttpClient]:
+    """The daemon's own client (no proxy named)."""
+    async with DirectClient(AsyncioTransport(api_tls("http://"))) as direct:
+        yield direct
 
 
-async def test_api_that_never_answers_times_out_as_transient(client: httpx.AsyncClient) -> None:
+async def test_api_that_never_answers_times_out_as_transient(client: HttpClient) -> None:
     with silent_server() as (url, accepted):
         api = ApiRestart(client, url, timeout=0.5)
         start = time.monotonic()
@@ -145,7 +147,7 @@ async def test_api_that_never_answers_times_out_as_transient(client: httpx.Async
 
 
 async def test_retries_of_a_silent_api_stay_within_its_timeout(
-    client: httpx.AsyncClient,
+    client: HttpClient,
 ) -> None:
     with silent_server() as (url, accepted):
         wrapped = RetryingRecovery(ApiRestart(client, url, timeout=0.5), attempts=3)
@@ -156,7 +158,7 @@ async def test_retries_of_a_silent_api_stay_within_its_timeout(
         assert len(accepted) == 1  # the first try used the whole budget: no doomed retry
 
 
-async def test_503_twice_then_200_succeeds_on_the_third_try(client: httpx.AsyncClient) -> None:
+async def test_503_twice_then_200_succeeds_on_the_third_try(client: HttpClient) -> None:
     with scripted_server(503, 503, 200) as (url, script):
         wrapped = RetryingRecovery(ApiRestart(client, url, timeout=5.0), attempts=3)
         start = time.monotonic()
@@ -166,7 +168,7 @@ async def test_503_twice_then_200_succeeds_on_the_third_try(client: httpx.AsyncC
         assert script.paths == ["/api/instances/inst-1/restart"] * 3
 
 
-async def test_503_every_time_gives_up_after_attempts(client: httpx.AsyncClient) -> None:
+async def test_503_every_time_gives_up_after_attempts(client: HttpClient) -> None:
     with scripted_server(503) as (url, script):
         wrapped = RetryingRecovery(ApiRestart(client, url, timeout=5.0), attempts=3)
         with pytest.raises(TransientRecoveryError) as caught:
@@ -176,7 +178,7 @@ async def test_503_every_time_gives_up_after_attempts(client: httpx.AsyncClient)
         assert str(caught.value).endswith("busy, try later (after 3 tries)")
 
 
-async def test_404_is_permanent_and_asked_once(client: httpx.AsyncClient) -> None:
+async def test_404_is_permanent_and_asked_once(client: HttpClient) -> None:
     with scripted_server(404, 200) as (url, script):
         wrapped = RetryingRecovery(ApiRestart(client, url, timeout=5.0), attempts=3)
         with pytest.raises(PermanentRecoveryError, match="HTTP 404") as caught:

@@ -18,8 +18,8 @@ import httpcore
 import httpx
 import pytest
 
-from watchdog.actions.api import ApiRestart, HttpxClient
-from watchdog.actions.transport import AsyncioBackend, AsyncioTransport
+from watchdog.actions.api import ApiRestart, HttpClient, HttpxClient
+from watchdog.actions.transport import AsyncioBackend, AsyncioTransport, DirectClient
 from watchdog.config import load_settings
 from watchdog.core.errors import TransientRecoveryError
 from watchdog.core.model import Target
@@ -73,13 +73,13 @@ class Server:
 
 
 @pytest.fixture
-async def plain() -> AsyncIterator[httpx.AsyncClient]:
-    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    async with httpx.AsyncClient(trust_env=False, transport=AsyncioTransport(tls)) as client:
+async def plain() -> AsyncIterator[DirectClient]:
+    """The daemon's own client, over plain HTTP."""
+    async with DirectClient(AsyncioTransport(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))) as client:
         yield client
 
 
-async def test_a_kept_connection_is_reused(plain: httpx.AsyncClient) -> None:
+async def test_a_kept_connection_is_reused(plain: DirectClient) -> None:
     async with Server() as server:
         restart = ApiRestart(plain, f"http://127.0.0.1:{server.port}/restart/{{id}}")
         for n in range(5):
@@ -88,7 +88,7 @@ async def test_a_kept_connection_is_reused(plain: httpx.AsyncClient) -> None:
 
 
 async def test_a_connection_the_server_closed_while_idle_is_not_reused(
-    plain: httpx.AsyncClient,
+    plain: DirectClient,
 ) -> None:
     async with Server(close_idle=True) as server:
         restart = ApiRestart(plain, f"http://127.0.0.1:{server.port}/restart/{{id}}")
@@ -99,7 +99,7 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused(
 
 
 async def test_a_server_that_accepts_but_never_answers_times_out(
-    plain: httpx.AsyncClient,
+    plain: DirectClient,
 ) -> None:
     done = asyncio.Event()
 
@@ -167,7 +167,7 @@ async def test_https_verified_against_the_servers_certificate(
     trusting = ssl.create_default_context(cafile=str(cert))
     async with (
         Server(tls=_server_tls(cert, key)) as server,
-        httpx.AsyncClient(trust_env=False, transport=AsyncioTransport(trusting)) as client,
+        DirectClient(AsyncioTransport(trusting)) as client,
     ):
         restart = ApiRestart(client, f"https://localhost:{server.port}/restart/{{id}}")
         first = await restart.recover(Target("a", None))
@@ -182,11 +182,12 @@ async def test_https_to_an_unknown_certificate_fails_naming_the_certificate(
 ) -> None:
     cert, key = certificate
     default = ssl.create_default_context()  # the system's CAs: the self-signed one is not
-    transport = AsyncioTransport(default) if ours else None
-    async with (
-        Server(tls=_server_tls(cert, key)) as server,
-        httpx.AsyncClient(trust_env=False, verify=default, transport=transport) as client,
-    ):
+    client: HttpClient = (
+        DirectClient(AsyncioTransport(default))
+        if ours
+        else HttpxClient(httpx.AsyncClient(trust_env=False, verify=default))
+    )
+    async with Server(tls=_server_tls(cert, key)) as server, client:
         restart = ApiRestart(client, f"https://localhost:{server.port}/restart/{{id}}")
         with pytest.raises(TransientRecoveryError, match="CERTIFICATE_VERIFY_FAILED"):
             await restart.recover(Target("a", None))

@@ -79,10 +79,6 @@ def load_lock_backend() -> None:
     anyio.Lock()
 
 
-def as_client(client: HttpClient | httpx.AsyncClient) -> HttpClient:
-    return HttpxClient(client) if isinstance(client, httpx.AsyncClient) else client
-
-
 class HttpClients:
     """HTTP clients for concurrent calls: each call in flight takes one of its own while
     there are enough, and calls beyond that share the first.
@@ -92,12 +88,11 @@ class HttpClients:
     connections): in a storm of 16 concurrent calls that was a seventh of the daemon's
     CPU. Clients of one connection each skip it; size the set to the concurrency."""
 
-    def __init__(self, clients: Sequence[HttpClient | httpx.AsyncClient]) -> None:
+    def __init__(self, clients: Sequence[HttpClient]) -> None:
         if not clients:
             raise ValueError("HttpClients needs at least one client")
-        usable = [as_client(c) for c in clients]
-        self._shared = usable[0]
-        self._idle = list(reversed(usable))  # popped from the end: the first goes first
+        self._shared = clients[0]
+        self._idle = list(reversed(clients))  # popped from the end: the first goes first
 
     @contextmanager
     def lease(self) -> Iterator[HttpClient]:
@@ -127,7 +122,7 @@ class ApiRestart:
 
     def __init__(
         self,
-        client: HttpClient | httpx.AsyncClient | HttpClients,
+        client: HttpClient | HttpClients,
         url_template: str,
         method: str = "POST",
         token: str | None = None,

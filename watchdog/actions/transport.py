@@ -343,12 +343,8 @@ def _origin(origin: str) -> _Origin | None:
         return None
     if url.scheme not in ("http", "https") or url.query or url.fragment or url.raw_path != b"/":
         return None
-    user, password = url.username, url.password
-    basic = None
-    if user or password:  # credentials in the URL are sent as basic auth, as httpx does
-        basic = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
     shown = str(url).rstrip("/")  # credentials and all: ApiRestart masks what it shows
-    return _Origin(url.raw_scheme, url.raw_host, url.port, url.netloc, basic, shown)
+    return _Origin(url.raw_scheme, url.raw_host, url.port, url.netloc, _basic(url), shown)
 
 
 def _httpx_request(
@@ -361,11 +357,18 @@ def _httpx_request(
         headers={**_DEFAULT_HEADERS, **headers},
         extensions={"timeout": _timeouts(timeout)},
     )
-    user, password = request.url.username, request.url.password
-    if user or password:
-        pair = f"{user}:{password}".encode()
-        request.headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+    basic = _basic(request.url)
+    if basic is not None:
+        request.headers["Authorization"] = basic
     return request
+
+
+def _basic(url: httpx.URL) -> str | None:
+    """The URL's credentials as a basic auth header, as httpx's client sends them."""
+    user, password = url.username, url.password
+    if not (user or password):
+        return None
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 @functools.lru_cache(maxsize=8)

@@ -39,6 +39,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from watchdog.core.breaker import BreakerSnapshot, BreakerState
 from watchdog.core.model import OPEN_STATES, Action, AuditAction, AuditRow, Outcome
+from watchdog.engine.cycle import CYCLE_BUDGET
 from watchdog.engine.report import CycleReport
 
 # The text exposition format `render()` produces (prometheus-client's own constant for it
@@ -130,7 +131,8 @@ class Metrics:
         self._backlog = Gauge(
             "watchdog_cycle_backlog",
             "Incidents to open and actions to start that the last good cycle left to the "
-            "cycles after it (a cycle does at most 500 of each; the next one follows at once).",
+            f"cycles after it (a cycle does at most {CYCLE_BUDGET} of each; the next one "
+            "follows at once).",
             registry=r,
         )
         self._rss = Gauge(
